@@ -1,0 +1,252 @@
+"""Command line: python -m animalcls train|evaluate|predict|finetune|download|push."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AnimalclsError
+from .labels import DEFAULT_CLASSES
+
+DESCRIPTION = """\
+Classify animal photos (cat, spider, butterfly, elephant, chicken) with a CNN trained from
+scratch and one trained by transfer learning from ImageNet weights, as in the study.
+
+Typical use:
+  python -m animalcls predict checkpoints/transfer-efficientnet_lite0 photo.jpg
+  python -m animalcls train --data ~/animals10 --model transfer --out runs/my-transfer
+  python -m animalcls evaluate runs/my-transfer
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m animalcls", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_predict(commands)
+    _add_finetune(commands)
+    _add_download(commands)
+    _add_push(commands)
+    return parser
+
+
+def _add_train(commands: Any) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a scratch or transfer model and write a checkpoint folder",
+        description="Train on a folder of photos (Animals-10 'raw-img/' with Italian names, or one "
+        "folder per English class name). Splits 80/20 (stratified, seeded), trains with the "
+        "study's preset for --model, evaluates on the test split and writes a checkpoint folder.",
+    )
+    p.add_argument("--data", required=True, help="dataset folder, or hf://datasets/ORG/NAME[/subdir]")
+    p.add_argument("--model", required=True, choices=["scratch", "transfer"], help="which experiment of the study")
+    p.add_argument("--backbone", help="inception_v3, efficientnet_lite0 or tiny (default: inception_v3 if its "
+                   "ImageNet weights are cached, else efficientnet_lite0)")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help=f"classes in output order, English or Italian (default: {' '.join(DEFAULT_CLASSES)})")
+    p.add_argument("--preset", help="scratch, scratch-sgd or transfer (default: the --model's preset)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help="override the preset's optimizer")
+    p.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
+    p.add_argument("--weights", help="transfer only: 'imagenet' (default) or a local weights file")
+    p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
+    p.add_argument("--seed", type=int, help="random seed for the split and training (default 42)")
+    p.add_argument("--out", help="checkpoint folder to write (default: runs/<model>-<backbone>)")
+    p.set_defaults(handler=cmd_train)
+
+
+def _add_evaluate(commands: Any) -> None:
+    p = commands.add_parser(
+        "evaluate",
+        help="classification report and confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint on its recorded test split, or with --data on every image of "
+        "its classes in another folder.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    p.add_argument("--data", help="evaluate on all images of this folder instead of the recorded test split")
+    p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def _add_predict(commands: Any) -> None:
+    p = commands.add_parser("predict", help="classify images with a checkpoint",
+                            description="Print the top classes and their probabilities for each image.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer' "
+                   "for the bundled default of that kind")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_predict)
+
+
+def _add_finetune(commands: Any) -> None:
+    p = commands.add_parser(
+        "finetune",
+        help="short fine-tune of a transfer checkpoint into a NEW checkpoint folder",
+        description="Continue training a transfer checkpoint's head (optionally the top N backbone layers). "
+        "The result is written to a new folder; the source checkpoint is never modified.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    p.add_argument("--data", help="dataset folder (default: the one recorded in the checkpoint)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--unfreeze", type=int, default=0, metavar="N", help="also train the top N backbone layers")
+    p.add_argument("--out", help="output folder (default: runs/finetunes/<name>-<time>)")
+    p.set_defaults(handler=cmd_finetune)
+
+
+def _add_download(commands: Any) -> None:
+    p = commands.add_parser("download", help="fetch checkpoint folders from a Hugging Face model repo",
+                            description="Download checkpoint folders from a Hub model repo (uses the Hub "
+                            "cache and HF_TOKEN) and validate them.")
+    p.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--out", help="copy the checkpoint folders here (default: use them from the Hub cache)")
+    p.set_defaults(handler=cmd_download)
+
+
+def _add_push(commands: Any) -> None:
+    p = commands.add_parser("push", help="upload a checkpoint folder with a model card to the Hub",
+                            description="Upload a checkpoint folder to a Hub model repo with a generated "
+                            "model card. --dry-run prints what would be sent and sends nothing.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    p.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
+    p.set_defaults(handler=cmd_push)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def resolve_data(arg: str) -> Path:
+    """A local folder, or an hf://datasets/... spec downloaded through the Hub cache."""
+    if arg.startswith("hf://"):
+        from . import hub
+
+        return hub.resolve_data(arg)
+    return Path(arg).expanduser()
+
+
+def resolve_checkpoint(arg: str) -> Path:
+    """A checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind."""
+    from . import checkpoints
+
+    if arg in checkpoints.KINDS and not Path(arg).exists():
+        pair = checkpoints.default_pair()
+        if arg not in pair:
+            raise checkpoints.CheckpointError(f"No bundled {arg} checkpoint in {checkpoints.BUNDLED_DIR}.")
+        return pair[arg]
+    return Path(arg).expanduser()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import pipeline, progress
+    from .train import PRESETS
+
+    preset = args.preset or args.model
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset '{preset}': choose one of {', '.join(PRESETS)}.")
+    config = PRESETS[preset].replace(
+        model=args.model, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, image_size=args.image_size,
+        weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
+    )
+    config = pipeline.resolve_config(config)
+    out = Path(args.out or f"runs/{config.model}-{config.backbone}")
+    print(f"Training a {config.model} model on backbone {config.backbone} at {config.image_size}px "
+          f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}, {config.epochs} epochs)")
+    with progress.TqdmHooks() as hooks:
+        path, scan, result, evaluation = pipeline.train_checkpoint(
+            resolve_data(args.data), config, out, args.classes, hooks=hooks
+        )
+    if scan.skipped:
+        print(scan.skipped_report())
+    print(f"Trained in {result.seconds:.0f} s; test accuracy {evaluation['accuracy']:.4f}. Checkpoint: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import checkpoints, pipeline, progress
+    from .evaluate import format_report
+
+    folder = resolve_checkpoint(args.checkpoint)
+    with progress.bar("evaluating", unit="batch") as update:
+        result = pipeline.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
+    print(format_report(result))
+    if args.json:
+        checkpoints.write_json(Path(args.json).resolve(), result)
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import load_predictor, top_k
+
+    predictor = load_predictor(resolve_checkpoint(args.checkpoint))
+    results = {image: predictor.predict([image])[0] for image in args.images}
+    if args.json:
+        print(json.dumps({image: dict(top_k(p, args.top)) for image, p in results.items()}, indent=1))
+        return 0
+    print(f"Model: {predictor.manifest['name']} ({predictor.manifest['kind']}, {predictor.manifest['backbone']})")
+    for image, probabilities in results.items():
+        print(image)
+        for label, p in top_k(probabilities, args.top):
+            print(f"  {label:<12} {p:7.2%}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import finetune, progress
+
+    with progress.TqdmHooks() as hooks:
+        result = finetune.finetune(
+            resolve_checkpoint(args.checkpoint), resolve_data(args.data) if args.data else None,
+            epochs=args.epochs, learning_rate=args.learning_rate, unfreeze_layers=args.unfreeze,
+            out_dir=Path(args.out) if args.out else None, hooks=hooks,
+        )
+    print(f"Fine-tuned checkpoint: {result.path} (test accuracy {result.evaluation['accuracy']:.4f})")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from . import hub
+
+    for folder in hub.download_checkpoints(args.repo_id, args.revision, Path(args.out) if args.out else None):
+        print(folder)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from . import hub
+
+    print(hub.push_checkpoint(Path(args.checkpoint), args.repo_id, private=args.private, dry_run=args.dry_run))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .logs import quiet_tensorflow
+
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    try:
+        return args.handler(args)
+    except (AnimalclsError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Scan and validate image folders, make the split manifest, build tf.data pipelines."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .errors import DataError
+from .labels import folder_candidates, resolve_classes
+
+# Extensions and decoders tf.data can read; other formats are reported and skipped.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+TF_FORMATS = frozenset({"JPEG", "PNG", "BMP", "GIF"})
+SPLIT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validated image: its path relative to the dataset root, its label and content hash."""
+
+    rel: str
+    label: int
+    sha1: str
+
+
+@dataclass
+class Scan:
+    """The result of scanning a dataset folder for a class selection."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    class_folders: dict[str, str] = field(default_factory=dict)  # class -> folder relative to root
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(s.label for s in self.samples)
+        return {name: counter.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    def skipped_report(self) -> str:
+        lines = [f"Skipped {len(self.skipped)} unreadable file(s):"]
+        lines += [f"  {rel}: {reason}" for rel, reason in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclass
+class Split:
+    """A deterministic train/val/test split, stored as paths relative to the dataset root."""
+
+    root: str
+    class_names: list[str]
+    seed: int
+    test_fraction: float
+    val_fraction: float
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    version: int = SPLIT_VERSION
+    # The dataset root relative to the checkpoint folder holding this split, so a clone in
+    # another place (CI, another user) still finds a dataset at the same relative location.
+    root_relative: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Split:
+        fields = dict(data)
+        for part in ("train", "val", "test"):
+            fields[part] = [(str(rel), int(label)) for rel, label in fields[part]]
+        return cls(**fields)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Split:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "root_relative": self.root_relative,
+            "seed": self.seed,
+            "sizes": {p: len(getattr(self, p)) for p in ("train", "val", "test")},
+            "per_class": {
+                p: _count_labels(getattr(self, p), self.class_names) for p in ("train", "val", "test")
+            },
+        }
+
+    def locate_root(self, checkpoint_dir: Path | None = None) -> Path | None:
+        """The dataset root on this machine: relative to the checkpoint folder, else the
+        recorded absolute path; None when neither exists."""
+        candidates = [Path(checkpoint_dir) / self.root_relative] if checkpoint_dir and self.root_relative else []
+        for candidate in [*candidates, Path(self.root)]:
+            if candidate.is_dir():
+                return candidate.resolve()
+        return None
+
+    def paths(self, part: str, root: Path | None = None) -> tuple[list[str], list[int]]:
+        """Absolute paths and labels of one part; `root` overrides the recorded dataset root."""
+        base = Path(root) if root is not None else Path(self.root)
+        items = getattr(self, part)
+        return [str(base / rel) for rel, _ in items], [label for _, label in items]
+
+
+def _count_labels(items: Sequence[tuple[str, int]], class_names: Sequence[str]) -> dict[str, int]:
+    counter = Counter(label for _, label in items)
+    return {name: counter.get(i, 0) for i, name in enumerate(class_names)}
+
+
+def dataset_root(path: str | Path) -> Path:
+    """The folder holding class folders: `path` itself, or its `raw-img/` (Animals-10 layout)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Dataset folder not found: {root}")
+    raw = root / "raw-img"
+    return raw if raw.is_dir() else root
+
+
+def check_image(path: Path) -> str | None:
+    """Return why `path` is not a usable image, or None when it decodes fully."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # a full decode catches truncated files that verify() lets through
+                if img.format not in TF_FORMATS:
+                    return f"{img.format} images are not supported for training"
+                if img.format == "JPEG" and img.mode == "CMYK":
+                    return "CMYK JPEG is not supported for training"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+        return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    return None
+
+
+def file_sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _class_folder(root: Path, class_name: str) -> Path:
+    for candidate in folder_candidates(class_name):
+        folder = root / candidate
+        if folder.is_dir():
+            return folder
+    names = " or ".join(f"'{c}/'" for c in folder_candidates(class_name))
+    raise DataError(f"Class '{class_name}' has no folder in {root}: expected {names}.")
+
+
+def scan_folder(
+    path: str | Path,
+    classes: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Scan:
+    """Find and validate every image of the selected classes under `path`.
+
+    Unreadable files are skipped and listed in `Scan.skipped`; a class with no usable
+    image raises `DataError` naming the class and folder.
+    """
+    root = dataset_root(path)
+    class_names = resolve_classes(classes)
+    folders = {name: _class_folder(root, name) for name in class_names}
+    candidates = [
+        (label, file)
+        for label, name in enumerate(class_names)
+        for file in sorted(folders[name].rglob("*"))
+        if file.is_file() and not file.name.startswith(".")
+    ]
+    scan = Scan(root, class_names, [], class_folders={n: f.name for n, f in folders.items()})
+    for done, (label, file) in enumerate(candidates, 1):
+        rel = file.relative_to(root).as_posix()
+        reason = None if file.suffix.lower() in IMAGE_EXTENSIONS else "not an image file extension"
+        reason = reason or check_image(file)
+        if reason:
+            scan.skipped.append((rel, reason))
+        else:
+            scan.samples.append(Sample(rel, label, file_sha1(file)))
+        if progress:
+            progress(done, len(candidates))
+    for name, count in scan.counts().items():
+        if count == 0:
+            raise DataError(f"Class '{name}' has no readable images in {folders[name]}.")
+    return scan
+
+
+def split_scan(scan: Scan, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 42) -> Split:
+    """Stratified train/val/test split; byte-identical duplicates stay on one side.
+
+    `test_fraction` is the study's 20 % test split; `val_fraction` (of the whole) is taken
+    from the remaining 80 % for early stopping and checkpoint selection, so the test split
+    is never used to pick a model.
+    """
+    groups: dict[str, list[Sample]] = {}
+    for sample in scan.samples:
+        groups.setdefault(sample.sha1, []).append(sample)
+    keys = sorted(groups)
+    labels = [groups[k][0].label for k in keys]
+    rest, test = _stratified(keys, labels, test_fraction, seed)
+    rest_labels = [groups[k][0].label for k in rest]
+    val_share = val_fraction / (1.0 - test_fraction) if val_fraction > 0 else 0.0
+    train, val = _stratified(rest, rest_labels, val_share, seed + 1) if val_share > 0 else (rest, [])
+
+    def expand(part: list[str]) -> list[tuple[str, int]]:
+        return sorted((s.rel, s.label) for k in part for s in groups[k])
+
+    return Split(
+        root=str(scan.root.resolve()),
+        class_names=list(scan.class_names),
+        seed=seed,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        train=expand(train),
+        val=expand(val),
+        test=expand(test),
+    )
+
+
+def _stratified(keys: list[str], labels: list[int], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(labels)
+    stratify = labels if min(counts.values()) >= 2 and len(keys) * fraction >= len(counts) else None
+    first, second = train_test_split(keys, test_size=fraction, random_state=seed, stratify=stratify)
+    return list(first), list(second)
+
+
+def make_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    num_classes: int,
+    image_size: int,
+    batch_size: int,
+    training: bool = False,
+    seed: int = 42,
+):
+    """A tf.data pipeline of (raw RGB float32 0-255 images, one-hot labels).
+
+    Training pipelines shuffle and flip horizontally, as in the study; others keep file order.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(labels)))
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+
+    def load(path, label):
+        image = decode_resize(tf.io.read_file(path), image_size)
+        if training:
+            image = tf.image.random_flip_left_right(image, seed=seed)
+        return image, tf.one_hot(label, num_classes)
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def decode_resize(data, image_size: int):
+    """Decode JPEG/PNG/GIF/BMP bytes to a float32 RGB tensor of image_size x image_size."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)

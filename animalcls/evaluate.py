@@ -1,0 +1,94 @@
+"""Test-split evaluation with scikit-learn: classification report and confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def evaluation_report(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy at the top level, sklearn's per-class report with macro and weighted
+    averages, and the confusion matrix (rows = true class), all JSON-serialisable."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+    labels = list(range(len(class_names)))
+    report = classification_report(
+        y_true, y_pred, labels=labels, target_names=list(class_names), output_dict=True, zero_division=0
+    )
+    report.pop("accuracy", None)  # kept once, at the top level
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "n": len(y_true),
+        "class_names": list(class_names),
+        "report": report,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def predict_probabilities(
+    model, dataset, steps: int | None = None, on_batch: Callable[[int, int | None], None] | None = None
+) -> np.ndarray:
+    """Run `model` over a batched tf.data dataset of (images, labels) in a compiled function."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    outputs = []
+    for step, (images, _) in enumerate(dataset, 1):
+        outputs.append(forward(images).numpy())
+        if on_batch:
+            on_batch(step, steps)
+    width = model.output_shape[-1]
+    return np.concatenate(outputs) if outputs else np.zeros((0, width), dtype=np.float32)
+
+
+def evaluate_paths(
+    model,
+    paths: Sequence[str],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    image_size: int,
+    batch_size: int = 32,
+    on_batch: Callable[[int, int | None], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate `model` on image files with known labels."""
+    from .data import make_dataset
+
+    dataset = make_dataset(paths, labels, len(class_names), image_size, batch_size, training=False)
+    steps = -(-len(paths) // batch_size)
+    probabilities = predict_probabilities(model, dataset, steps, on_batch)
+    return evaluation_report(list(labels), probabilities.argmax(axis=1).tolist(), class_names)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The study's table: precision, recall, F1 and support per class, then accuracy and the
+    macro and weighted averages, followed by the confusion matrix."""
+    report, names = result["report"], result["class_names"]
+    width = max(len(n) for n in [*names, "weighted avg"])
+    header = f"{'':>{width}}  precision    recall  f1-score   support"
+    rows = [header, ""]
+    for name in names:
+        rows.append(_row(name, report[name], width))
+    rows.append("")
+    total = sum(report[n]["support"] for n in names)
+    rows.append(f"{'accuracy':>{width}}  {'':>9} {'':>9} {result['accuracy']:>9.4f} {int(total):>9}")
+    for avg in ("macro avg", "weighted avg"):
+        rows.append(_row(avg, report[avg], width))
+    rows += ["", "Confusion matrix (rows: true, columns: predicted)", _matrix(result["confusion_matrix"], names)]
+    return "\n".join(rows)
+
+
+def _row(name: str, values: dict[str, float], width: int) -> str:
+    return (
+        f"{name:>{width}}  {values['precision']:>9.4f} {values['recall']:>9.4f} "
+        f"{values['f1-score']:>9.4f} {int(values['support']):>9}"
+    )
+
+
+def _matrix(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
+    width = max(6, *(len(n) for n in names))
+    lines = [" " * width + "".join(f"{n[:width]:>{width + 1}}" for n in names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"{name:>{width}}" + "".join(f"{int(v):>{width + 1}}" for v in row))
+    return "\n".join(lines)
