@@ -24,6 +24,7 @@ class TrainHooks:
     on_batch: BatchHook | None = None
     on_epoch: EpochHook | None = None
     on_eval: Callable[[int, int | None], None] | None = None
+    on_features: Callable[[int, int], None] | None = None  # backbone feature extraction (done, total)
     cancel: threading.Event | None = None
 
 

@@ -1,0 +1,82 @@
+"""Shared fixtures: an isolated Keras home, tiny synthetic datasets and a tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Before any test imports Keras: it writes keras.json at import, and matplotlib needs no display.
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+_KERAS_HOME = Path(os.environ.get("ANIMALCLS_TEST_KERAS_HOME", "/tmp/animalcls-test-keras-home"))
+os.environ["KERAS_HOME"] = str(_KERAS_HOME)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_RAW = REPO.parent / "shared" / "data" / "animals10-offline" / "raw-img"
+
+# One colour per class, so the tiny net can learn them in a few epochs.
+COLOURS = {"gatto": (220, 40, 40), "ragno": (40, 220, 40), "farfalla": (40, 40, 220),
+           "elefante": (220, 220, 40), "gallina": (40, 220, 220), "cane": (120, 120, 120)}
+
+
+def make_image(path: Path, colour: tuple[int, int, int], size: int = 24, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 20, (size, size, 3))
+    Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype("uint8")).save(path)
+    return path
+
+
+def make_dataset(root: Path, per_class: int = 10, italian: bool = True, size: int = 24) -> Path:
+    """An Animals-10 style `root/raw-img/<italian>/` (or English `root/<class>/`) tree."""
+    from animalcls.labels import ITALIAN_TO_ENGLISH
+
+    base = root / "raw-img" if italian else root
+    for index, (folder, colour) in enumerate(COLOURS.items()):
+        name = folder if italian else ITALIAN_TO_ENGLISH[folder]
+        (base / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(base / name / f"{name}_{i:03d}.jpg", colour, size, seed=index * 1000 + i)
+    return root
+
+
+@pytest.fixture
+def keras_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty KERAS_HOME for tests that look at the weights cache."""
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def synthetic_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "animals")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A scratch and a transfer checkpoint on the tiny backbone, trained once per session."""
+    from animalcls.pipeline import train_checkpoint
+    from animalcls.train import PRESETS
+
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    data_dir = make_dataset(root / "data", per_class=10)
+    out = {}
+    for kind, weights in (("scratch", None), ("transfer", None)):
+        config = PRESETS[kind].replace(backbone="tiny", image_size=32, epochs=2, batch_size=8)
+        config.weights = weights
+        out[kind], *_ = train_checkpoint(data_dir, config, root / "checkpoints" / f"{kind}-tiny")
+    return out
+
+
+@pytest.fixture
+def shared_raw() -> Path:
+    if not SHARED_RAW.is_dir():
+        pytest.skip(f"real photos not available at {SHARED_RAW}")
+    return SHARED_RAW
