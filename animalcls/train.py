@@ -108,7 +108,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         if self.path is not None:
             write_json(self.path, self.history)
         if self.on_epoch:
-            self.on_epoch(epoch + 1, self.history)
+            self.on_epoch(epoch + 1, {k: list(v) for k, v in self.history.items()})
 
 
 class ProgressHook(keras.callbacks.Callback):

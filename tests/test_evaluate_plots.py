@@ -1,0 +1,40 @@
+from matplotlib.figure import Figure
+
+from animalcls.evaluate import evaluation_report, format_report
+from animalcls.plots import confusion_figure, history_figure, save_figure
+
+NAMES = ["cat", "spider", "butterfly"]
+
+
+def test_report_has_accuracy_averages_and_confusion_matrix():
+    result = evaluation_report([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], NAMES)
+    assert result["accuracy"] == 4 / 6
+    assert result["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert result["report"]["spider"]["precision"] == 2 / 3 and result["report"]["cat"]["recall"] == 0.5
+    assert {"macro avg", "weighted avg"} <= set(result["report"]) and "accuracy" not in result["report"]
+
+
+def test_report_counts_classes_absent_from_predictions():
+    result = evaluation_report([0, 1, 2], [0, 0, 0], NAMES)
+    assert result["report"]["butterfly"]["support"] == 1 and result["report"]["butterfly"]["f1-score"] == 0
+
+
+def test_format_report_prints_a_study_style_table():
+    text = format_report(evaluation_report([0, 0, 1, 2], [0, 0, 1, 1], NAMES))
+    lines = text.splitlines()
+    assert "precision    recall  f1-score   support" in lines[0]
+    assert any(line.strip().startswith("accuracy") and "0.7500" in line for line in lines)
+    assert any(line.strip().startswith("weighted avg") for line in lines)
+    assert "Confusion matrix" in text
+
+
+def test_figures_are_returned_and_saved(tmp_path):
+    history = {"loss": [1.0, 0.5], "val_loss": [1.2, 0.8], "accuracy": [0.5, 0.7], "val_accuracy": [0.4, 0.6]}
+    fig = history_figure(history, "t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    assert len(fig.axes[0].lines) == 2 and not fig.axes[2].lines  # precision has no data
+    cm = confusion_figure([[3, 1, 0], [0, 4, 0], [2, 0, 2]], NAMES)
+    texts = [t.get_text() for t in cm.axes[0].texts]
+    assert texts[:3] == ["3", "1", "0"]
+    path = save_figure(cm, tmp_path / "cm.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
