@@ -13,6 +13,7 @@ from typing import Any
 import keras
 
 from . import backbones, checkpoints, data, evaluate, models
+from .labels import resolve_classes
 from .train import BatchHook, EpochHook, FitResult, TrainConfig, fit
 
 
@@ -76,8 +77,9 @@ def train_checkpoint(
     hooks = hooks or TrainHooks()
     config = resolve_config(config)
     keras.utils.set_random_seed(config.seed)
+    # Build first: a missing weights file or bad backbone fails before a long folder scan.
+    model = build_model(config, len(resolve_classes(classes)))
     scan, split = scan_and_split(data_dir, classes, config.seed, hooks.on_scan)
-    model = build_model(config, len(scan.class_names))
     train_ds, val_ds, steps = datasets_for(split, config)
     out_dir = Path(out_dir)
     workdir = out_dir.parent / f".{out_dir.name}.work"

@@ -13,17 +13,20 @@ from .pipeline import TrainHooks
 
 @contextmanager
 def bar(description: str, unit: str = "it") -> Iterator[Callable[[int, int | None], None]]:
-    """A bar driven by `update(done, total)` calls."""
-    progress = tqdm(desc=description, unit=unit, leave=False)
-    try:
-        def update(done: int, total: int | None) -> None:
-            if total is not None and progress.total != total:
-                progress.reset(total=total)
-            progress.update(done - progress.n)
+    """A bar driven by `update(done, total)` calls; drawn only once work starts, so an
+    early error prints no empty bar."""
+    bars: list[Any] = []
 
+    def update(done: int, total: int | None) -> None:
+        if not bars:
+            bars.append(tqdm(desc=description, unit=unit, total=total, leave=False))
+        bars[0].update(done - bars[0].n)
+
+    try:
         yield update
     finally:
-        progress.close()
+        for progress in bars:
+            progress.close()
 
 
 class TqdmHooks(TrainHooks):
