@@ -106,7 +106,7 @@ def save_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        model.save(tmp / MODEL_FILE)
+        _without_optimizer(model).save(tmp / MODEL_FILE)
         manifest = {**manifest, "files": _file_list(history, evaluation, split)}
         manifest.setdefault("created", now_iso())
         manifest.setdefault("versions", library_versions())
@@ -125,6 +125,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _without_optimizer(model: Any) -> Any:
+    """An uncompiled copy with the same weights: a checkpoint is for inference and
+    fine-tuning, and Adam's two slots per weight would triple the file size."""
+    if getattr(model, "optimizer", None) is None:
+        return model
+    copy = model.__class__.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _file_list(history: Any, evaluation: Any, split: Any) -> list[str]:

@@ -105,3 +105,24 @@ def test_bundled_checkpoints_load_if_present():
         loaded = checkpoints.load_checkpoint(folder)
         assert loaded.manifest["kind"] == kind
         assert loaded.evaluation["accuracy"] > 0.5
+
+
+def test_optimizer_state_is_not_saved(tmp_path):
+    import zipfile
+
+    from animalcls import train
+
+    model = models.build_transfer("tiny", 3, 32, weights=None)
+    train.compile_model(model, train.PRESETS["transfer"])
+    model.fit(np.zeros((4, 32, 32, 3)), np.eye(3)[[0, 1, 2, 0]], verbose=0)
+    path = checkpoints.save_checkpoint(tmp_path / "ck", model, _manifest(kind="transfer"))
+    with zipfile.ZipFile(path / "model.keras") as archive:
+        import h5py
+        import io
+
+        names = []
+        h5py.File(io.BytesIO(archive.read("model.weights.h5"))).visit(names.append)
+    assert not any("optimizer" in n for n in names)
+    loaded = checkpoints.load_checkpoint(path)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.model(x).numpy(), model(x).numpy(), rtol=1e-6)
