@@ -1,0 +1,135 @@
+"""What do the bundled models rely on? Accuracy on degraded test photos, and where dogs go.
+
+    python scripts/robustness.py --data ../shared/data/animals10-offline/raw-img
+
+Each class of the bundled data comes from a different public dataset, so a model can learn a
+source's look (resolution, JPEG history, colour grading, framing) instead of the animal.
+Degrading the test photos in ways that keep the animal recognisable for a person, and feeding
+photos of a class neither model knows (cane = dog), shows how much each model leans on that.
+Writes checkpoints/robustness.json and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    return apply
+
+
+def _crop(share: float) -> Callable[[Image.Image], Image.Image]:
+    def apply(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        cw, ch = int(w * share), int(h * share)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return image.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BILINEAR)
+
+    return apply
+
+
+DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "original": lambda image: image,
+    "blur (Gaussian r=2)": lambda image: image.filter(ImageFilter.GaussianBlur(2)),
+    "JPEG quality 10": _jpeg(10),
+    "centre crop 60 %": _crop(0.6),
+    "downscale to 48 px and back": lambda image: image.resize((48, 48)).resize(image.size),
+    "greyscale": lambda image: ImageOps.grayscale(image).convert("RGB"),
+    "horizontal flip": ImageOps.mirror,
+}
+
+
+def predict_all(predictor, images: list[Image.Image], batch: int = 64) -> np.ndarray:
+    from animalcls.inference import to_model_input
+
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = np.stack([to_model_input(im, predictor.image_size) for im in images[start : start + batch]])
+        out.append(predictor.forward(chunk))
+    return np.concatenate(out)
+
+
+def degraded_accuracy(predictor, paths: list[str], labels: list[int]) -> dict[str, float]:
+    originals = [Image.open(p).convert("RGB") for p in paths]
+    truth = np.asarray(labels)
+    return {
+        name: float((predict_all(predictor, [fn(im) for im in originals]).argmax(1) == truth).mean())
+        for name, fn in DEGRADATIONS.items()
+    }
+
+
+def unknown_class_spread(predictor, folder: Path) -> dict[str, object]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    probabilities = predict_all(predictor, [Image.open(p).convert("RGB") for p in paths])
+    names = predictor.class_names
+    counts = Counter(names[i] for i in probabilities.argmax(1))
+    return {
+        "n": len(paths),
+        "argmax_counts": {n: counts.get(n, 0) for n in names},
+        "mean_top_probability": float(probabilities.max(1).mean()),
+        "share_top_probability_over_0.9": float((probabilities.max(1) > 0.9).mean()),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the raw-img folder the checkpoints were trained on")
+    parser.add_argument("--out", default=str(REPO / "checkpoints" / "robustness.json"))
+    args = parser.parse_args()
+    from animalcls.logs import quiet_tensorflow
+
+    quiet_tensorflow()
+    from animalcls import checkpoints, data
+    from animalcls.inference import load_predictor
+
+    root = data.dataset_root(args.data)
+    results = {}
+    for kind, folder in sorted(checkpoints.default_pair().items()):
+        predictor = load_predictor(folder)
+        split = data.Split.load(folder / checkpoints.SPLIT_FILE)
+        paths, labels = split.paths("test", root)
+        results[kind] = {
+            "checkpoint": folder.name,
+            "degraded_test_accuracy": degraded_accuracy(predictor, paths, labels),
+            "cane_dogs": unknown_class_spread(predictor, root / "cane") if (root / "cane").is_dir() else None,
+        }
+        print(f"{kind}: done", file=sys.stderr, flush=True)
+    checkpoints.write_json(Path(args.out), results)
+    print(markdown(results))
+    return 0
+
+
+def markdown(results: dict) -> str:
+    kinds = sorted(results)
+    lines = ["| test photos | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name in DEGRADATIONS:
+        lines.append(f"| {name} | " + " | ".join(f"{results[k]['degraded_test_accuracy'][name]:.3f}" for k in kinds) + " |")
+    if all(results[k]["cane_dogs"] for k in kinds):
+        names = list(results[kinds[0]]["cane_dogs"]["argmax_counts"])
+        lines += ["", "| 300 dog photos predicted as | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(str(results[k]["cane_dogs"]["argmax_counts"][n]) for k in kinds) + " |")
+        lines.append("| mean top probability | " + " | ".join(
+            f"{results[k]['cane_dogs']['mean_top_probability']:.2f}" for k in kinds) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
