@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AnimalclsError
+from .errors import AnimalclsError, Cancelled
 from .labels import DEFAULT_CLASSES
 
 DESCRIPTION = """\
@@ -162,12 +162,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
     )
     config = pipeline.resolve_config(config)
+    data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output
     out = Path(args.out or f"runs/{config.model}-{config.backbone}")
     print(f"Training a {config.model} model on backbone {config.backbone} at {config.image_size}px "
           f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}, {config.epochs} epochs)")
     with progress.TqdmHooks() as hooks:
         path, scan, result, evaluation = pipeline.train_checkpoint(
-            resolve_data(args.data), config, out, args.classes, hooks=hooks
+            data_dir, config, out, args.classes, hooks=hooks
         )
     if scan.skipped:
         print(scan.skipped_report())
@@ -234,18 +235,23 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .logs import quiet_tensorflow
+    from .logs import quiet_tensorflow, restore_stderr
 
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
     try:
         return args.handler(args)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
     except (AnimalclsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_stderr()
 
 
 if __name__ == "__main__":

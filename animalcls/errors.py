@@ -25,3 +25,7 @@ class CheckpointError(AnimalclsError, ValueError):
 
 class HubError(AnimalclsError, RuntimeError):
     """The Hugging Face Hub could not be reached or refused a request."""
+
+
+class Cancelled(AnimalclsError):
+    """Work stopped because the user asked it to (a cancel button, for example)."""

@@ -19,7 +19,7 @@ NOISE = re.compile(
     r"Unable to register cu(DNN|FFT|BLAS) factory|could not find cuda drivers|computation_placer\.cc|"
     r"TF-TRT Warning|Could not find TensorRT|cuda_dnn|absl::InitializeLog|E0000 00:00"
 )
-_installed = False
+_installed: dict[str, object] = {}
 
 
 def is_noise(line: str) -> bool:
@@ -40,25 +40,36 @@ def _pump(read_fd: int, write_fd: int) -> None:
 
 
 def filter_stderr() -> None:
-    """Route file descriptor 2 through a filtering thread (once per process)."""
-    global _installed
+    """Route file descriptor 2 through a filtering thread (once per process); undo it with
+    `restore_stderr()` before exit so the last lines are not lost."""
     if _installed:
         return
-    _installed = True
     sys.stderr.flush()
     original = os.dup(2)
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
-    threading.Thread(target=_pump, args=(read_fd, original), daemon=True, name="stderr-filter").start()
+    thread = threading.Thread(target=_pump, args=(read_fd, original), daemon=True, name="stderr-filter")
+    thread.start()
+    _installed.update(original=original, thread=thread)
+
+
+def restore_stderr(timeout: float = 2.0) -> None:
+    """Put the real stderr back on fd 2 and wait until the filter has written everything."""
+    if not _installed:
+        return
+    sys.stderr.flush()
+    original, thread = _installed.pop("original"), _installed.pop("thread")
+    os.dup2(original, 2)  # closes the pipe's last write end, so the pump reads EOF
+    thread.join(timeout)  # type: ignore[attr-defined]
+    os.close(original)  # type: ignore[arg-type]
 
 
 def quiet_tensorflow() -> None:
-    """Filter C++ noise, then import TensorFlow and lower its Python loggers to errors."""
+    """Filter C++ noise and lower TensorFlow's Python loggers to errors, without importing
+    TensorFlow (commands that don't need it stay fast)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if sys.stderr.isatty() or os.environ.get("ANIMALCLS_FILTER_STDERR", "1") == "1":
+    if os.environ.get("ANIMALCLS_FILTER_STDERR", "1") == "1":
         filter_stderr()
-    import tensorflow as tf
-
-    tf.get_logger().setLevel(logging.ERROR)  # e.g. tf.function retracing warnings
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing warnings
     logging.getLogger("absl").setLevel(logging.ERROR)

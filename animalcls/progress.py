@@ -39,6 +39,7 @@ class TqdmHooks(TrainHooks):
         self.on_batch = self._batch
         self.on_epoch = self._epoch
         self.on_eval = self._eval
+        self.on_features = self._features
 
     def __enter__(self) -> TqdmHooks:
         return self
@@ -69,6 +70,11 @@ class TqdmHooks(TrainHooks):
         if progress is not None:
             progress.close()
         tqdm.write(f"epoch {epoch}: {summary}")
+
+    def _features(self, done: int, total: int) -> None:
+        self._set(self._get("features", "extracting features", total, "img"), done)
+        if done >= total:
+            self._bars.pop("features").close()
 
     def _eval(self, done: int, total: int | None) -> None:
         self._set(self._get("eval", "evaluating", total, "batch"), done)

@@ -1,0 +1,284 @@
+"""Fast fine-tuning of a transfer checkpoint into a NEW checkpoint folder.
+
+With the backbone frozen (the default) the backbone's output never changes, so it is computed
+once per image and flip into the feature cache (features.py) and only the head trains, through
+`models.head_on_features`, which shares its layers with the full model: the saved model is the
+full image model with the new head. With `unfreeze_layers > 0` the top backbone layers train too,
+which needs real images every epoch (slow). The source checkpoint is only ever read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import checkpoints, data, evaluate, models
+from .errors import CheckpointError, DataError
+from .features import FeatureCache, cached_feature_groups
+from .pipeline import TrainHooks, datasets_for
+from .train import PRESETS, FitResult, TrainConfig, fit
+
+RUNS_ENV = "ANIMALCLS_RUNS"
+FEATURE_BATCH = 32
+
+
+@dataclass
+class FinetuneResult:
+    path: Path  # the NEW checkpoint folder
+    source: Path  # the checkpoint it started from
+    evaluation: dict[str, Any]  # test split, evaluate.evaluation_report format
+    history: dict[str, list[float]]
+    seconds: float
+    cancelled: bool
+
+
+def default_out_root() -> Path:
+    """$ANIMALCLS_RUNS (default "runs") / "finetunes", read at call time."""
+    return Path(os.environ.get(RUNS_ENV) or "runs").expanduser() / "finetunes"
+
+
+def __getattr__(name: str) -> Any:
+    # DEFAULT_OUT_ROOT follows the environment when read, not when this module was imported.
+    if name == "DEFAULT_OUT_ROOT":
+        return default_out_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def finetune(
+    checkpoint_dir: Path,
+    data_dir: Path | None = None,
+    epochs: int = 5,
+    learning_rate: float = 1e-3,
+    unfreeze_layers: int = 0,
+    out_dir: Path | None = None,
+    hooks: TrainHooks | None = None,
+    batch_size: int = 64,
+) -> FinetuneResult:
+    """Continue training a transfer checkpoint on its recorded split and save the result as a
+    new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
+
+    Cancelling (hooks.cancel) during training stops after the current batch and still saves
+    what was trained, marked cancelled; during feature extraction, before anything is trained,
+    it raises features.FeatureExtractionCancelled and saves nothing.
+    """
+    import keras
+
+    start = time.perf_counter()
+    hooks = hooks or TrainHooks()
+    source = Path(checkpoint_dir)
+    manifest = checkpoints.read_manifest(source)
+    if manifest["kind"] != "transfer":
+        raise CheckpointError(
+            f"{source} is a {manifest['kind']} checkpoint: only transfer checkpoints (frozen pretrained "
+            "backbone + head) can be fine-tuned."
+        )
+    if epochs < 1 or unfreeze_layers < 0:
+        raise ValueError(f"Need epochs >= 1 and unfreeze_layers >= 0, got {epochs} and {unfreeze_layers}.")
+    out_dir = _output_folder(source, out_dir)
+    split = _load_split(source, manifest, data_dir, hooks)
+    config = finetune_config(manifest, epochs, learning_rate, batch_size)
+    keras.utils.set_random_seed(config.seed)
+    model = checkpoints.load_checkpoint(source).model
+    workdir = out_dir.parent / f".{out_dir.name}.work"
+    split.root_relative = os.path.relpath(split.root, out_dir.resolve())
+    try:
+        if unfreeze_layers > 0:
+            result, evaluation, extra = _train_images(model, split, config, unfreeze_layers, workdir, hooks)
+        else:
+            result, evaluation, extra = _train_features(model, split, config, workdir, hooks)
+        seconds = time.perf_counter() - start
+        new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
+        path = checkpoints.save_checkpoint(out_dir, model, new_manifest, result.history, evaluation, split)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
+
+
+def _output_folder(source: Path, out_dir: Path | None) -> Path:
+    """The folder to create: never the source, never an existing folder. Checked before any
+    training so a bad --out fails in a second, not after the run."""
+    if out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = default_out_root() / f"{source.resolve().name}-ft-{stamp}"
+        out_dir, n = base, 1
+        while out_dir.exists():  # two fine-tunes in the same second
+            n += 1
+            out_dir = base.with_name(f"{base.name}-{n}")
+        return out_dir
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.resolve() == source.resolve():
+        raise CheckpointError(f"--out {out_dir} is the source checkpoint: fine-tuning writes a NEW folder.")
+    if out_dir.exists():
+        raise CheckpointError(f"Checkpoint folder already exists: {out_dir} (choose another --out).")
+    return out_dir
+
+
+def _load_split(source: Path, manifest: dict[str, Any], data_dir: Path | None, hooks: TrainHooks) -> data.Split:
+    """The checkpoint's recorded split (rooted where the dataset is on this machine, or at
+    `data_dir`); without split.json, a fresh scan and split of `data_dir`. `split.root` is set
+    to the folder actually used."""
+    class_names = list(manifest["class_names"])
+    split_file = source / checkpoints.SPLIT_FILE
+    if not split_file.is_file():
+        if data_dir is None:
+            raise DataError(
+                f"{source} records no dataset split ({checkpoints.SPLIT_FILE}): pass --data DIR "
+                "(or choose the dataset folder) to fine-tune on."
+            )
+        scan = data.scan_folder(data_dir, class_names, progress=hooks.on_scan)
+        split = data.split_scan(scan, seed=int(manifest.get("training", {}).get("seed", 42)))
+        split.root = str(scan.root.resolve())
+        return split
+    split = data.Split.load(split_file)
+    if list(split.class_names) != class_names:
+        raise CheckpointError(f"{split_file} lists classes {split.class_names}, the manifest {class_names}.")
+    root = data.dataset_root(data_dir).resolve() if data_dir is not None else split.locate_root(source)
+    if root is None:
+        raise DataError(
+            f"The dataset {source.name} was trained on ({split.root}) is not on this machine: pass "
+            "--data DIR (or choose the dataset folder) to fine-tune on."
+        )
+    recorded = [rel for part in ("train", "val", "test") for rel, _ in getattr(split, part)]
+    missing = [rel for rel in recorded if not (root / rel).is_file()]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) of the recorded split are missing under {root}, e.g. {missing[0]}: "
+            "pass --data DIR pointing at the dataset the checkpoint was trained on."
+        )
+    split.root = str(root)
+    return split
+
+
+def finetune_config(manifest: dict[str, Any], epochs: int, learning_rate: float, batch_size: int) -> TrainConfig:
+    """The study's transfer preset (EarlyStopping 4, best val_loss kept, ReduceLROnPlateau 5)
+    with this run's epochs, learning rate and batch; seed and flip follow the source run."""
+    source = manifest.get("training") or {}
+    config = PRESETS["transfer"].replace(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        backbone=manifest["backbone"],
+        image_size=int(manifest["image_size"]),
+        seed=source.get("seed"),
+        flip=source.get("flip"),
+        dropout=source.get("dropout"),
+    )
+    # Set even when None: replace() skips None, and "imagenet" would misreport a weights=None run.
+    config.weights = manifest.get("weights")
+    return config
+
+
+def _train_features(
+    model: Any, split: data.Split, config: TrainConfig, workdir: Path, hooks: TrainHooks
+) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
+    """Train the head on cached features; evaluate the head on the test features, which
+    equals evaluating the full model on the test images."""
+    cache = FeatureCache()
+    train_paths, train_labels = split.paths("train")
+    val_paths, val_labels = split.paths("val")
+    test_paths, test_labels = split.paths("test")
+    groups = [(train_paths, False), (val_paths, False), (test_paths, False)]
+    groups += [(train_paths, True)] if config.flip else []
+    arrays = cached_feature_groups(model, groups, cache, FEATURE_BATCH, hooks.on_features, hooks.cancel)
+    train_x, val_x, test_x = arrays[:3]
+    train_flip_x = arrays[3] if config.flip else None
+    n = len(split.class_names)
+    head = models.head_on_features(model)
+    train_ds = feature_dataset(train_x, train_labels, n, config.batch_size, True, train_flip_x, config.seed)
+    val_ds = feature_dataset(val_x, val_labels, n, config.batch_size) if len(val_paths) else None
+    steps = -(-len(train_paths) // config.batch_size)
+    result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    test_ds = feature_dataset(test_x, test_labels, n, FEATURE_BATCH)
+    probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_paths) // FEATURE_BATCH), hooks.on_eval)
+    evaluation = evaluate.evaluation_report(test_labels, probabilities.argmax(axis=1).tolist(), split.class_names)
+    return result, evaluation, {"method": "cached-features", "feature_cache": cache.stats()}
+
+
+def feature_dataset(
+    features: np.ndarray,
+    labels: list[int],
+    num_classes: int,
+    batch_size: int,
+    training: bool = False,
+    flipped: np.ndarray | None = None,
+    seed: int = 42,
+) -> Any:
+    """Batches of (features, one-hot labels), in order unless `training`. Training batches
+    are reshuffled every epoch and, given `flipped`, each sample takes its flipped copy's
+    features with probability 1/2, drawn anew every epoch: the horizontal-flip augmentation
+    of the image pipeline, precomputed."""
+    import tensorflow as tf
+
+    onehot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+    if not training:
+        return tf.data.Dataset.from_tensor_slices((features, onehot)).batch(batch_size).prefetch(2)
+    parts = (features, onehot) if flipped is None else (features, onehot, flipped)
+    ds = tf.data.Dataset.from_tensor_slices(parts).shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    if flipped is not None:
+        # A seeded coin stream that differs every epoch (rerandomize), zipped per sample.
+        coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, coins).map(
+            lambda sample, coin: (tf.where(coin % 2 == 1, sample[2], sample[0]), sample[1])
+        )
+    return ds.batch(batch_size).prefetch(2)
+
+
+def _train_images(
+    model: Any, split: data.Split, config: TrainConfig, unfreeze_layers: int, workdir: Path, hooks: TrainHooks
+) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
+    """Train the top backbone layers and the head on image pipelines; evaluate on images."""
+    models.unfreeze(model, unfreeze_layers)
+    train_ds, val_ds, steps = datasets_for(split, config)
+    result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    # Saved frozen again, like every transfer checkpoint: the next fine-tune starts from a
+    # frozen backbone unless it asks to unfreeze.
+    models.unfreeze(model, 0)
+    test_paths, test_labels = split.paths("test")
+    evaluation = evaluate.evaluate_paths(
+        model, test_paths, test_labels, split.class_names, config.image_size, on_batch=hooks.on_eval
+    )
+    return result, evaluation, {"method": "images"}
+
+
+def _manifest(
+    source_manifest: dict[str, Any],
+    source: Path,
+    out_dir: Path,
+    split: data.Split,
+    config: TrainConfig,
+    unfreeze_layers: int,
+    result: FitResult,
+    seconds: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The source manifest with this run's name, provenance, training and dataset."""
+    manifest = {k: v for k, v in source_manifest.items() if k != "files"}
+    dataset = dict(source_manifest.get("dataset") or {})
+    dataset.update(split.summary(), split_file=checkpoints.SPLIT_FILE)
+    manifest.update(
+        name=out_dir.name,
+        finetuned_from={"name": source_manifest["name"], "path": str(source.resolve())},
+        training={
+            **config.to_json(),
+            "finetune": True,
+            "unfreeze_layers": unfreeze_layers,
+            "seconds": round(seconds, 1),
+            "fit_seconds": round(result.seconds, 1),
+            "epochs_run": len(result.history.get("loss", [])),
+            "best_epoch": result.best_epoch,
+            "cancelled": result.cancelled,
+            **extra,
+            "source_training": source_manifest.get("training"),
+        },
+        dataset=dataset,
+        created=checkpoints.now_iso(),
+        versions=checkpoints.library_versions(),
+    )
+    return manifest

@@ -1,0 +1,287 @@
+"""Feature cache and fast fine-tune of a transfer checkpoint, on the tiny backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_image
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Feature cache and default output root inside the test's tmp_path."""
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    monkeypatch.setenv("ANIMALCLS_RUNS", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def load_model(folder: Path):
+    from animalcls.checkpoints import load_checkpoint
+
+    return load_checkpoint(folder).model
+
+
+def test_path(folder: Path, part: str = "test") -> tuple[list[str], list[int]]:
+    from animalcls.data import Split
+
+    split = Split.load(folder / "split.json")
+    return split.paths(part, split.locate_root(folder))
+
+
+test_path.__test__ = False  # a helper, not a test
+
+
+def test_cache_hits_misses_and_content_keys(tiny_checkpoints, tmp_path):
+    from animalcls.features import FeatureCache, backbone_key, cached_features
+
+    model = load_model(tiny_checkpoints["transfer"])
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = [str(make_image(images / f"im{i}.png", (30 * i, 100, 200), size=40, seed=i)) for i in range(5)]
+    progress: list[tuple[int, int]] = []
+
+    first = FeatureCache(tmp_path / "cache")
+    cold = cached_features(model, paths, cache=first, batch_size=2, on_progress=lambda d, t: progress.append((d, t)))
+    assert cold.shape == (5, 16) and (first.hits, first.misses) == (0, 5)
+    assert progress[0] == (0, 5) and progress[-1] == (5, 5)
+    key = backbone_key(model)
+    sha1 = hashlib.sha1(Path(paths[0]).read_bytes()).hexdigest()
+    assert (tmp_path / "cache" / key / sha1[:2] / f"{sha1}.npy").is_file()
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+    warm_cache = FeatureCache(tmp_path / "cache")
+    warm = cached_features(model, paths, cache=warm_cache)
+    assert (warm_cache.hits, warm_cache.misses) == (5, 0)
+    np.testing.assert_array_equal(warm, cold)
+
+    # Same bytes under another name: a hit. New bytes under an old name: a miss.
+    shutil.copy(paths[1], images / "renamed.png")
+    make_image(Path(paths[2]), (250, 0, 0), size=40, seed=99)
+    third = FeatureCache(tmp_path / "cache")
+    again = cached_features(model, [str(images / "renamed.png"), paths[2]], cache=third)
+    assert (third.hits, third.misses) == (1, 1)
+    np.testing.assert_array_equal(again[0], cold[1])
+    assert not np.allclose(again[1], cold[2])
+
+
+def test_other_backbone_weights_get_another_key(tiny_checkpoints):
+    import keras
+
+    from animalcls.features import backbone_key
+    from animalcls.models import BACKBONE_LAYER
+
+    model = load_model(tiny_checkpoints["transfer"])
+    other = keras.models.clone_model(model)
+    other.set_weights(model.get_weights())
+    assert backbone_key(other) == backbone_key(model)
+    kernel = other.get_layer(BACKBONE_LAYER).get_layer("conv0").kernel
+    kernel.assign(kernel.numpy() * 1.01)
+    assert backbone_key(other) != backbone_key(model)
+
+
+def test_flipped_features_differ_for_an_asymmetric_image(tiny_checkpoints, tmp_path):
+    import tensorflow as tf
+
+    from animalcls.data import decode_resize
+    from animalcls.features import FeatureCache, cached_features, feature_model
+
+    model = load_model(tiny_checkpoints["transfer"])
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:, :12] = (250, 20, 20)
+    pixels[:, 12:] = (20, 20, 250)
+    path = tmp_path / "half.png"
+    Image.fromarray(pixels).save(path)
+    cache = FeatureCache(tmp_path / "cache")
+    plain = cached_features(model, [str(path)], flip=False, cache=cache)
+    flipped = cached_features(model, [str(path)], flip=True, cache=cache)
+    assert not np.allclose(plain, flipped, atol=1e-4)
+    image = decode_resize(tf.io.read_file(str(path)), 32)
+    expected = feature_model(model)(tf.image.flip_left_right(image)[None], training=False).numpy()
+    np.testing.assert_allclose(flipped, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_on_features_matches_the_full_model_on_images(tiny_checkpoints):
+    from animalcls.data import make_dataset
+    from animalcls.evaluate import predict_probabilities
+    from animalcls.features import FeatureCache, cached_features
+    from animalcls.models import head_on_features
+
+    folder = tiny_checkpoints["transfer"]
+    model = load_model(folder)
+    paths, labels = test_path(folder)
+    on_images = predict_probabilities(model, make_dataset(paths, labels, 5, 32, 4))
+    on_features = head_on_features(model).predict(cached_features(model, paths, cache=FeatureCache()), verbose=0)
+    np.testing.assert_allclose(on_features, on_images, rtol=1e-4, atol=1e-5)
+
+
+def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_checkpoints, tmp_path):
+    from animalcls.checkpoints import load_checkpoint
+    from animalcls.data import Split
+    from animalcls.finetune import finetune
+    from animalcls.pipeline import TrainHooks
+
+    source = tiny_checkpoints["transfer"]
+    before = folder_hashes(source)
+    calls: dict[str, list] = {"features": [], "batch": [], "epoch": []}
+    hooks = TrainHooks(
+        on_features=lambda d, t: calls["features"].append((d, t)),
+        on_batch=lambda e, b, n, logs: calls["batch"].append((e, b, n)),
+        on_epoch=lambda e, h: calls["epoch"].append(e),
+    )
+    out = tmp_path / "nested" / "ft"
+    result = finetune(source, epochs=2, out_dir=out, hooks=hooks, batch_size=8)
+
+    assert result.path == out and result.source == source and not result.cancelled
+    assert folder_hashes(source) == before
+    checkpoint = load_checkpoint(out)
+    manifest = checkpoint.manifest
+    assert manifest["name"] == "ft" and manifest["kind"] == "transfer"
+    assert manifest["finetuned_from"]["path"] == str(source.resolve())
+    training = manifest["training"]
+    assert training["method"] == "cached-features" and training["epochs"] == 2 and not training["cancelled"]
+    assert training["feature_cache"]["misses"] == 35 * 2 + 5 + 10 and training["feature_cache"]["hits"] == 0
+    assert len(result.history["loss"]) == 2 and calls["epoch"] == [1, 2]
+    assert calls["batch"][0] == (1, 1, 5) and calls["features"][-1] == (85, 85)
+    assert 0.0 <= result.evaluation["accuracy"] <= 1.0 and checkpoint.evaluation == result.evaluation
+    split = Split.load(out / "split.json")
+    assert split.locate_root(out) == Split.load(source / "split.json").locate_root(source)
+    assert not (tmp_path / "nested" / ".ft.work").exists()
+
+    # Same backbone, same images: the second run extracts nothing; the default out folder is new.
+    again = finetune(source, epochs=1, batch_size=8)
+    assert again.path.parent == tmp_path / "runs" / "finetunes"
+    assert again.path.name.startswith(f"{source.name}-ft-")
+    cache = json.loads((again.path / "manifest.json").read_text())["training"]["feature_cache"]
+    assert (cache["hits"], cache["misses"]) == (85, 0)
+    assert folder_hashes(source) == before
+
+
+def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
+    """The saved full model reproduces the evaluation computed on features."""
+    from animalcls.finetune import finetune
+    from animalcls.pipeline import evaluate_checkpoint
+
+    result = finetune(tiny_checkpoints["transfer"], epochs=3, learning_rate=1e-2, out_dir=tmp_path / "ft")
+    assert evaluate_checkpoint(result.path)["confusion_matrix"] == result.evaluation["confusion_matrix"]
+    before = load_model(tiny_checkpoints["transfer"]).get_layer("predictions").kernel.numpy()
+    after = load_model(result.path).get_layer("predictions").kernel.numpy()
+    assert not np.allclose(before, after)  # the head trained on features is the saved one
+
+
+def test_cancel_mid_run_keeps_and_saves_what_was_trained(tiny_checkpoints, tmp_path):
+    from animalcls.finetune import finetune
+    from animalcls.pipeline import TrainHooks
+
+    event = threading.Event()
+    batches: list[int] = []
+
+    def on_batch(epoch, batch, steps, logs):
+        batches.append(batch)
+        event.set()
+
+    result = finetune(
+        tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8,
+        hooks=TrainHooks(on_batch=on_batch, cancel=event),
+    )
+    assert result.cancelled and batches == [1]
+    assert len(result.history["loss"]) == 1
+    assert json.loads((result.path / "manifest.json").read_text())["training"]["cancelled"] is True
+
+
+def test_preset_cancel(tiny_checkpoints, tmp_path):
+    """Cold cache: cancelled during extraction, nothing saved. Warm cache: one batch, saved."""
+    from animalcls.features import FeatureExtractionCancelled
+    from animalcls.finetune import finetune
+    from animalcls.pipeline import TrainHooks
+
+    event = threading.Event()
+    event.set()
+    with pytest.raises(FeatureExtractionCancelled):
+        finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "cold", hooks=TrainHooks(cancel=event))
+    assert not (tmp_path / "cold").exists()
+
+    finetune(tiny_checkpoints["transfer"], epochs=1, out_dir=tmp_path / "warm-up")
+    result = finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "warm", hooks=TrainHooks(cancel=event))
+    assert result.cancelled and (tmp_path / "warm" / "model.keras").is_file()
+
+
+def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_path):
+    from animalcls.finetune import finetune
+    from animalcls.models import BACKBONE_LAYER
+
+    source = tiny_checkpoints["transfer"]
+    result = finetune(source, epochs=1, unfreeze_layers=3, out_dir=tmp_path / "ft", batch_size=8)
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["training"]["method"] == "images" and manifest["training"]["unfreeze_layers"] == 3
+    before = load_model(source).get_layer(BACKBONE_LAYER)
+    after = load_model(result.path).get_layer(BACKBONE_LAYER)
+    assert not np.allclose(before.get_layer("conv1").kernel.numpy(), after.get_layer("conv1").kernel.numpy())
+    np.testing.assert_array_equal(before.get_layer("conv0").kernel.numpy(), after.get_layer("conv0").kernel.numpy())
+    assert not after.trainable  # saved frozen again, like every transfer checkpoint
+
+
+def test_rejects_scratch_and_existing_outputs(tiny_checkpoints, tmp_path):
+    from animalcls.errors import AnimalclsError
+    from animalcls.finetune import finetune
+
+    with pytest.raises(AnimalclsError, match="only transfer checkpoints"):
+        finetune(tiny_checkpoints["scratch"], out_dir=tmp_path / "x")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(AnimalclsError, match="already exists"):
+        finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "taken")
+    with pytest.raises(AnimalclsError, match="source checkpoint"):
+        finetune(tiny_checkpoints["transfer"], out_dir=tiny_checkpoints["transfer"])
+
+
+def test_missing_dataset_asks_for_data(tiny_checkpoints, tmp_path):
+    from animalcls.errors import DataError
+    from animalcls.finetune import finetune
+
+    source = tiny_checkpoints["transfer"]
+    moved = tmp_path / "moved"
+    shutil.copytree(source, moved)
+    split = json.loads((moved / "split.json").read_text())
+    split.update(root=str(tmp_path / "gone"), root_relative=None)
+    (moved / "split.json").write_text(json.dumps(split))
+    with pytest.raises(DataError, match="--data"):
+        finetune(moved, out_dir=tmp_path / "a")
+    (moved / "split.json").unlink()
+    with pytest.raises(DataError, match="--data"):
+        finetune(moved, out_dir=tmp_path / "b")
+
+
+def test_data_dir_without_split_scans_and_splits(tiny_checkpoints, tmp_path):
+    from animalcls.finetune import finetune
+
+    source = tiny_checkpoints["transfer"]
+    moved = tmp_path / "moved"
+    shutil.copytree(source, moved)
+    (moved / "split.json").unlink()
+    data_dir = Path(json.loads((source / "split.json").read_text())["root"]).parent
+    result = finetune(moved, data_dir, epochs=1, out_dir=tmp_path / "ft")
+    assert (result.path / "split.json").is_file() and result.evaluation["n"] == 10
+
+
+def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
+    from animalcls.cli import main
+
+    out = tmp_path / "cli-ft"
+    assert main(["finetune", str(tiny_checkpoints["transfer"]), "--epochs", "1", "--out", str(out)]) == 0
+    assert (out / "model.keras").is_file() and "Fine-tuned checkpoint" in capsys.readouterr().out
+    assert main(["finetune", str(tiny_checkpoints["scratch"]), "--out", str(tmp_path / "no")]) == 2
