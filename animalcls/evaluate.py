@@ -33,7 +33,7 @@ def predict_probabilities(
     """Run `model` over a batched tf.data dataset of (images, labels) in a compiled function."""
     import tensorflow as tf
 
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
     outputs = []
     for step, (images, _) in enumerate(dataset, 1):
         outputs.append(forward(images).numpy())

@@ -137,7 +137,9 @@ class Predictor:
             if self._forward is None:
                 # A fixed signature traces once: eager calls were 5x slower at batch 1.
                 spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-                self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=[spec])
+                self._forward = tf.function(
+                    lambda x: self.model(x, training=False), input_signature=[spec], autograph=False
+                )
         return self._forward(tf.constant(batch)).numpy()
 
     def predict(self, images: Sequence[ImageInput]) -> list[dict[str, float]]:

@@ -17,12 +17,25 @@ def _input(image_size: int) -> keras.KerasTensor:
 
 
 def build_scratch(
-    backbone: str, num_classes: int, image_size: int | None = None, dropout: float = 0.0
+    backbone: str,
+    num_classes: int,
+    image_size: int | None = None,
+    dropout: float = 0.0,
+    bn_momentum: float | None = None,
 ) -> keras.Model:
     """The study's scratch model: the whole backbone randomly initialised and trainable,
-    then global average pooling and a softmax layer (Keras's own `include_top` head)."""
+    then global average pooling and a softmax layer (Keras's own `include_top` head).
+
+    `bn_momentum` overrides the BatchNorm moving-average momentum (Keras: 0.99). On a few
+    thousand photos 0.99 lags the fast-changing activations of a net trained from scratch,
+    so inference-mode predictions collapse to one class for many epochs; 0.9 tracks them.
+    """
     size = image_size or get_backbone(backbone).default_image_size
     base = build_backbone(backbone, size, weights=None)
+    if bn_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = bn_momentum
     inputs = _input(size)
     x = layers.GlobalAveragePooling2D(name=POOL_LAYER)(base(inputs))
     if dropout:

@@ -38,7 +38,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
 def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
     if config.model == "scratch":
-        return models.build_scratch(config.backbone, num_classes, config.image_size, config.dropout)
+        return models.build_scratch(
+            config.backbone, num_classes, config.image_size, config.dropout, config.bn_momentum
+        )
     if config.model == "transfer":
         return models.build_transfer(config.backbone, num_classes, config.image_size, config.weights, config.dropout)
     raise ValueError(f"Unknown model kind '{config.model}': use 'scratch' or 'transfer'.")

@@ -35,6 +35,7 @@ class TrainConfig:
     keep_best: bool = False  # ModelCheckpoint on val_loss, best weights restored at the end
     flip: bool = True  # horizontal-flip augmentation on the training split
     dropout: float = 0.0
+    bn_momentum: float | None = None  # scratch only: BatchNorm moving-average momentum
     seed: int = 42
     backbone: str | None = None  # None: backbones.default_backbone()
     image_size: int | None = None  # None: the backbone's default

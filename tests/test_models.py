@@ -106,3 +106,11 @@ def test_inception_v3_smoke_at_75px():
     assert probs.shape == (1, 5) and np.isclose(probs.sum(), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="at least 75"):
         backbones.build_backbone("inception_v3", 64)
+
+
+def test_scratch_bn_momentum_override():
+    default = models.build_scratch("tiny", 3, 32)
+    tuned = models.build_scratch("tiny", 3, 32, bn_momentum=0.9)
+    bn = [layer for layer in tuned.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and all(layer.momentum == 0.9 for layer in bn)
+    assert default.get_layer("backbone").get_layer("bn0").momentum == 0.99

@@ -1,0 +1,236 @@
+"""What the web app shows, computed from checkpoint folders: headers, fact tables, report
+tables, plot images and the side-by-side comparison. No Gradio here, so tests call it directly."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import CONFUSION_PLOT, EVAL_FILE, HISTORY_FILE, HISTORY_PLOT, SPLIT_FILE, read_json, read_manifest
+from .errors import AnimalclsError
+
+REPORT_HEADERS = ["class", "precision", "recall", "f1-score", "support"]
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+
+
+def missing_side_text(kind: str, note: str = "") -> str:
+    hint = (
+        f"No **{kind}** checkpoint is available on this server, so this side is empty. "
+        f"Train one with `python -m animalcls train --model {kind} --data DIR --out checkpoints/{kind}-NAME` "
+        f"or start the app with `--{kind} DIR`."
+    )
+    return f"{hint}\n\n{note}" if note else hint
+
+
+def evaluation_of(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / EVAL_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def test_accuracy(folder: Path, manifest: Mapping[str, Any] | None = None) -> float | None:
+    manifest = manifest or read_manifest(folder)
+    for key in ("test_accuracy", "accuracy"):
+        if isinstance(manifest.get(key), (int, float)):
+            return float(manifest[key])
+    evaluation = manifest.get("evaluation")
+    if isinstance(evaluation, Mapping) and isinstance(evaluation.get("accuracy"), (int, float)):
+        return float(evaluation["accuracy"])
+    found = evaluation_of(folder)
+    return float(found["accuracy"]) if found else None
+
+
+def model_header(folder: Path | None, kind: str, note: str = "", swapped: bool = False) -> str:
+    """Markdown: the model's name, kind, backbone, image size and test accuracy."""
+    if folder is None:
+        return f"### {kind.capitalize()} model\n\n{missing_side_text(kind, note)}"
+    try:
+        manifest = read_manifest(folder)
+        accuracy = test_accuracy(folder, manifest)
+    except AnimalclsError as exc:
+        return f"### {kind.capitalize()} model\n\n**Unusable checkpoint:** {exc}"
+    evaluation = evaluation_of(folder)
+    n = f" on {evaluation['n']} test photos" if evaluation and "n" in evaluation else ""
+    acc = f"test accuracy **{accuracy:.1%}**{n}" if accuracy is not None else "test accuracy unknown (no eval.json)"
+    tag = " (fine-tuned, swapped in)" if swapped else ""
+    return (
+        f"### {manifest['name']}{tag}\n\n"
+        f"{manifest['kind']} · {manifest['backbone']} · {manifest['image_size']} px · {acc}"
+    )
+
+
+def top_label(probabilities: Mapping[str, float]) -> str:
+    return max(probabilities.items(), key=lambda item: item[1])[0]
+
+
+def comparison_markdown(results: Mapping[str, tuple[dict[str, float], float] | None]) -> str:
+    """Whether the models agree, then every class in one fixed order with both probabilities."""
+    present = {kind: result for kind, result in results.items() if result is not None}
+    if not present:
+        return ""
+    tops = {kind: top_label(probs) for kind, (probs, _) in present.items()}
+    if len(present) == 2:
+        (_, a), (_, b) = tops.items()
+        verdict = f"**Both models agree: {a}.**" if a == b else f"**The models disagree:** scratch says **{tops['scratch']}**, transfer says **{tops['transfer']}**."
+    else:
+        (kind, only), = tops.items()
+        verdict = f"Only the {kind} model is available: **{only}**."
+    order: list[str] = []
+    for kind in ("transfer", "scratch"):  # one fixed class order: the transfer model's, then any extras
+        if kind in present:
+            order += [name for name in present[kind][0] if name not in order]
+    kinds = [kind for kind in ("scratch", "transfer") if kind in present]
+    lines = ["| class | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    for name in order:
+        cells = []
+        for kind in kinds:
+            value = present[kind][0].get(name)
+            cell = "–" if value is None else f"{value:.1%}"
+            cells.append(f"**{cell}**" if name == tops[kind] else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return verdict + "\n\n" + "\n".join(lines)
+
+
+def timing_line(seconds: float) -> str:
+    return f"Inference (forward pass): **{seconds * 1000:.0f} ms**"
+
+
+def report_rows(evaluation: Mapping[str, Any] | None) -> list[list[Any]]:
+    """sklearn's report as table rows: each class, then accuracy, macro and weighted averages."""
+    if not evaluation:
+        return []
+    report, names = evaluation["report"], evaluation["class_names"]
+
+    def row(label: str, values: Mapping[str, float]) -> list[Any]:
+        return [label, round(values["precision"], 4), round(values["recall"], 4),
+                round(values["f1-score"], 4), int(values["support"])]
+
+    rows = [row(name, report[name]) for name in names]
+    total = int(sum(report[name]["support"] for name in names))
+    rows.append(["accuracy", None, None, round(float(evaluation["accuracy"]), 4), total])
+    rows += [row(avg, report[avg]) for avg in ("macro avg", "weighted avg") if avg in report]
+    return rows
+
+
+def facts_markdown(folder: Path) -> str:
+    """Backbone, image size, data summary, epochs and training time from the manifest."""
+    manifest = read_manifest(folder)
+    training = manifest.get("training") or {}
+    dataset = manifest.get("dataset") or {}
+    sizes = dataset.get("sizes") or {}
+    seconds = training.get("seconds")
+    rows = [
+        ("name", manifest["name"]),
+        ("kind", manifest["kind"]),
+        ("backbone", manifest["backbone"]),
+        ("image size", f"{manifest['image_size']} px"),
+        ("weights", manifest.get("weights") or "none (random init)"),
+        ("classes", ", ".join(manifest["class_names"])),
+        ("photos train / val / test", " / ".join(str(sizes.get(p, "?")) for p in ("train", "val", "test")) if sizes else "?"),
+        ("epochs run", f"{training.get('epochs_run', '?')} of {training.get('epochs', '?')}"
+         + (f" (best epoch {training['best_epoch']})" if training.get("best_epoch") else "")
+         + (" — cancelled" if training.get("cancelled") else "")),
+        ("optimizer", f"{training.get('optimizer', '?')}, learning rate {training.get('learning_rate', '?')}, "
+         f"batch {training.get('batch_size', '?')}"),
+        ("training time", _duration(seconds) if isinstance(seconds, (int, float)) else "?"),
+        ("created", manifest.get("created", "?")),
+    ]
+    source = manifest.get("finetuned_from")
+    if isinstance(source, Mapping) and source.get("name"):
+        rows.insert(1, ("fine-tuned from", str(source["name"])))
+        if training.get("unfreeze_layers") is not None:
+            rows.insert(2, ("unfrozen backbone layers", str(training["unfreeze_layers"])))
+    table = ["| fact | value |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(table)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def figure_image(fig: Any) -> Any:
+    """A matplotlib Figure as a PIL image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    buffer.seek(0)
+    image = Image.open(buffer)
+    image.load()
+    return image
+
+
+def history_image(folder: Path) -> Any | None:
+    """history.png of a checkpoint, drawn from history.json when the picture is missing."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if (folder / HISTORY_PLOT).is_file():
+        return Image.open(folder / HISTORY_PLOT).convert("RGB")
+    if (folder / HISTORY_FILE).is_file():
+        from .plots import history_figure
+
+        return figure_image(history_figure(read_json(folder / HISTORY_FILE), read_manifest(folder)["name"]))
+    return None
+
+
+def confusion_image(folder: Path) -> Any | None:
+    """confusion_matrix.png of a checkpoint, drawn from eval.json when the picture is missing."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if (folder / CONFUSION_PLOT).is_file():
+        return Image.open(folder / CONFUSION_PLOT).convert("RGB")
+    evaluation = evaluation_of(folder)
+    if evaluation:
+        from .plots import confusion_figure
+
+        name = read_manifest(folder)["name"]
+        return figure_image(confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"], name))
+    return None
+
+
+def dataset_root_of(folder: Path | None) -> Path | None:
+    """The dataset a checkpoint was trained on, when it is on this machine."""
+    from .data import Split
+
+    if folder is None or not (Path(folder) / SPLIT_FILE).is_file():
+        return None
+    try:
+        return Split.load(Path(folder) / SPLIT_FILE).locate_root(Path(folder))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def test_photos(folders: Sequence[Path | None], per_class: int = 2) -> list[str]:
+    """A few photos of each class from the TEST split of each checkpoint's dataset, when that
+    dataset is on this machine (never training photos)."""
+    from .data import Split
+
+    photos: list[str] = []
+    for folder in folders:
+        root = dataset_root_of(folder)
+        if root is None:
+            continue
+        split = Split.load(Path(folder) / SPLIT_FILE)
+        paths, labels = split.paths("test", root)
+        taken: dict[int, int] = {}
+        for path, label in zip(paths, labels):
+            if taken.get(label, 0) < per_class and Path(path).is_file() and path not in photos:
+                photos.append(path)
+                taken[label] = taken.get(label, 0) + 1
+    return photos
+
+
+def folder_photos(folder: Path, limit: int = 20) -> list[str]:
+    """Image files a user put in `examples/` (the repository ships none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [str(p) for p in files[:limit]]

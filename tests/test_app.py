@@ -1,0 +1,386 @@
+"""The web app's handlers, called directly with the tiny checkpoints (no server)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_image
+
+sys.path.insert(0, str(REPO))
+import app  # noqa: E402 - app.py lives at the repository root
+
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Feature cache and fine-tune output inside the test's tmp_path; no Hub."""
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    monkeypatch.setenv("ANIMALCLS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("ANIMALCLS_HUB_REPO", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def animal_app(tiny_checkpoints, tmp_path: Path) -> app.AnimalApp:
+    return app.AnimalApp(
+        tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "finetunes",
+        use_hub=False, examples_dir=tmp_path / "no-examples",
+    )
+
+
+@pytest.fixture
+def test_photo(tiny_checkpoints) -> str:
+    from animalcls.app_views import test_photos
+
+    return test_photos([tiny_checkpoints["transfer"]])[0]
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def drain(generator) -> list[tuple]:
+    return list(generator)
+
+
+# ---------------------------------------------------------------- building
+
+
+def test_import_loads_no_model_and_no_tensorflow():
+    code = "import sys; sys.path.insert(0, '.'); import app; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_build_demo_has_stable_api_names(tiny_checkpoints, tmp_path):
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    make_image(examples / "my-cat.jpg", (200, 40, 40))
+    demo = app.build_demo(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
+                          finetune_root=tmp_path / "ft", examples_dir=examples)
+    assert isinstance(demo, gr.Blocks)
+    names = {fn.api_name: fn for fn in demo.fns.values()}
+    # Every event named explicitly: no auto-generated or de-duplicated ("_1") names.
+    assert sorted(names) == sorted(app.API_NAMES)
+    public = sorted(name for name, fn in names.items() if fn.api_visibility == "public")
+    assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models", "use_model"]
+    assert names["classify_test_example"].concurrency_id == names["classify"].concurrency_id
+    # Classification never queues behind a fine-tune: separate concurrency groups, and the
+    # fine-tune itself has no queue limit, so a second request reaches the handler and gets "busy".
+    assert names["classify"].concurrency_id != names["finetune"].concurrency_id
+    assert names["classify"].concurrency_limit == 2
+    assert names["finetune"].concurrency_limit is None
+    assert names["cancel_finetune"].concurrency_limit is None
+    assert not (REPO / "app.pyi").exists()  # no Component subclass: Gradio would write a stub file
+
+
+def test_parse_args_flags_and_env(monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "9000")
+    monkeypatch.setenv("ANIMALCLS_DATA", "/data/animals")
+    args = app.parse_args([])
+    assert (args.host, args.port, args.data) == ("0.0.0.0", 9000, "/data/animals")
+    monkeypatch.setenv("ANIMALCLS_PORT", "9100")  # ANIMALCLS_* wins over GRADIO_*
+    assert app.parse_args([]).port == 9100
+    assert app.parse_args(["--port", "9200", "--host", "127.0.0.1"]).port == 9200
+
+
+# ---------------------------------------------------------------- Classify tab
+
+
+def test_classify_good_image(animal_app, test_photo):
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(test_photo)
+    assert "### scratch-tiny" in scratch_info and "scratch · tiny · 32 px" in scratch_info
+    assert "### transfer-tiny" in transfer_info and "test accuracy" in transfer_info
+    assert "Inference (forward pass)" in scratch_info and " ms" in transfer_info
+    for label in (scratch_label, transfer_label):
+        assert len(label) == 5 and abs(sum(label.values()) - 1) < 1e-3
+    assert set(scratch_label) == set(transfer_label) == {"cat", "spider", "butterfly", "elephant", "chicken"}
+    assert "agree" in verdict
+    # The comparison table lists every class once, in the same order for both models.
+    rows = [line.split("|")[1].strip() for line in verdict.splitlines() if line.startswith("| ") and "class" not in line]
+    assert rows == ["cat", "spider", "butterfly", "elephant", "chicken"]
+
+
+def test_classify_agreement_text():
+    from animalcls.app_views import comparison_markdown
+
+    same = comparison_markdown({"scratch": ({"cat": 0.9, "dog": 0.1}, 0.01), "transfer": ({"cat": 0.6, "dog": 0.4}, 0.01)})
+    assert same.startswith("**Both models agree: cat.**")
+    differ = comparison_markdown({"scratch": ({"cat": 0.2, "dog": 0.8}, 0.01), "transfer": ({"cat": 0.6, "dog": 0.4}, 0.01)})
+    assert "disagree" in differ and "scratch says **dog**" in differ
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "huge_pixels", "huge_file", "empty"])
+def test_classify_bad_upload_gives_clear_message(animal_app, tmp_path, kind):
+    path = tmp_path / "upload.jpg"
+    if kind == "text":
+        path = tmp_path / "notes.txt"
+        path.write_text("not a photo")
+        expected = "is not an image"
+    elif kind == "truncated":
+        make_image(tmp_path / "full.jpg", (200, 30, 30), size=400, seed=1)
+        data = (tmp_path / "full.jpg").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        expected = "corrupt or truncated"
+    elif kind == "huge_pixels":
+        path = tmp_path / "huge.png"
+        Image.new("L", (8000, 6000)).save(path)  # 48 MP, a small file
+        expected = "pixel"
+    elif kind == "huge_file":
+        with open(path, "wb") as handle:
+            handle.truncate(51 * 2**20)
+        expected = "larger than 50 MB"
+    else:
+        path.write_bytes(b"")
+        expected = "not an image"
+    with pytest.raises(gr.Error) as error:
+        animal_app.classify(str(path))
+    assert expected in error.value.message
+    assert error.value.title == "Not a usable image"
+    # ...and the app keeps working.
+    assert animal_app.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))[1]
+
+
+def test_classify_without_photo(animal_app):
+    with pytest.raises(gr.Error, match="Upload a photo first"):
+        animal_app.classify(None)
+
+
+def test_image_input_rejects_non_image_with_clear_message(tmp_path):
+    """Gradio's own preprocessing fails on a non-image before the handler; ours says why."""
+    from gradio.data_classes import ImageData
+
+    with gr.Blocks():
+        image = app.checked_image(type="filepath", image_mode=None)
+    bad = tmp_path / "document.pdf"
+    bad.write_bytes(b"%PDF-1.4 not an image")
+    with pytest.raises(gr.Error) as error:
+        image.preprocess(ImageData(path=str(bad), orig_name="document.pdf"))
+    assert "document.pdf is not an image" in error.value.message
+    good = make_image(tmp_path / "ok.png", (10, 20, 30))
+    assert image.preprocess(ImageData(path=str(good), orig_name="ok.png")) == str(good)
+
+
+def test_example_photos_come_from_the_test_split(animal_app, tiny_checkpoints, tmp_path):
+    from animalcls.data import Split
+
+    test_photos, user_photos = animal_app.example_photos()
+    split = Split.load(tiny_checkpoints["transfer"] / "split.json")
+    test_files = set(split.paths("test", split.locate_root(tiny_checkpoints["transfer"]))[0])
+    assert test_photos and set(test_photos) <= test_files
+    assert user_photos == []
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "README.md").write_text("no photos here")
+    make_image(examples / "mine.jpg", (1, 2, 3))
+    assert [Path(p).name for p in app.views.folder_photos(examples)] == ["mine.jpg"]
+
+
+def test_examples_hidden_when_the_dataset_is_not_here(tiny_checkpoints, tmp_path):
+    moved = tmp_path / "transfer-copy"
+    shutil.copytree(tiny_checkpoints["transfer"], moved)
+    split = json.loads((moved / "split.json").read_text())
+    split.update(root=str(tmp_path / "gone"), root_relative="../gone")
+    (moved / "split.json").write_text(json.dumps(split))
+    animal_app = app.AnimalApp(None, moved, checkpoints_root=tmp_path / "none", use_hub=False)
+    assert animal_app.example_photos() == ([], [])
+    assert "no dataset" in animal_app.finetune_intro()
+    with pytest.raises(gr.Error, match="No dataset to fine-tune on"):
+        next(animal_app.finetune(1, 1e-3, 0))
+
+
+# ---------------------------------------------------------------- missing checkpoints, Hub
+
+
+def test_no_checkpoints_at_all(tmp_path):
+    animal_app = app.AnimalApp(checkpoints_root=tmp_path / "empty", use_hub=False)
+    assert any("No scratch checkpoint" in n for n in animal_app.notices)
+    assert any("No transfer checkpoint" in n for n in animal_app.notices)
+    assert isinstance(animal_app.build(), gr.Blocks)
+    views = animal_app.model_views()
+    assert "No **scratch** checkpoint" in views[0] and "No **transfer** checkpoint" in views[1]
+    with pytest.raises(gr.Error, match="No checkpoints are available"):
+        animal_app.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))
+    assert "needs a transfer checkpoint" in animal_app.finetune_intro()
+
+
+def test_one_side_missing(tiny_checkpoints, tmp_path):
+    animal_app = app.AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
+    assert animal_app.notices == [f"No transfer checkpoint found (looked in {tmp_path / 'empty'}): the transfer side is empty."]
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(
+        str(make_image(tmp_path / "ok.png", (30, 200, 30))))
+    assert scratch_label and transfer_label is None
+    assert "No **transfer** checkpoint" in transfer_info
+    assert verdict.startswith("Only the scratch model is available")
+
+
+def test_bundled_defaults_and_hub_failure(tiny_checkpoints, tmp_path, monkeypatch):
+    root = tmp_path / "bundled"  # a stand-in for checkpoints/ holding one checkpoint of each kind
+    for kind in ("scratch", "transfer"):
+        shutil.copytree(tiny_checkpoints[kind], root / f"{kind}-tiny")
+    import animalcls.hub
+
+    monkeypatch.setattr(animalcls.hub, "pull_app_checkpoints",
+                        lambda repo_id=None: ({}, "Could not load checkpoints from the Hub repo x/y (offline)."))
+    animal_app = app.AnimalApp(checkpoints_root=root, use_hub=True)
+    assert animal_app.registry.paths() == {"scratch": root / "scratch-tiny", "transfer": root / "transfer-tiny"}
+    assert animal_app.notices == ["Could not load checkpoints from the Hub repo x/y (offline)."]
+    demo = animal_app.build()
+    notice = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "notice")
+    assert "x/y (offline)" in notice.value and notice.visible
+
+
+def test_hub_checkpoints_are_used_when_pulled(tiny_checkpoints, tmp_path, monkeypatch):
+    import animalcls.hub
+
+    monkeypatch.setattr(animalcls.hub, "pull_app_checkpoints",
+                        lambda repo_id=None: ({"transfer": tiny_checkpoints["transfer"]}, None))
+    animal_app = app.AnimalApp(checkpoints_root=tmp_path / "empty", use_hub=True)
+    assert animal_app.registry.path("transfer") == tiny_checkpoints["transfer"]
+    assert animal_app.registry.path("scratch") is None
+
+
+# ---------------------------------------------------------------- Training tab
+
+
+def test_training_tab_views(animal_app):
+    values = animal_app.model_views()
+    assert len(values) == 2 + 2 * 4
+    for facts, history, confusion, report in (values[2:6], values[6:10]):
+        for fact in ("backbone", "image size", "photos train / val / test", "epochs run", "training time"):
+            assert fact in facts
+        assert history.size[0] > 300 and confusion.size[0] > 200
+        assert list(report.columns) == ["class", "precision", "recall", "f1-score", "support"]
+        assert list(report["class"]) == ["cat", "spider", "butterfly", "elephant", "chicken", "accuracy",
+                                         "macro avg", "weighted avg"]
+        assert report.iloc[5]["support"] == 10
+
+
+def test_plots_are_drawn_when_the_pngs_are_missing(tiny_checkpoints, tmp_path):
+    from animalcls.app_views import confusion_image, history_image
+
+    folder = tmp_path / "no-pngs"
+    shutil.copytree(tiny_checkpoints["scratch"], folder)
+    (folder / "history.png").unlink()
+    (folder / "confusion_matrix.png").unlink()
+    assert history_image(folder).size[0] > 300
+    assert confusion_image(folder).size[0] > 200
+
+
+# ---------------------------------------------------------------- Fine-tune tab
+
+
+class FakeResult:
+    def __init__(self, path: Path, cancelled: bool, history: dict) -> None:
+        self.path, self.source, self.cancelled, self.history = path, None, cancelled, history
+        self.evaluation = None
+        self.seconds = 1.0
+
+
+def blocking_finetune(started: threading.Event):
+    """A stand-in for animalcls.finetune.finetune that trains until cancelled."""
+
+    def fake(checkpoint_dir, data_dir=None, epochs=5, learning_rate=1e-3, unfreeze_layers=0, out_dir=None,
+             hooks=None, batch_size=64):
+        hooks.on_batch(1, 1, 4, {"loss": 1.5, "accuracy": 0.25})
+        hooks.on_epoch(1, {"loss": [1.5], "accuracy": [0.25]})
+        started.set()
+        assert hooks.cancel.wait(30), "never cancelled"
+        return FakeResult(Path(checkpoint_dir), True, {"loss": [1.5], "accuracy": [0.25]})
+
+    return fake
+
+
+def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
+    import animalcls.finetune
+
+    started = threading.Event()
+    monkeypatch.setattr(animalcls.finetune, "finetune", blocking_finetune(started))
+    first = animal_app.finetune(2, 1e-3, 0)
+    assert "starting" in next(first)[0]
+    assert started.wait(30)
+    with pytest.raises(gr.Error) as busy:
+        next(animal_app.finetune(1, 1e-3, 0))
+    assert "already running" in busy.value.message and busy.value.title == "Busy"
+    assert "Cancelling" in animal_app.cancel_finetune()
+    final = drain(first)[-1]
+    assert final[0].startswith("**Cancelled** after 1 epoch(s)")
+    assert animal_app.cancel_finetune() == "No fine-tune is running."
+    assert not animal_app.runner.busy
+
+
+def test_finetune_settings_are_checked(animal_app):
+    for epochs, rate, unfreeze, text in ((0, 1e-3, 0, "Epochs"), (2, 0, 0, "learning rate"), (2, 1e-3, -1, "negative"),
+                                         ("x", 1e-3, 0, "whole numbers")):
+        with pytest.raises(gr.Error, match=text):
+            next(animal_app.finetune(epochs, rate, unfreeze))
+
+
+def test_finetune_failure_is_reported(animal_app, monkeypatch):
+    import animalcls.finetune
+    from animalcls.errors import DataError
+
+    def broken(*args, **kwargs):
+        raise DataError("12 image(s) of the recorded split are missing")
+
+    monkeypatch.setattr(animalcls.finetune, "finetune", broken)
+    with pytest.raises(gr.Error, match="The fine-tune failed: 12 image"):
+        drain(animal_app.finetune(1, 1e-3, 0))
+    assert not animal_app.runner.busy
+
+
+def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch):
+    import animalcls.finetune
+    from animalcls.features import FeatureExtractionCancelled
+
+    def cancelled(*args, **kwargs):
+        raise FeatureExtractionCancelled("Cancelled during feature extraction.")
+
+    monkeypatch.setattr(animalcls.finetune, "finetune", cancelled)
+    final = drain(animal_app.finetune(1, 1e-3, 0))[-1]
+    assert final[0].startswith("**Cancelled** while extracting backbone features")
+    with pytest.raises(gr.Error, match="No fine-tuned model yet"):
+        animal_app.use_model()
+
+
+def test_use_model_before_any_finetune(animal_app):
+    with pytest.raises(gr.Error, match="No fine-tuned model yet"):
+        animal_app.use_model()
+
+
+def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, tmp_path, test_photo):
+    source = tiny_checkpoints["transfer"]
+    before = folder_hashes(source)
+    updates = drain(animal_app.finetune(1, 1e-3, 0))
+    status, curves, start_report, start_confusion, new_report, new_confusion, use_button = updates[-1]
+    assert status.startswith("**Done.**") and "test accuracy" in status
+    assert any("epoch 1/1" in u[0] for u in updates[1:-1]) or any("features" in u[0] for u in updates[1:-1])
+    assert curves is not None and new_confusion is not None
+    assert list(new_report["class"])[-3:] == ["accuracy", "macro avg", "weighted avg"]
+    assert use_button["interactive"] is True
+    new_folders = list((tmp_path / "finetunes").iterdir())
+    assert len(new_folders) == 1 and (new_folders[0] / "model.keras").is_file()
+    assert folder_hashes(source) == before  # the starting checkpoint is never written to
+
+    message, *views = animal_app.use_model()
+    assert "for every user of this server" in message
+    assert animal_app.registry.path("transfer") == new_folders[0]
+    assert new_folders[0].name in views[1] and "swapped in" in views[1]
+    assert "fine-tuned from" in views[6]  # the Training tab shows the new model's facts
+    assert new_folders[0].name in animal_app.classify(test_photo)[2]
+
+    animal_app.restore_models()
+    assert animal_app.registry.path("transfer") == source

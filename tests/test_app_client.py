@@ -1,0 +1,154 @@
+"""The app served in-process on 127.0.0.1 and driven through gradio_client, as an API user would."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_image
+
+sys.path.insert(0, str(REPO))
+import app  # noqa: E402 - app.py lives at the repository root
+
+# Gradio's own queue code triggers pandas deprecation warnings.
+pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints, tmp_path_factory):
+    """(url, AnimalApp) of a running server; closed after the module."""
+    tmp = tmp_path_factory.mktemp("app-client")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
+        patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
+        demo = app.build_demo(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
+                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples")
+        port = free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **app.LAUNCH_OPTIONS)
+        try:
+            yield f"http://127.0.0.1:{port}/", demo.animalcls_app
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def photo(tiny_checkpoints) -> str:
+    from animalcls.app_views import test_photos
+
+    return test_photos([tiny_checkpoints["transfer"]])[0]
+
+
+def test_api_lists_the_named_endpoints(client):
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/classify", "/finetune", "/cancel_finetune", "/use_model", "/restore_models", "/model_info"):
+        assert name in endpoints
+
+
+def test_classify_round_trip(client, photo):
+    from gradio_client import handle_file
+
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict = client.predict(
+        handle_file(photo), api_name="/classify")
+    assert "scratch-tiny" in scratch_info and "transfer-tiny" in transfer_info
+    for label in (scratch_label, transfer_label):
+        assert len(label["confidences"]) == 5
+        assert label["label"] == label["confidences"][0]["label"]
+    assert "agree" in verdict
+
+
+def test_bad_upload_gets_a_clear_error_then_a_good_one_works(client, photo, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "holiday.txt"
+    bad.write_text("these are not the pixels you are looking for")
+    with pytest.raises(Exception) as error:
+        client.predict(handle_file(str(bad)), api_name="/classify")
+    assert "holiday.txt is not an image" in str(error.value)
+    assert "verbose error reporting" not in str(error.value)  # not Gradio's generic text
+
+    corrupt = tmp_path / "broken.jpg"
+    full = make_image(tmp_path / "full.jpg", (200, 30, 30), size=400, seed=3).read_bytes()
+    corrupt.write_bytes(full[: len(full) // 2])
+    with pytest.raises(Exception, match="corrupt or truncated"):
+        client.predict(handle_file(str(corrupt)), api_name="/classify")
+
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:
+        handle.truncate(51 * 2**20)  # over LAUNCH_OPTIONS["max_file_size"]: refused before the upload
+    with pytest.raises(Exception, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(huge)), api_name="/classify")
+
+    result = client.predict(handle_file(photo), api_name="/classify")
+    assert len(result[1]["confidences"]) == 5
+
+
+def test_classify_latency(client, photo):
+    from gradio_client import handle_file
+
+    client.predict(handle_file(photo), api_name="/classify")
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        client.predict(handle_file(photo), api_name="/classify")
+        times.append(time.perf_counter() - start)
+    print(f"classify through gradio_client: median {statistics.median(times) * 1000:.0f} ms")
+    assert statistics.median(times) < 5.0
+
+
+def test_classify_stays_responsive_during_a_finetune_and_busy_is_clear(server, client, photo, monkeypatch):
+    import animalcls.finetune
+    from gradio_client import handle_file
+
+    from test_app import blocking_finetune
+
+    started = threading.Event()
+    monkeypatch.setattr(animalcls.finetune, "finetune", blocking_finetune(started))
+    job = client.submit(3, 1e-3, 0, api_name="/finetune")
+    assert started.wait(60), "the fine-tune never started"
+    with pytest.raises(Exception, match="already running"):
+        client.predict(1, 1e-3, 0, api_name="/finetune")
+    start = time.perf_counter()
+    assert len(client.predict(handle_file(photo), api_name="/classify")[1]["confidences"]) == 5
+    assert time.perf_counter() - start < 10  # served while the fine-tune holds its worker
+    assert not job.done()
+    assert "Cancelling" in client.predict(api_name="/cancel_finetune")
+    status = job.result(timeout=60)[0]
+    assert status.startswith("**Cancelled**")
+
+
+def test_finetune_use_model_and_restore(server, client, photo, tiny_checkpoints):
+    from gradio_client import handle_file
+
+    status, *_ = client.predict(1, 1e-3, 0, api_name="/finetune")
+    assert status.startswith("**Done.**"), status
+    message, scratch_header, transfer_header, *_ = client.predict(api_name="/use_model")
+    assert "swapped in" in transfer_header
+    new_name = transfer_header.split("\n")[0].removeprefix("### ").removesuffix(" (fine-tuned, swapped in)")
+    # Server-side state: a new client (another session) classifies with the swapped-in model.
+    from gradio_client import Client
+
+    other = Client(server[0], verbose=False)
+    assert new_name in other.predict(handle_file(photo), api_name="/classify")[2]
+    assert Path(server[1].registry.path("transfer")).name == new_name
+    client.predict(api_name="/restore_models")
+    assert server[1].registry.path("transfer") == tiny_checkpoints["transfer"]
