@@ -74,6 +74,7 @@ def write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
     os.replace(tmp, path)
 
 
@@ -106,6 +107,7 @@ def save_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        tmp.chmod(0o755)  # mkdtemp creates 0700
         _without_optimizer(model).save(tmp / MODEL_FILE)
         manifest = {**manifest, "files": _file_list(history, evaluation, split)}
         manifest.setdefault("created", now_iso())
