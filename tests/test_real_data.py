@@ -3,6 +3,7 @@ bundled checkpoints."""
 
 import json
 
+import numpy as np
 import pytest
 
 from animalcls import checkpoints, data, pipeline
@@ -29,7 +30,8 @@ def test_bundled_checkpoint_reproduces_its_recorded_test_accuracy(shared_raw, ki
     again = pipeline.evaluate_checkpoint(pair[kind])  # finds the data through split.json
     assert again["n"] == recorded["n"] == 600
     assert again["accuracy"] == pytest.approx(recorded["accuracy"], abs=0.005)
-    assert again["confusion_matrix"] == pytest.approx(recorded["confusion_matrix"], abs=3)
+    difference = np.abs(np.array(again["confusion_matrix"]) - np.array(recorded["confusion_matrix"]))
+    assert difference.max() <= 3
 
 
 def test_bundled_models_classify_real_photos(shared_raw):
