@@ -59,6 +59,8 @@ def _add_train(commands: Any) -> None:
     p.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
     p.add_argument("--weights", help="transfer only: 'imagenet' (default) or a local weights file")
     p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
+    p.add_argument("--strong-augment", action="store_true",
+                   help="add random crops and brightness/contrast jitter to the flips")
     p.add_argument("--seed", type=int, help="random seed for the split and training (default 42)")
     p.add_argument("--out", help="checkpoint folder to write (default: runs/<model>-<backbone>)")
     p.set_defaults(handler=cmd_train)
@@ -160,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model=args.model, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, image_size=args.image_size,
         weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
+        strong_augment=args.strong_augment or None,
     )
     config = pipeline.resolve_config(config)
     data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output

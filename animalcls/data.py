@@ -240,10 +240,12 @@ def make_dataset(
     batch_size: int,
     training: bool = False,
     seed: int = 42,
+    strong_augment: bool = False,
 ):
     """A tf.data pipeline of (raw RGB float32 0-255 images, one-hot labels).
 
-    Training pipelines shuffle and flip horizontally, as in the study; others keep file order.
+    Training pipelines shuffle and flip horizontally, as in the study; `strong_augment` adds a
+    random crop of 50-100 % of the photo and brightness/contrast jitter. Others keep file order.
     """
     import tensorflow as tf
 
@@ -252,9 +254,13 @@ def make_dataset(
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
     def load(path, label):
-        image = decode_resize(tf.io.read_file(path), image_size)
+        data = tf.io.read_file(path)
+        image = random_crop_resize(data, image_size) if training and strong_augment else decode_resize(data, image_size)
         if training:
             image = tf.image.random_flip_left_right(image, seed=seed)
+        if training and strong_augment:
+            image = tf.image.random_brightness(image, 25.0)
+            image = tf.clip_by_value(tf.image.random_contrast(image, 0.8, 1.2), 0.0, 255.0)
         return image, tf.one_hot(label, num_classes)
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
@@ -268,3 +274,21 @@ def decode_resize(data, image_size: int):
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)
+
+
+def random_crop_resize(data, image_size: int):
+    """Decode, take a random box of 50-100 % of the area (aspect 3:4 to 4:3), resize."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros([1, 0, 4]),
+        area_range=(0.5, 1.0),
+        aspect_ratio_range=(0.75, 1.33),
+        min_object_covered=0.0,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, size)
+    return tf.image.resize(tf.cast(crop, tf.float32), (image_size, image_size), antialias=True)

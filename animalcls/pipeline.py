@@ -62,7 +62,9 @@ def datasets_for(split: data.Split, config: TrainConfig) -> tuple[Any, Any, int]
     train_paths, train_labels = split.paths("train")
     val_paths, val_labels = split.paths("val")
     kwargs = dict(num_classes=n, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed)
-    train_ds = data.make_dataset(train_paths, train_labels, training=config.flip, **kwargs)
+    train_ds = data.make_dataset(
+        train_paths, train_labels, training=config.flip, strong_augment=config.strong_augment, **kwargs
+    )
     val_ds = data.make_dataset(val_paths, val_labels, training=False, **kwargs) if val_paths else None
     return train_ds, val_ds, -(-len(train_paths) // config.batch_size)
 

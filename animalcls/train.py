@@ -34,6 +34,7 @@ class TrainConfig:
     reduce_lr_factor: float = 0.2
     keep_best: bool = False  # ModelCheckpoint on val_loss, best weights restored at the end
     flip: bool = True  # horizontal-flip augmentation on the training split
+    strong_augment: bool = False  # also random crops and brightness/contrast jitter
     dropout: float = 0.0
     bn_momentum: float | None = None  # scratch only: BatchNorm moving-average momentum
     seed: int = 42

@@ -36,6 +36,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "checkpoints"))
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--epochs", type=int, help="override both presets' epochs (for a quick try)")
+    parser.add_argument("--strong-augment", action="store_true",
+                        help="add random crops and brightness/contrast jitter to the flips")
     args = parser.parse_args()
     quiet_tensorflow()
     from animalcls import checkpoints, pipeline, progress
@@ -44,6 +46,7 @@ def main() -> int:
     out_root = Path(args.out)
     for kind in args.kinds:
         overrides = {**CONFIGS[kind], **({"epochs": args.epochs} if args.epochs else {})}
+        overrides["strong_augment"] = args.strong_augment or overrides.get("strong_augment", False)
         config = PRESETS[kind].replace(backbone="efficientnet_lite0", **overrides)
         target = out_root / f"{kind}-efficientnet_lite0"
         staging = out_root / f".{target.name}.new"

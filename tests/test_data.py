@@ -128,3 +128,15 @@ def test_pipeline_reads_16_bit_png_and_gif(tmp_path):
     ds = data.make_dataset([str(tmp_path / "deep.png"), str(tmp_path / "a.gif")], [0, 1], 2, 8, 2)
     x, _ = next(iter(ds))
     assert x.shape == (2, 8, 8, 3) and float(x.numpy().max()) <= 255.0
+
+
+def test_strong_augment_crops_and_jitters_only_training(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "noise.png")
+    paths, labels = [str(tmp_path / "noise.png")] * 8, [0] * 8
+    plain = next(iter(data.make_dataset(paths, labels, 2, 32, 8, training=True)))[0].numpy()
+    strong = next(iter(data.make_dataset(paths, labels, 2, 32, 8, training=True, strong_augment=True)))[0].numpy()
+    assert strong.shape == (8, 32, 32, 3) and strong.min() >= 0 and strong.max() <= 255
+    # flips alone give at most two distinct images; crops and jitter give many
+    assert len({x.tobytes() for x in plain}) <= 2
+    assert len({x.tobytes() for x in strong}) > 4
