@@ -241,7 +241,9 @@ class FinetuneRunner:
         self.current: FinetuneJob | None = None
         self.last_success: FinetuneJob | None = None
 
-    def start(self, target: Callable[[TrainHooks], Any], epochs: int, meta: dict[str, Any] | None = None) -> FinetuneJob:
+    def start(
+        self, target: Callable[[TrainHooks], Any], epochs: int, meta: dict[str, Any] | None = None
+    ) -> FinetuneJob:
         with self._lock:
             if self.current is not None and self.current.running:
                 raise BusyError(

@@ -71,8 +71,11 @@ def comparison_markdown(results: Mapping[str, tuple[dict[str, float], float] | N
         return ""
     tops = {kind: top_label(probs) for kind, (probs, _) in present.items()}
     if len(present) == 2:
-        (_, a), (_, b) = tops.items()
-        verdict = f"**Both models agree: {a}.**" if a == b else f"**The models disagree:** scratch says **{tops['scratch']}**, transfer says **{tops['transfer']}**."
+        if tops["scratch"] == tops["transfer"]:
+            verdict = f"**Both models agree: {tops['scratch']}.**"
+        else:
+            verdict = (f"**The models disagree:** scratch says **{tops['scratch']}**, "
+                       f"transfer says **{tops['transfer']}**.")
     else:
         (kind, only), = tops.items()
         verdict = f"Only the {kind} model is available: **{only}**."
@@ -127,7 +130,7 @@ def facts_markdown(folder: Path) -> str:
         ("image size", f"{manifest['image_size']} px"),
         ("weights", manifest.get("weights") or "none (random init)"),
         ("classes", ", ".join(manifest["class_names"])),
-        ("photos train / val / test", " / ".join(str(sizes.get(p, "?")) for p in ("train", "val", "test")) if sizes else "?"),
+        ("photos train / val / test", " / ".join(str(sizes.get(p, "?")) for p in ("train", "val", "test"))),
         ("epochs run", f"{training.get('epochs_run', '?')} of {training.get('epochs', '?')}"
          + (f" (best epoch {training['best_epoch']})" if training.get("best_epoch") else "")
          + (" — cancelled" if training.get("cancelled") else "")),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 METRICS = ("loss", "accuracy", "precision", "recall")
 
@@ -23,6 +24,7 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str = "") -> F
                 ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
         ax.set_title(metric)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()

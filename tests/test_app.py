@@ -110,16 +110,18 @@ def test_classify_good_image(animal_app, test_photo):
     assert set(scratch_label) == set(transfer_label) == {"cat", "spider", "butterfly", "elephant", "chicken"}
     assert "agree" in verdict
     # The comparison table lists every class once, in the same order for both models.
-    rows = [line.split("|")[1].strip() for line in verdict.splitlines() if line.startswith("| ") and "class" not in line]
+    rows = [line.split("|")[1].strip() for line in verdict.splitlines()
+            if line.startswith("| ") and "class" not in line]
     assert rows == ["cat", "spider", "butterfly", "elephant", "chicken"]
 
 
 def test_classify_agreement_text():
     from animalcls.app_views import comparison_markdown
 
-    same = comparison_markdown({"scratch": ({"cat": 0.9, "dog": 0.1}, 0.01), "transfer": ({"cat": 0.6, "dog": 0.4}, 0.01)})
+    transfer = ({"cat": 0.6, "dog": 0.4}, 0.01)
+    same = comparison_markdown({"scratch": ({"cat": 0.9, "dog": 0.1}, 0.01), "transfer": transfer})
     assert same.startswith("**Both models agree: cat.**")
-    differ = comparison_markdown({"scratch": ({"cat": 0.2, "dog": 0.8}, 0.01), "transfer": ({"cat": 0.6, "dog": 0.4}, 0.01)})
+    differ = comparison_markdown({"scratch": ({"cat": 0.2, "dog": 0.8}, 0.01), "transfer": transfer})
     assert "disagree" in differ and "scratch says **dog**" in differ
 
 
@@ -219,7 +221,8 @@ def test_no_checkpoints_at_all(tmp_path):
 
 def test_one_side_missing(tiny_checkpoints, tmp_path):
     animal_app = app.AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
-    assert animal_app.notices == [f"No transfer checkpoint found (looked in {tmp_path / 'empty'}): the transfer side is empty."]
+    assert animal_app.notices == [
+        f"No transfer checkpoint found (looked in {tmp_path / 'empty'}): the transfer side is empty."]
     scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(
         str(make_image(tmp_path / "ok.png", (30, 200, 30))))
     assert scratch_label and transfer_label is None
