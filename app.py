@@ -34,8 +34,6 @@ TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # handler runs; server-side rendering stays off (it needs Node and slows startup).
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": False}
 REPORT_HEADERS = views.REPORT_HEADERS
-# Raised when a fine-tune is cancelled before anything was trained (feature extraction).
-CANCELLED: tuple[type[BaseException], ...] = tuple(c for c in [getattr(errors, "Cancelled", None)] if c)
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
 # cancel_finetune, use_model, restore_models; the others are UI plumbing, callable but undocumented.
 API_NAMES = (
@@ -318,7 +316,7 @@ class AnimalApp:
                 drawn, curves = snapshot.epochs_done, _curves(snapshot.history, name)
             yield (_status(name, snapshot, job.cancel_event.is_set()), curves, skip, skip, skip, skip, skip)
         if job.error is not None:
-            if isinstance(job.error, CANCELLED):
+            if isinstance(job.error, errors.Cancelled):  # stopped before anything was trained
                 yield ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
                        "The features computed so far stay cached, so the next run starts faster.",
                        skip, skip, skip, skip, skip, gr.update(interactive=False))
