@@ -4,7 +4,7 @@ each was trained, and fine-tune one on the configured dataset.
     python app.py [--host 127.0.0.1] [--port 7860] [--data DIR] [--scratch DIR] [--transfer DIR]
 
 Importing this module starts nothing and loads no model; `build_demo()` builds the Blocks
-without launching them, and `python app.py` launches. See docs/app.md.
+without launching them, and `python app.py` launches. See README.md, "The web app".
 """
 
 from __future__ import annotations
