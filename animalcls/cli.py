@@ -58,6 +58,8 @@ def _add_train(commands: Any) -> None:
     p.add_argument("--optimizer", choices=["adam", "sgd"], help="override the preset's optimizer")
     p.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
     p.add_argument("--weights", help="transfer only: 'imagenet' (default) or a local weights file")
+    p.add_argument("--bn-momentum", type=float, help="scratch only: BatchNorm moving-average momentum "
+                   "(Keras default 0.99; 0.9 suits a few thousand photos, see README)")
     p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
     p.add_argument("--strong-augment", action="store_true",
                    help="add random crops and brightness/contrast jitter to the flips")
@@ -162,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model=args.model, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, image_size=args.image_size,
         weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
-        strong_augment=args.strong_augment or None,
+        strong_augment=args.strong_augment or None, bn_momentum=args.bn_momentum,
     )
     config = pipeline.resolve_config(config)
     data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output

@@ -26,10 +26,12 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     data_dir = make_dataset(tmp_path / "data", per_class=8)
     out = tmp_path / "ck"
     code, stdout, _ = _run(capsys, "train", "--data", data_dir, "--model", "scratch", "--backbone", "tiny",
-                           "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--out", out)
+                           "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--bn-momentum", "0.9",
+                           "--strong-augment", "--out", out)
     assert code == 0, stdout
     assert "backbone tiny" in stdout and "test accuracy" in stdout
-    assert (out / "model.keras").exists()
+    training = json.loads((out / "manifest.json").read_text())["training"]
+    assert (training["bn_momentum"], training["strong_augment"], training["batch_size"]) == (0.9, True, 8)
 
     code, stdout, _ = _run(capsys, "evaluate", out, "--json", tmp_path / "r.json")
     assert code == 0
