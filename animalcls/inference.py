@@ -107,9 +107,13 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 def to_model_input(image: Image.Image, image_size: int) -> np.ndarray:
     """RGB PIL image -> float32 array (size, size, 3) of raw 0-255 values; the model
-    normalises internally. Antialiased bilinear resize, as in the training pipeline."""
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(resized, dtype=np.float32)
+    normalises internally. Resized with the training pipeline's own op (antialiased
+    bilinear in TensorFlow): PIL's resize differs enough to cost the scratch model about a
+    point of accuracy at 128 px."""
+    import tensorflow as tf
+
+    array = np.asarray(image, dtype=np.float32)
+    return tf.image.resize(array, (image_size, image_size), antialias=True).numpy()
 
 
 @dataclass

@@ -23,7 +23,7 @@ from animalcls.logs import quiet_tensorflow  # noqa: E402
 CONFIGS = {
     "transfer": dict(epochs=7, batch_size=64, image_size=224),  # the study's preset as is
     "scratch": dict(
-        epochs=30, batch_size=32, image_size=128, dropout=0.2, bn_momentum=0.9, keep_best=True,
+        epochs=30, batch_size=32, image_size=128, dropout=0.2, bn_momentum=0.9, strong_augment=True, keep_best=True,
         reduce_lr_patience=3, reduce_lr_factor=0.3, early_stopping_patience=10,
     ),
 }

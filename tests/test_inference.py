@@ -122,7 +122,7 @@ def test_predictions_match_the_training_pipeline(tiny_checkpoints, tmp_path):
     x, _ = next(iter(ds))
     via_tf = predictor.forward(x.numpy())[0]
     via_pil = np.array(list(predictor.predict([tmp_path / "a.png"])[0].values()))
-    np.testing.assert_allclose(via_pil, via_tf, atol=0.05)
+    np.testing.assert_allclose(via_pil, via_tf, atol=1e-4)
 
 
 def test_bad_image_does_not_break_the_predictor(tiny_checkpoints, tmp_path):
