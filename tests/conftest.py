@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,32 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         config.weights = weights
         out[kind], *_ = train_checkpoint(data_dir, config, root / "checkpoints" / f"{kind}-tiny")
     return out
+
+
+@contextmanager
+def launched_app(checkpoints: dict[str, Path], tmp: Path) -> Iterator[tuple[str, object]]:
+    """A running app on a free loopback port with the given checkpoints: (url, Blocks)."""
+    import socket
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # app.py lives at the repository root
+    import app
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
+        patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
+        demo = app.build_demo(checkpoints["scratch"], checkpoints["transfer"], use_hub=False,
+                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                    **app.LAUNCH_OPTIONS)
+        try:
+            yield f"http://127.0.0.1:{port}/", demo
+        finally:
+            demo.close()
 
 
 @pytest.fixture

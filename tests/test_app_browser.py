@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import re
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import launched_app
 
-sys.path.insert(0, str(REPO))
-import app  # noqa: E402 - app.py lives at the repository root
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:::gradio.queueing")]
@@ -25,27 +21,10 @@ SHOTS = Path("/tmp/animalcls-shots")
 TIMEOUT_MS = 120_000  # the first classification loads both models and traces them
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(tiny_checkpoints, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app-browser")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
-        patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
-        demo = app.build_demo(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
-                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples")
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.LAUNCH_OPTIONS)
-        try:
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            demo.close()
+    with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-browser")) as (address, _):
+        yield address
 
 
 @pytest.fixture(scope="module")

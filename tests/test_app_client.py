@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import statistics
 import sys
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_image
+from conftest import REPO, launched_app, make_image
 
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402 - app.py lives at the repository root
@@ -20,28 +19,11 @@ import app  # noqa: E402 - app.py lives at the repository root
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoints, tmp_path_factory):
     """(url, AnimalApp) of a running server; closed after the module."""
-    tmp = tmp_path_factory.mktemp("app-client")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
-        patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
-        demo = app.build_demo(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
-                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples")
-        port = free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.LAUNCH_OPTIONS)
-        try:
-            yield f"http://127.0.0.1:{port}/", demo.animalcls_app
-        finally:
-            demo.close()
+    with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-client")) as (url, demo):
+        yield url, demo.animalcls_app
 
 
 @pytest.fixture(scope="module")
