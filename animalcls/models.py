@@ -89,8 +89,3 @@ def head_on_features(model: keras.Model) -> keras.Model:
         x = layer(x)
     return keras.Model(features, x, name=f"{model.name}_head")
 
-
-def count_params(model: keras.Model) -> dict[str, int]:
-    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
-    total = sum(int(w.numpy().size) for w in model.weights)
-    return {"trainable": trainable, "total": total}
