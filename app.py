@@ -42,6 +42,17 @@ API_NAMES = (
 )
 
 
+def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image]:
+    """A column with a model's test-split report table and confusion matrix."""
+    with gr.Column():
+        gr.Markdown(f"### {title}")
+        report = gr.Dataframe(headers=REPORT_HEADERS, label="Classification report (test split)",
+                              interactive=False, elem_id=f"{elem_prefix}-report")
+        confusion = gr.Image(type="pil", label="Confusion matrix", show_label=False, interactive=False,
+                             elem_id=f"{elem_prefix}-confusion", buttons=["download", "fullscreen"])
+    return report, confusion
+
+
 def checked_image(**kwargs: Any) -> gr.Image:
     """gr.Image whose uploads that Gradio cannot open raise a clear message.
 
@@ -460,18 +471,8 @@ class AnimalApp:
         bar = gr.HTML("", elem_id="ft-progress", min_height=72, padding=False)
         curves = gr.Plot(label="Training vs validation (updates after every epoch)", format="png", elem_id="ft-curves")
         with gr.Row(equal_height=False):
-            with gr.Column():
-                gr.Markdown("### Starting model")
-                start_report = gr.Dataframe(headers=REPORT_HEADERS, label="Classification report (test split)",
-                                            interactive=False, elem_id="ft-start-report")
-                start_confusion = gr.Image(type="pil", label="Confusion matrix", show_label=False, interactive=False,
-                                           elem_id="ft-start-confusion", buttons=["download", "fullscreen"])
-            with gr.Column():
-                gr.Markdown("### Fine-tuned model")
-                new_report = gr.Dataframe(headers=REPORT_HEADERS, label="Classification report (test split)",
-                                          interactive=False, elem_id="ft-new-report")
-                new_confusion = gr.Image(type="pil", label="Confusion matrix", show_label=False, interactive=False,
-                                         elem_id="ft-new-confusion", buttons=["download", "fullscreen"])
+            start_report, start_confusion = _report_column("Starting model", "ft-start")
+            new_report, new_confusion = _report_column("Fine-tuned model", "ft-new")
         run.click(
             self.finetune, [epochs, rate, unfreeze],
             [status, curves, start_report, start_confusion, new_report, new_confusion, use],

@@ -122,7 +122,7 @@ def save_checkpoint(
             save_figure(figure, tmp / CONFUSION_PLOT)
         if split is not None:
             split.save(tmp / SPLIT_FILE)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -147,7 +147,8 @@ def _file_list(history: Any, evaluation: Any, split: Any) -> list[str]:
     return files
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
+    """Rename the finished folder `new` to `target`, swapping out an existing `target`."""
     if not target.exists():
         os.rename(new, target)
         return

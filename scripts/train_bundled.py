@@ -66,18 +66,11 @@ def main() -> int:
 def _adopt(path: Path, target: Path, overwrite: bool) -> None:
     """Move the freshly written folder into place (a sibling at the same depth, so the
     split's root_relative still holds)."""
-    import os
-    import shutil
+    from animalcls.checkpoints import replace_dir
 
-    if target.exists():
-        if not overwrite:
-            raise SystemExit(f"{target} exists; pass --overwrite to replace it (the new run is in {path}).")
-        old = target.with_name(f".{target.name}.old")
-        os.rename(target, old)
-        os.rename(path, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(path, target)
+    if target.exists() and not overwrite:
+        raise SystemExit(f"{target} exists; pass --overwrite to replace it (the new run is in {path}).")
+    replace_dir(path, target)
 
 
 if __name__ == "__main__":

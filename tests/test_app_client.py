@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, launched_app, make_image
+from conftest import launched_app, make_image
 
-sys.path.insert(0, str(REPO))
-import app  # noqa: E402 - app.py lives at the repository root
 
 # Gradio's own queue code triggers pandas deprecation warnings.
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
