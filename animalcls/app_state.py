@@ -15,13 +15,11 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .checkpoints import KINDS, read_manifest
 from .errors import AnimalclsError
-
-if TYPE_CHECKING:  # pipeline imports Keras: kept out of the app's import time
-    from .pipeline import TrainHooks
+from .hooks import TrainHooks
 
 
 class BusyError(AnimalclsError):
@@ -146,8 +144,6 @@ class FinetuneJob:
 
     # --- worker side ---
     def hooks(self) -> TrainHooks:
-        from .pipeline import TrainHooks
-
         return TrainHooks(
             on_batch=self._on_batch,
             on_epoch=self._on_epoch,

@@ -5,7 +5,6 @@ Preprocessing lives inside every backbone so no caller can get the input scaling
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ import keras
 from keras import layers
 
 from .errors import WeightsUnavailableError
+from .settings import BACKBONE_LAYER, INPUT_LAYER, PREPROCESS_LAYER, keras_models_dir
 
 # Keras's own download has no timeout of its own; this bounds every socket it opens.
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -82,11 +82,6 @@ def _with_local_weights(spec: BackboneSpec, size: int, path: Path) -> keras.Mode
     return model
 
 
-def keras_models_dir() -> Path:
-    """Where Keras caches downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
-
-
 def imagenet_weights_cached(name: str) -> bool:
     """Whether ImageNet weights for `name` are available without a download."""
     if name == "inception_v3":
@@ -110,14 +105,14 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _named(inputs, outputs, name: str = "backbone") -> keras.Model:
+def _named(inputs, outputs, name: str = BACKBONE_LAYER) -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
 def _build_inception_v3(size: int, weights: str | None) -> keras.Model:
-    inputs = keras.Input((size, size, 3), name="image")
+    inputs = keras.Input((size, size, 3), name=INPUT_LAYER)
     # InceptionV3 was trained on inputs scaled to [-1, 1].
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS_LAYER)(inputs)
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             base = keras.applications.InceptionV3(include_top=False, weights=weights, input_tensor=x)
@@ -134,8 +129,8 @@ def _build_inception_v3(size: int, weights: str | None) -> keras.Model:
 
 def _build_tiny(size: int, weights: str | None) -> keras.Model:
     """A few-thousand-parameter CNN for fast tests; not meant to classify anything well."""
-    inputs = keras.Input((size, size, 3), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="preprocess")(inputs)
+    inputs = keras.Input((size, size, 3), name=INPUT_LAYER)
+    x = layers.Rescaling(1.0 / 255.0, name=PREPROCESS_LAYER)(inputs)
     for i, filters in enumerate((8, 16)):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_dir, write_json
 from .errors import CheckpointError
+from .settings import BUNDLED_DIR
 
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
@@ -25,9 +25,6 @@ HISTORY_PLOT = "history.png"
 CONFUSION_PLOT = "confusion_matrix.png"
 REQUIRED_KEYS = ("name", "kind", "backbone", "image_size", "class_names")
 KINDS = ("scratch", "transfer")
-
-# Bundled checkpoints live next to the package, so an installed app finds them anywhere.
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 @dataclass
@@ -69,15 +66,6 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temp file in the same folder, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -95,37 +83,30 @@ def save_checkpoint(
     evaluation: dict[str, Any] | None = None,
     split: Any = None,
     overwrite: bool = False,
+    figures: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Fill a temporary sibling folder, then rename it to `out_dir`, so a crash never leaves
-    a half-written checkpoint. An existing folder is replaced only with `overwrite=True`."""
-    from .plots import confusion_figure, history_figure, save_figure
-
+    """Write a checkpoint folder atomically (a temp folder renamed into place), so a crash
+    never leaves a half-written checkpoint. An existing folder is replaced only with
+    `overwrite=True`. `figures` maps file names (HISTORY_PLOT, CONFUSION_PLOT) to objects with
+    `savefig`: the caller draws them, the store only writes them."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"Checkpoint folder already exists: {out_dir} (choose another --out).")
     _validate_manifest(manifest, out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp creates 0700
+    figures = dict(figures or {})
+    with atomic_dir(out_dir) as tmp:
         _without_optimizer(model).save(tmp / MODEL_FILE)
-        manifest = {**manifest, "files": _file_list(history, evaluation, split)}
+        manifest = {**manifest, "files": _file_list(history, evaluation, split, figures)}
         manifest.setdefault("created", now_iso())
         manifest.setdefault("versions", library_versions())
         write_json(tmp / MANIFEST_FILE, manifest)
-        if history is not None:
-            write_json(tmp / HISTORY_FILE, history)
-            save_figure(history_figure(history, manifest["name"]), tmp / HISTORY_PLOT)
-        if evaluation is not None:
-            write_json(tmp / EVAL_FILE, evaluation)
-            figure = confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"], manifest["name"])
-            save_figure(figure, tmp / CONFUSION_PLOT)
+        for name, data in ((HISTORY_FILE, history), (EVAL_FILE, evaluation)):
+            if data is not None:
+                write_json(tmp / name, data)
+        for name, figure in figures.items():
+            figure.savefig(tmp / name, dpi=100)
         if split is not None:
             split.save(tmp / SPLIT_FILE)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -139,23 +120,14 @@ def _without_optimizer(model: Any) -> Any:
     return copy
 
 
-def _file_list(history: Any, evaluation: Any, split: Any) -> list[str]:
+def _file_list(history: Any, evaluation: Any, split: Any, figures: Mapping[str, Any]) -> list[str]:
     files = [MODEL_FILE, MANIFEST_FILE]
-    files += [HISTORY_FILE, HISTORY_PLOT] if history is not None else []
-    files += [EVAL_FILE, CONFUSION_PLOT] if evaluation is not None else []
+    files += [HISTORY_FILE] if history is not None else []
+    files += [HISTORY_PLOT] if HISTORY_PLOT in figures else []
+    files += [EVAL_FILE] if evaluation is not None else []
+    files += [CONFUSION_PLOT] if CONFUSION_PLOT in figures else []
     files += [SPLIT_FILE] if split is not None else []
     return files
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Rename the finished folder `new` to `target`, swapping out an existing `target`."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _validate_manifest(manifest: Any, where: Path) -> None:

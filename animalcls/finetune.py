@@ -22,10 +22,11 @@ import numpy as np
 from . import checkpoints, data, evaluate, models
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
-from .pipeline import TrainHooks, datasets_for
+from .hooks import TrainHooks
+from .settings import finetunes_root
+from .workflows import datasets_for, save_with_figures
 from .train import PRESETS, FitResult, TrainConfig, fit
 
-RUNS_ENV = "ANIMALCLS_RUNS"
 FEATURE_BATCH = 32
 
 
@@ -37,18 +38,6 @@ class FinetuneResult:
     history: dict[str, list[float]]
     seconds: float
     cancelled: bool
-
-
-def default_out_root() -> Path:
-    """$ANIMALCLS_RUNS (default "runs") / "finetunes", read at call time."""
-    return Path(os.environ.get(RUNS_ENV) or "runs").expanduser() / "finetunes"
-
-
-def __getattr__(name: str) -> Any:
-    # DEFAULT_OUT_ROOT follows the environment when read, not when this module was imported.
-    if name == "DEFAULT_OUT_ROOT":
-        return default_out_root()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def finetune(
@@ -95,7 +84,7 @@ def finetune(
             result, evaluation, extra = _train_features(model, split, config, workdir, hooks)
         seconds = time.perf_counter() - start
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
-        path = checkpoints.save_checkpoint(out_dir, model, new_manifest, result.history, evaluation, split)
+        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
@@ -106,7 +95,7 @@ def _output_folder(source: Path, out_dir: Path | None) -> Path:
     training so a bad --out fails in a second, not after the run."""
     if out_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = default_out_root() / f"{source.resolve().name}-ft-{stamp}"
+        base = finetunes_root() / f"{source.resolve().name}-ft-{stamp}"
         out_dir, n = base, 1
         while out_dir.exists():  # two fine-tunes in the same second
             n += 1

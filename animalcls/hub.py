@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoints
+from .atomic import atomic_dir
 from .errors import CheckpointError, DataError, HubError
+from .settings import HUB_REPO_ENV
 
-HUB_REPO_ENV = "ANIMALCLS_HUB_REPO"
 # Used when neither the library nor the user (HF_HUB_DOWNLOAD_TIMEOUT) bounds a request:
 # huggingface_hub's repo_info/list_repo_tree/commit calls are sent with no timeout at all.
 DEFAULT_TIMEOUT_S = 10.0
@@ -190,14 +191,8 @@ def _copy_atomic(source: Path, target: Path) -> Path:
     rename it into place, so `target` is never half-written."""
     if target.exists() and not (target / checkpoints.MANIFEST_FILE).is_file():
         raise CheckpointError(f"{target} exists and is not a checkpoint folder: choose another --out.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
-        checkpoints.replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -7,13 +7,11 @@ import keras
 from keras import layers
 
 from .backbones import build_backbone, get_backbone
-
-BACKBONE_LAYER = "backbone"
-POOL_LAYER = "avg_pool"
+from .settings import BACKBONE_LAYER, INPUT_LAYER, POOL_LAYER, PREDICTIONS_LAYER
 
 
 def _input(image_size: int) -> keras.KerasTensor:
-    return keras.Input((image_size, image_size, 3), name="image")
+    return keras.Input((image_size, image_size, 3), name=INPUT_LAYER)
 
 
 def build_scratch(
@@ -40,7 +38,7 @@ def build_scratch(
     x = layers.GlobalAveragePooling2D(name=POOL_LAYER)(base(inputs))
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name=PREDICTIONS_LAYER)(x)
     return keras.Model(inputs, outputs, name=f"scratch_{backbone}")
 
 
@@ -62,7 +60,7 @@ def build_transfer(
     x = layers.Dense(512, activation="relu", name="fc512")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name=PREDICTIONS_LAYER)(x)
     return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
 
 

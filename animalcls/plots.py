@@ -60,3 +60,17 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
 def save_figure(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     return path
+
+
+def checkpoint_figures(
+    history: Mapping[str, Sequence[float]] | None, evaluation: Mapping | None, title: str
+) -> dict[str, Figure]:
+    """The pictures a checkpoint folder holds, by file name, for `checkpoints.save_checkpoint`."""
+    from .checkpoints import CONFUSION_PLOT, HISTORY_PLOT
+
+    figures: dict[str, Figure] = {}
+    if history is not None:
+        figures[HISTORY_PLOT] = history_figure(history, title)
+    if evaluation is not None:
+        figures[CONFUSION_PLOT] = confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"], title)
+    return figures

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .pipeline import TrainHooks
+from .hooks import TrainHooks
 
 
 @contextmanager

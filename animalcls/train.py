@@ -5,18 +5,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from .checkpoints import write_json
-
-# on_batch(epoch, batch, batches_per_epoch, logs); on_epoch(epoch, history_so_far)
-BatchHook = Callable[[int, int, int | None, dict[str, float]], None]
-EpochHook = Callable[[int, dict[str, list[float]]], None]
+from .atomic import write_json
+from .hooks import BatchHook, EpochHook
 
 
 @dataclass

@@ -58,18 +58,18 @@ def subset_folder(data: Path, classes: tuple[str, ...], per_class: int, work: Pa
 
 def source_checkpoint(data: Path, args: argparse.Namespace, work: Path) -> Path:
     """A transfer checkpoint (fresh head) with a recorded split of `data`."""
-    from animalcls import checkpoints, pipeline
+    from animalcls import checkpoints, workflows
     from animalcls.train import PRESETS, FitResult
 
     weights = None if args.weights == "none" else args.weights
     config = PRESETS["transfer"].replace(backbone=args.backbone, image_size=args.image_size)
     config.weights = weights
-    config = pipeline.resolve_config(config)
-    scan, split = pipeline.scan_and_split(data, None, config.seed)
+    config = workflows.resolve_config(config)
+    scan, split = workflows.scan_and_split(data, None, config.seed)
     out = work / f"source-{args.backbone}"
     split.root_relative = os.path.relpath(split.root, out.resolve())
-    model = pipeline.build_model(config, len(scan.class_names))
-    manifest = pipeline.make_manifest(out.name, config, scan, split, FitResult({}, 0.0, False, None))
+    model = workflows.build_model(config, len(scan.class_names))
+    manifest = workflows.make_manifest(out.name, config, scan, split, FitResult({}, 0.0, False, None))
     return checkpoints.save_checkpoint(out, model, manifest, split=split)
 
 
@@ -92,7 +92,7 @@ def time_naive(source: Path, epochs: int, batch_size: int, work: Path) -> tuple[
     """train.fit through the frozen backbone on images, then test evaluation on images."""
     import keras
 
-    from animalcls import checkpoints, data, evaluate, finetune, pipeline, train
+    from animalcls import checkpoints, data, evaluate, finetune, train, workflows
 
     manifest = checkpoints.read_manifest(source)
     config = finetune.finetune_config(manifest, epochs, 1e-3, batch_size)
@@ -100,7 +100,7 @@ def time_naive(source: Path, epochs: int, batch_size: int, work: Path) -> tuple[
     model = checkpoints.load_checkpoint(source).model
     split = data.Split.load(source / checkpoints.SPLIT_FILE)
     split.root = str(split.locate_root(source))
-    train_ds, val_ds, steps = pipeline.datasets_for(split, config)
+    train_ds, val_ds, steps = workflows.datasets_for(split, config)
     result = train.fit(model, config, train_ds, val_ds, work / "naive-work", steps)
     start = time.perf_counter()
     paths, labels = split.paths("test")

@@ -95,7 +95,7 @@ def main() -> int:
     from animalcls.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    from animalcls import checkpoints, data
+    from animalcls import atomic, checkpoints, data
     from animalcls.inference import load_predictor
 
     root = data.dataset_root(args.data)
@@ -110,7 +110,7 @@ def main() -> int:
             "cane_dogs": unknown_class_spread(predictor, root / "cane") if (root / "cane").is_dir() else None,
         }
         print(f"{kind}: done", file=sys.stderr, flush=True)
-    checkpoints.write_json(Path(args.out), results)
+    atomic.write_json(Path(args.out), results)
     print(markdown(results))
     return 0
 

@@ -40,7 +40,7 @@ def main() -> int:
                         help="add random crops and brightness/contrast jitter to the flips")
     args = parser.parse_args()
     quiet_tensorflow()
-    from animalcls import checkpoints, pipeline, progress
+    from animalcls import atomic, progress, workflows
     from animalcls.train import PRESETS
 
     out_root = Path(args.out)
@@ -52,13 +52,13 @@ def main() -> int:
         staging = out_root / f".{target.name}.new"
         print(f"== {kind}: {config}", flush=True)
         with progress.TqdmHooks() as hooks:
-            path, scan, result, evaluation = pipeline.train_checkpoint(
+            path, scan, result, evaluation = workflows.train_checkpoint(
                 args.data, config, staging, name=target.name, hooks=hooks
             )
         _adopt(path, target, args.overwrite)
         print(f"{kind}: {result.seconds:.0f} s, test accuracy {evaluation['accuracy']:.4f} -> {target}", flush=True)
     defaults = {kind: f"{kind}-efficientnet_lite0" for kind in CONFIGS if (out_root / f"{kind}-efficientnet_lite0").is_dir()}
-    checkpoints.write_json(out_root / "defaults.json", defaults)
+    atomic.write_json(out_root / "defaults.json", defaults)
     print(json.dumps(defaults))
     return 0
 
@@ -66,7 +66,7 @@ def main() -> int:
 def _adopt(path: Path, target: Path, overwrite: bool) -> None:
     """Move the freshly written folder into place (a sibling at the same depth, so the
     split's root_relative still holds)."""
-    from animalcls.checkpoints import replace_dir
+    from animalcls.atomic import replace_dir
 
     if target.exists() and not overwrite:
         raise SystemExit(f"{target} exists; pass --overwrite to replace it (the new run is in {path}).")

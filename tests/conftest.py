@@ -64,7 +64,7 @@ def synthetic_data(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A scratch and a transfer checkpoint on the tiny backbone, trained once per session."""
-    from animalcls.pipeline import train_checkpoint
+    from animalcls.workflows import train_checkpoint
     from animalcls.train import PRESETS
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from animalcls import checkpoints, models
+from animalcls import checkpoints, models, plots
 from animalcls.errors import CheckpointError
 
 
@@ -19,7 +19,8 @@ def test_save_and_load_round_trip_gives_identical_predictions(tmp_path):
     history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}
     evaluation = {"accuracy": 0.5, "class_names": ["cat", "spider", "butterfly"],
                   "confusion_matrix": [[1, 0, 0], [0, 1, 1], [1, 0, 0]], "report": {}}
-    path = checkpoints.save_checkpoint(tmp_path / "ck", model, _manifest(), history, evaluation)
+    figures = plots.checkpoint_figures(history, evaluation, "m")
+    path = checkpoints.save_checkpoint(tmp_path / "ck", model, _manifest(), history, evaluation, figures=figures)
     loaded = checkpoints.load_checkpoint(path)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.model(x).numpy(), model(x).numpy(), rtol=1e-6)

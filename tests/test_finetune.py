@@ -84,7 +84,7 @@ def test_other_backbone_weights_get_another_key(tiny_checkpoints):
     import keras
 
     from animalcls.features import backbone_key
-    from animalcls.models import BACKBONE_LAYER
+    from animalcls.settings import BACKBONE_LAYER
 
     model = load_model(tiny_checkpoints["transfer"])
     other = keras.models.clone_model(model)
@@ -134,7 +134,7 @@ def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_check
     from animalcls.checkpoints import load_checkpoint
     from animalcls.data import Split
     from animalcls.finetune import finetune
-    from animalcls.pipeline import TrainHooks
+    from animalcls.hooks import TrainHooks
 
     source = tiny_checkpoints["transfer"]
     before = folder_hashes(source)
@@ -175,7 +175,7 @@ def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_check
 def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
     """The saved full model reproduces the evaluation computed on features."""
     from animalcls.finetune import finetune
-    from animalcls.pipeline import evaluate_checkpoint
+    from animalcls.workflows import evaluate_checkpoint
 
     result = finetune(tiny_checkpoints["transfer"], epochs=3, learning_rate=1e-2, out_dir=tmp_path / "ft")
     assert evaluate_checkpoint(result.path)["confusion_matrix"] == result.evaluation["confusion_matrix"]
@@ -186,7 +186,7 @@ def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
 
 def test_cancel_mid_run_keeps_and_saves_what_was_trained(tiny_checkpoints, tmp_path):
     from animalcls.finetune import finetune
-    from animalcls.pipeline import TrainHooks
+    from animalcls.hooks import TrainHooks
 
     event = threading.Event()
     batches: list[int] = []
@@ -208,7 +208,7 @@ def test_preset_cancel(tiny_checkpoints, tmp_path):
     """Cold cache: cancelled during extraction, nothing saved. Warm cache: one batch, saved."""
     from animalcls.features import FeatureExtractionCancelled
     from animalcls.finetune import finetune
-    from animalcls.pipeline import TrainHooks
+    from animalcls.hooks import TrainHooks
 
     event = threading.Event()
     event.set()
@@ -223,7 +223,7 @@ def test_preset_cancel(tiny_checkpoints, tmp_path):
 
 def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_path):
     from animalcls.finetune import finetune
-    from animalcls.models import BACKBONE_LAYER
+    from animalcls.settings import BACKBONE_LAYER
 
     source = tiny_checkpoints["transfer"]
     result = finetune(source, epochs=1, unfreeze_layers=3, out_dir=tmp_path / "ft", batch_size=8)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from animalcls import checkpoints, data, pipeline
+from animalcls import checkpoints, data, workflows
 from animalcls.inference import load_predictor
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def test_bundled_checkpoint_reproduces_its_recorded_test_accuracy(shared_raw, ki
     if kind not in pair:
         pytest.skip(f"no bundled {kind} checkpoint")
     recorded = json.loads((pair[kind] / "eval.json").read_text())
-    again = pipeline.evaluate_checkpoint(pair[kind])  # finds the data through split.json
+    again = workflows.evaluate_checkpoint(pair[kind])  # finds the data through split.json
     assert again["n"] == recorded["n"] == 600
     assert again["accuracy"] == pytest.approx(recorded["accuracy"], abs=0.005)
     difference = np.abs(np.array(again["confusion_matrix"]) - np.array(recorded["confusion_matrix"]))

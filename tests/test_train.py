@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from animalcls import data, models, train
-from animalcls.pipeline import TrainHooks, train_checkpoint
+from animalcls.hooks import TrainHooks
+from animalcls.workflows import train_checkpoint
 
 
 def _datasets(root, batch_size=8):

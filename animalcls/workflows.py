@@ -1,32 +1,20 @@
-"""End-to-end stages composed from the library: scan -> split -> build -> fit -> evaluate -> save.
+"""Workflows composed from the library: scan -> split -> build -> fit -> evaluate -> draw -> save.
 The CLI and the app call these; each stage lives in its own module."""
 
 from __future__ import annotations
 
 import os
-import threading
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from . import backbones, checkpoints, data, evaluate, models
+from . import backbones, checkpoints, data, evaluate, models, plots
+from .hooks import TrainHooks
 from .labels import resolve_classes
-from .train import BatchHook, EpochHook, FitResult, TrainConfig, fit
-
-
-@dataclass
-class TrainHooks:
-    """Optional callbacks for long work (progress bars in the CLI, gr.Progress in the app)."""
-
-    on_scan: Callable[[int, int], None] | None = None
-    on_batch: BatchHook | None = None
-    on_epoch: EpochHook | None = None
-    on_eval: Callable[[int, int | None], None] | None = None
-    on_features: Callable[[int, int], None] | None = None  # backbone feature extraction (done, total)
-    cancel: threading.Event | None = None
+from .train import FitResult, TrainConfig, fit
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -94,8 +82,8 @@ def train_checkpoint(
     )
     split.root_relative = os.path.relpath(split.root, out_dir.resolve())
     manifest = make_manifest(name or out_dir.name, config, scan, split, result)
-    path = checkpoints.save_checkpoint(out_dir, model, manifest, result.history, evaluation, split)
-    _remove_workdir(workdir)
+    path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
+    shutil.rmtree(workdir, ignore_errors=True)
     return path, scan, result, evaluation
 
 
@@ -129,10 +117,13 @@ def make_manifest(
     }
 
 
-def _remove_workdir(workdir: Path) -> None:
-    import shutil
-
-    shutil.rmtree(workdir, ignore_errors=True)
+def save_with_figures(
+    out_dir: Path, model: Any, manifest: dict[str, Any], history: dict[str, list[float]],
+    evaluation: dict[str, Any], split: data.Split,
+) -> Path:
+    """Draw the training curves and confusion matrix, then save the checkpoint folder."""
+    figures = plots.checkpoint_figures(history, evaluation, manifest["name"])
+    return checkpoints.save_checkpoint(out_dir, model, manifest, history, evaluation, split, figures=figures)
 
 
 def evaluate_checkpoint(

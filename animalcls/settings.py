@@ -1,0 +1,43 @@
+"""Names and places shared by every module: environment variables, cache and output roots,
+layer names. A leaf: standard library only, so anything may import it cheaply."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Environment variables the library reads (at call time, never at import time).
+RUNS_ENV = "ANIMALCLS_RUNS"
+FEATURE_CACHE_ENV = "ANIMALCLS_FEATURE_CACHE"
+HUB_REPO_ENV = "ANIMALCLS_HUB_REPO"
+KERAS_HOME_ENV = "KERAS_HOME"
+
+# Layer names every model of this project uses; saved checkpoints depend on them.
+INPUT_LAYER = "image"
+PREPROCESS_LAYER = "preprocess"
+BACKBONE_LAYER = "backbone"
+POOL_LAYER = "avg_pool"
+PREDICTIONS_LAYER = "predictions"
+
+# Bundled checkpoints live next to the package, so an installed app finds them anywhere.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def runs_root() -> Path:
+    """$ANIMALCLS_RUNS, else "runs" (relative to the working directory)."""
+    return Path(os.environ.get(RUNS_ENV) or "runs").expanduser()
+
+
+def finetunes_root() -> Path:
+    """Where fine-tuned checkpoints go by default: <runs root>/finetunes."""
+    return runs_root() / "finetunes"
+
+
+def feature_cache_root() -> Path:
+    """$ANIMALCLS_FEATURE_CACHE, else ~/.cache/animalcls/features."""
+    return Path(os.environ.get(FEATURE_CACHE_ENV) or Path.home() / ".cache" / "animalcls" / "features").expanduser()
+
+
+def keras_models_dir() -> Path:
+    """Where Keras caches downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
+    return Path(os.environ.get(KERAS_HOME_ENV, Path.home() / ".keras")).expanduser() / "models"
