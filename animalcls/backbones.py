@@ -1,6 +1,8 @@
-"""Backbone registry: each entry builds a feature extractor that takes raw RGB 0-255.
+"""Backbone registry: each entry builds a feature extractor that takes raw RGB 0-255 and
+records its input spec (`preprocessing.Preprocessing`: default size, resize, scale, offset).
 
-Preprocessing lives inside every backbone so no caller can get the input scaling wrong.
+The scaling lives inside every backbone (a Rescaling layer built from the spec), so no caller
+can get it wrong; the resize is `preprocessing.to_model_input` / `data.decode_resize`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from . import convert_efficientnet_lite, efficientnet_lite
 from .errors import WeightsUnavailableError
+from .preprocessing import Preprocessing
 from .settings import BACKBONE_LAYER, INPUT_LAYER, PREPROCESS_LAYER, keras_models_dir
 
 # Keras's own download has no timeout of its own; this bounds every socket it opens.
@@ -30,7 +34,7 @@ class BackboneSpec:
     name: str
     default_image_size: int
     min_image_size: int
-    preprocessing: str
+    preprocessing: Preprocessing
     build: Callable[[int, str | None], keras.Model]
     has_imagenet_weights: bool = True
 
@@ -112,7 +116,7 @@ def _named(inputs, outputs, name: str = BACKBONE_LAYER) -> keras.Model:
 def _build_inception_v3(size: int, weights: str | None) -> keras.Model:
     inputs = keras.Input((size, size, 3), name=INPUT_LAYER)
     # InceptionV3 was trained on inputs scaled to [-1, 1].
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS_LAYER)(inputs)
+    x = _rescaling(INCEPTION_V3)(inputs)
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             base = keras.applications.InceptionV3(include_top=False, weights=weights, input_tensor=x)
@@ -130,7 +134,7 @@ def _build_inception_v3(size: int, weights: str | None) -> keras.Model:
 def _build_tiny(size: int, weights: str | None) -> keras.Model:
     """A few-thousand-parameter CNN for fast tests; not meant to classify anything well."""
     inputs = keras.Input((size, size, 3), name=INPUT_LAYER)
-    x = layers.Rescaling(1.0 / 255.0, name=PREPROCESS_LAYER)(inputs)
+    x = _rescaling(TINY)(inputs)
     for i, filters in enumerate((8, 16)):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
@@ -138,46 +142,30 @@ def _build_tiny(size: int, weights: str | None) -> keras.Model:
     return _named(inputs, x)
 
 
-def _build_efficientnet_lite0(size: int, weights: str | None) -> keras.Model:
-    from . import efficientnet_lite  # deferred: it only matters when this backbone is used
+def _rescaling(spec: Preprocessing) -> layers.Rescaling:
+    # Rescaling (not a Lambda) so that checkpoints load in Keras safe_mode.
+    return layers.Rescaling(spec.scale, offset=spec.offset, name=PREPROCESS_LAYER)
 
-    return efficientnet_lite.build_backbone(size, weights)
 
+# InceptionV3 was trained on inputs scaled to [-1, 1]; EfficientNet-Lite on (x - 127) / 128.
+INCEPTION_V3 = Preprocessing(scale=1.0 / 127.5, offset=-1.0)
+EFFICIENTNET_LITE0 = Preprocessing(
+    scale=1.0 / efficientnet_lite.INPUT_STD, offset=-efficientnet_lite.INPUT_MEAN / efficientnet_lite.INPUT_STD
+)
+TINY = Preprocessing(scale=1.0 / 255.0)
 
+register_backbone(BackboneSpec("inception_v3", 299, 75, INCEPTION_V3, _build_inception_v3))
 register_backbone(
     BackboneSpec(
-        name="inception_v3",
-        default_image_size=299,
-        min_image_size=75,
-        preprocessing="raw RGB 0-255; inside the model: x / 127.5 - 1",
-        build=_build_inception_v3,
+        "efficientnet_lite0", efficientnet_lite.IMAGE_SIZE, efficientnet_lite.MIN_IMAGE_SIZE, EFFICIENTNET_LITE0,
+        convert_efficientnet_lite.build_backbone,
     )
 )
-register_backbone(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        default_image_size=224,
-        min_image_size=32,
-        preprocessing="raw RGB 0-255; inside the model: (x - 127.0) / 128.0",
-        build=_build_efficientnet_lite0,
-    )
-)
-register_backbone(
-    BackboneSpec(
-        name="tiny",
-        default_image_size=32,
-        min_image_size=8,
-        preprocessing="raw RGB 0-255; inside the model: x / 255",
-        build=_build_tiny,
-        has_imagenet_weights=False,
-    )
-)
+register_backbone(BackboneSpec("tiny", 32, 8, TINY, _build_tiny, has_imagenet_weights=False))
 
 
 def imagenet_classifier(name: str = "efficientnet_lite0") -> keras.Model:
     """A full ImageNet classifier: raw RGB 0-255 in, 1000 probabilities (standard order) out."""
     if name != "efficientnet_lite0":
         raise ValueError(f"No ImageNet classifier for '{name}'; only efficientnet_lite0 has one.")
-    from . import efficientnet_lite
-
-    return efficientnet_lite.build_classifier()
+    return convert_efficientnet_lite.build_classifier()

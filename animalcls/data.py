@@ -15,6 +15,7 @@ from PIL import Image
 
 from .errors import DataError
 from .labels import folder_candidates, resolve_classes
+from .preprocessing import DEFAULT, Preprocessing
 
 # Extensions and decoders tf.data can read; other formats are reported and skipped.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
@@ -267,13 +268,20 @@ def make_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def decode_resize(data, image_size: int):
-    """Decode JPEG/PNG/GIF/BMP bytes to a float32 RGB tensor of image_size x image_size."""
+def decode_resize(data, image_size: int, spec: Preprocessing = DEFAULT):
+    """Decode JPEG/PNG/GIF/BMP bytes to a float32 RGB tensor of image_size x image_size,
+    resized as `spec` says (the tf.data twin of `preprocessing.to_model_input`)."""
     import tensorflow as tf
 
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
-    return tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)
+    return _resize(tf.cast(image, tf.float32), image_size, spec)
+
+
+def _resize(image, image_size: int, spec: Preprocessing = DEFAULT):
+    import tensorflow as tf
+
+    return tf.image.resize(image, (image_size, image_size), method=spec.resize, antialias=spec.antialias)
 
 
 def random_crop_resize(data, image_size: int):
@@ -291,4 +299,4 @@ def random_crop_resize(data, image_size: int):
         use_image_if_no_bounding_boxes=True,
     )
     crop = tf.slice(image, begin, size)
-    return tf.image.resize(tf.cast(crop, tf.float32), (image_size, image_size), antialias=True)
+    return _resize(tf.cast(crop, tf.float32), image_size)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .preprocessing import to_model_input
 
 # Decompression-bomb cap: 40 MP covers any camera photo; larger inputs are refused before
 # decoding. PIL's own warning threshold is raised to an error at this size.
@@ -103,17 +104,6 @@ def _from_array(array: np.ndarray) -> Image.Image:
         peak = float(np.nanmax(array)) if array.size else 0.0
         array = np.clip(array * 255.0 if peak <= 1.0 else array, 0, 255).astype(np.uint8)
     return _sanitise(Image.fromarray(array))
-
-
-def to_model_input(image: Image.Image, image_size: int) -> np.ndarray:
-    """RGB PIL image -> float32 array (size, size, 3) of raw 0-255 values; the model
-    normalises internally. Resized with the training pipeline's own op (antialiased
-    bilinear in TensorFlow): PIL's resize differs enough to cost the scratch model about a
-    point of accuracy at 128 px."""
-    import tensorflow as tf
-
-    array = np.asarray(image, dtype=np.float32)
-    return tf.image.resize(array, (image_size, image_size), antialias=True).numpy()
 
 
 @dataclass

@@ -97,7 +97,7 @@ def make_manifest(
         "backbone": config.backbone,
         "image_size": config.image_size,
         "class_names": list(scan.class_names),
-        "preprocessing": spec.preprocessing,
+        "preprocessing": spec.preprocessing.describe(),
         "weights": config.weights if config.model == "transfer" else None,
         "training": {
             **config.to_json(),

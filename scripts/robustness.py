@@ -56,7 +56,7 @@ DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 
 def predict_all(predictor, images: list[Image.Image], batch: int = 64) -> np.ndarray:
-    from animalcls.inference import to_model_input
+    from animalcls.preprocessing import to_model_input
 
     out = []
     for start in range(0, len(images), batch):

@@ -13,7 +13,9 @@ import pytest
 import keras
 from keras import layers
 
+from animalcls import convert_efficientnet_lite as convert
 from animalcls import efficientnet_lite as effl
+from animalcls import torch_legacy
 from animalcls.backbones import build_backbone as registry_build, imagenet_classifier
 from animalcls.errors import WeightsUnavailableError
 
@@ -48,12 +50,12 @@ def keras_home(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def state(keras_home) -> dict[str, np.ndarray]:
-    return effl.read_torch_legacy_state_dict(effl.package_weights_path())
+    return torch_legacy.read_torch_legacy_state_dict(convert.package_weights_path())
 
 
 @pytest.fixture(scope="module")
 def classifier_arch(keras_home) -> keras.Model:
-    return effl._add_head(effl._build_architecture(effl.IMAGE_SIZE))
+    return effl.add_classifier_head(effl.build_architecture(effl.IMAGE_SIZE))
 
 
 @pytest.fixture
@@ -80,7 +82,7 @@ def test_reader_reads_every_tensor_with_torch_shapes(state):
 
 
 def test_conversion_maps_all_tensors(state, classifier_arch):
-    arrays = effl.convert_state_dict(state, classifier_arch)
+    arrays = convert.convert_state_dict(state, classifier_arch)
     n_keras = sum(len(layer.weights) for layer in classifier_arch.layers)
     assert len(arrays) == n_keras == N_TENSORS - N_BN
     assert arrays["stem_conv/0"].shape == (3, 3, 3, 32)  # OIHW -> HWIO
@@ -90,13 +92,13 @@ def test_conversion_maps_all_tensors(state, classifier_arch):
 
 
 def test_package_file_hash_matches_its_name():
-    path = effl.package_weights_path()
-    assert effl._sha256(path).startswith("57934424")
+    path = convert.package_weights_path()
+    assert convert._sha256(path).startswith("57934424")
 
 
 def _copy_pth(tmp_path: Path, name: str = "lite.pth") -> Path:
     dst = tmp_path / name
-    shutil.copyfile(effl.package_weights_path(), dst)
+    shutil.copyfile(convert.package_weights_path(), dst)
     return dst
 
 
@@ -106,11 +108,11 @@ def test_truncated_pth_gives_clear_error(tmp_path: Path, keep: int):
     data = path.read_bytes()
     path.write_bytes(data[:keep] if keep >= 0 else data[:-1])
     with pytest.raises(WeightsUnavailableError, match="lite.pth"):
-        effl.read_torch_legacy_state_dict(path)
+        torch_legacy.read_torch_legacy_state_dict(path)
 
 
 def test_non_torch_files_give_clear_error(tmp_path: Path):
-    big_endian = b"".join(pickle.dumps(h, 2) for h in [effl._LEGACY_MAGIC, 1001, {"little_endian": False}])
+    big_endian = b"".join(pickle.dumps(h, 2) for h in [torch_legacy._LEGACY_MAGIC, 1001, {"little_endian": False}])
     for name, content in [
         ("zip.pth", b"PK\x03\x04" + b"\0" * 100),
         ("text.pth", b"hello"),
@@ -119,9 +121,9 @@ def test_non_torch_files_give_clear_error(tmp_path: Path):
     ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(WeightsUnavailableError, match=name):
-            effl.read_torch_legacy_state_dict(tmp_path / name)
+            torch_legacy.read_torch_legacy_state_dict(tmp_path / name)
     with pytest.raises(WeightsUnavailableError, match="not found"):
-        effl.read_torch_legacy_state_dict(tmp_path / "missing.pth")
+        torch_legacy.read_torch_legacy_state_dict(tmp_path / "missing.pth")
 
 
 def test_reader_refuses_arbitrary_globals(tmp_path: Path):
@@ -129,39 +131,39 @@ def test_reader_refuses_arbitrary_globals(tmp_path: Path):
     marker = tmp_path / "pwned"
     payload = f"cposix\nsystem\n(S'touch {marker}'\ntR.".encode()
     path = tmp_path / "evil.pth"
-    header = [effl._LEGACY_MAGIC, effl._LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}]
+    header = [torch_legacy._LEGACY_MAGIC, torch_legacy._LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}]
     path.write_bytes(b"".join(pickle.dumps(h, 2) for h in header) + payload)
     with pytest.raises(WeightsUnavailableError, match="refusing to load global posix.system"):
-        effl.read_torch_legacy_state_dict(path)
+        torch_legacy.read_torch_legacy_state_dict(path)
     assert not marker.exists()
 
 
 def test_corrupted_package_file_is_caught_by_its_hash(tmp_path: Path, fresh_home: Path):
     # A flipped byte inside the raw floats still parses; the sha256 prefix in the name catches it.
-    path = _copy_pth(tmp_path, effl.PTH_NAME)
+    path = _copy_pth(tmp_path, convert.PTH_NAME)
     with open(path, "r+b") as f:
         f.seek(10_000_000)
         byte = f.read(1)
         f.seek(10_000_000)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(WeightsUnavailableError, match="corrupt"):
-        effl.imagenet_arrays(path)
+        convert.imagenet_arrays(path)
 
 
 def test_shape_mismatch_fails_loudly(state, classifier_arch):
     bad = dict(state)
     bad["_blocks.3._depthwise_conv.weight"] = np.zeros((144, 1, 3, 3), np.float32)  # block 3 is 5x5
     with pytest.raises(ValueError, match=r"_blocks\.3\._depthwise_conv\.weight"):
-        effl.convert_state_dict(bad, classifier_arch)
+        convert.convert_state_dict(bad, classifier_arch)
 
 
 def test_unmapped_or_missing_tensor_fails_loudly(state, classifier_arch):
     extra = dict(state, **{"_blocks.0._se_reduce.weight": np.zeros((8, 32, 1, 1), np.float32)})
     with pytest.raises(ValueError, match=r"not mapped.*_se_reduce"):
-        effl.convert_state_dict(extra, classifier_arch)
+        convert.convert_state_dict(extra, classifier_arch)
     missing = {k: v for k, v in state.items() if k != "_bn1.running_mean"}
     with pytest.raises(ValueError, match=r"_bn1\.running_mean"):
-        effl.convert_state_dict(missing, classifier_arch)
+        convert.convert_state_dict(missing, classifier_arch)
 
 
 def test_architecture_mismatch_fails_loudly(state, monkeypatch: pytest.MonkeyPatch):
@@ -170,20 +172,20 @@ def test_architecture_mismatch_fails_loudly(state, monkeypatch: pytest.MonkeyPat
     stages[2] = (6, 3, 2, 40, 2)
     monkeypatch.setattr(effl, "STAGES", tuple(stages))
     with pytest.raises(ValueError, match=r"_blocks\.3\._depthwise_conv\.weight has shape \(144, 1, 5, 5\)"):
-        effl.convert_state_dict(state, effl._add_head(effl._build_architecture(64)))
+        convert.convert_state_dict(state, effl.add_classifier_head(effl.build_architecture(64)))
     monkeypatch.undo()
     # ...and so is a Keras layer that no tensor feeds.
-    model = effl._add_head(effl._build_architecture(64))
+    model = effl.add_classifier_head(effl.build_architecture(64))
     extra = layers.Dense(4, name="surplus_dense")(model.output)
     with pytest.raises(ValueError, match="surplus_dense"):
-        effl.convert_state_dict(state, keras.Model(model.input, extra))
+        convert.convert_state_dict(state, keras.Model(model.input, extra))
 
 
 # --- builders and cache -------------------------------------------------------------------------
 
 
 def test_random_backbone_follows_registry_conventions(keras_home):
-    model = effl.build_backbone(64, None)
+    model = convert.build_backbone(64, None)
     assert model.name == "backbone"
     assert model.input.shape == (None, 64, 64, 3) and model.layers[0].name == "image"
     assert model.get_layer("preprocess") is model.layers[1]
@@ -199,38 +201,38 @@ def test_classifier_has_published_parameter_count(classifier_arch):
 
 @pytest.mark.parametrize("size", [32, 67, 224])
 def test_backbone_any_size(keras_home, size: int):
-    out = effl.build_backbone(size, None).output.shape
+    out = convert.build_backbone(size, None).output.shape
     assert out == (None, math.ceil(size / 32), math.ceil(size / 32), 1280)
 
 
 def test_bad_arguments(keras_home):
     with pytest.raises(ValueError, match="at least 32"):
-        effl.build_backbone(31, None)
+        convert.build_backbone(31, None)
     with pytest.raises(ValueError, match="weights"):
-        effl.build_backbone(64, "imagenet21k")
+        convert.build_backbone(64, "imagenet21k")
 
 
 def test_imagenet_backbone_converts_once_then_uses_cache(fresh_home: Path, monkeypatch: pytest.MonkeyPatch):
-    first = effl.build_backbone(64, "imagenet")
+    first = convert.build_backbone(64, "imagenet")
     cached = list((fresh_home / "models" / "animalcls").glob("efficientnet_lite0_imagenet_*.npz"))
-    assert len(cached) == 1 and cached[0] == effl.cache_path(effl.package_weights_path())
+    assert len(cached) == 1 and cached[0] == convert.cache_path(convert.package_weights_path())
     assert not list(cached[0].parent.glob("*.tmp"))
 
     def no_conversion(_source):
         raise AssertionError("the cache was not used")
 
-    monkeypatch.setattr(effl, "convert_pth", no_conversion)
-    second = effl.build_backbone(96, "imagenet")  # weights do not depend on the input size
+    monkeypatch.setattr(convert, "convert_pth", no_conversion)
+    second = convert.build_backbone(96, "imagenet")  # weights do not depend on the input size
     for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert effl.build_classifier().get_layer("predictions").get_weights()[0].shape == (1280, 1000)
+    assert convert.build_classifier().get_layer("predictions").get_weights()[0].shape == (1280, 1000)
 
 
 def test_damaged_cache_is_rebuilt(fresh_home: Path):
-    path = effl.cache_path(effl.package_weights_path())
+    path = convert.cache_path(convert.package_weights_path())
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an npz")
-    arrays = effl.imagenet_arrays()
+    arrays = convert.imagenet_arrays()
     assert len(arrays) == N_TENSORS - N_BN
     assert np.load(path, allow_pickle=False)["stem_conv/0"].shape == (3, 3, 3, 32)
 
@@ -239,8 +241,8 @@ def test_cache_name_follows_the_source_content(tmp_path: Path, fresh_home: Path)
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
     a.write_bytes(b"one")
     b.write_bytes(b"two")
-    assert effl.cache_path(a) != effl.cache_path(b)
-    assert effl.cache_path(a).parent == fresh_home / "models" / "animalcls"
+    assert convert.cache_path(a) != convert.cache_path(b)
+    assert convert.cache_path(a).parent == fresh_home / "models" / "animalcls"
 
 
 def test_registry_entries_use_this_module(keras_home):
@@ -252,7 +254,7 @@ def test_registry_entries_use_this_module(keras_home):
 
 def test_saved_model_reloads_in_safe_mode(keras_home, tmp_path: Path):
     inputs = keras.Input((64, 64, 3), name="image")
-    x = effl.build_backbone(64, "imagenet")(inputs)
+    x = convert.build_backbone(64, "imagenet")(inputs)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(5, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
@@ -316,7 +318,7 @@ def _reference_forward(sd: dict[str, np.ndarray], images: np.ndarray) -> tuple[n
 def test_keras_matches_numpy_reference(state, size: int):
     images = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype("float32")
     ref_features, ref_logits = _reference_forward(state, images)
-    clf = effl.build_classifier(size)
+    clf = convert.build_classifier(size)
     features = keras.Model(clf.input, clf.get_layer("head_relu").output).predict(images, verbose=0)
     np.testing.assert_allclose(features, ref_features, atol=2e-4)
     ref_probs = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
@@ -341,7 +343,7 @@ def test_imagenet_top5_on_real_photos(keras_home):
         pytest.skip(f"photos not found at {PHOTOS}")
     import tensorflow as tf
 
-    clf = effl.build_classifier()
+    clf = convert.build_classifier()
     predict = tf.function(lambda x: clf(x, training=False), reduce_retracing=True)
     rates: dict[str, float] = {}
     for folder, targets in TARGETS.items():
