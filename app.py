@@ -26,6 +26,7 @@ from animalcls.app_state import BusyError, FinetuneRunner, JobProgress, ModelReg
 from animalcls.checkpoints import BUNDLED_DIR, KINDS, default_pair, read_manifest
 from animalcls.errors import AnimalclsError, ImageError
 from animalcls.inference import MAX_FILE_BYTES, load_image, top_k
+from animalcls.reports import REPORT_HEADERS, report_rows
 
 REPO = Path(__file__).resolve().parent
 EXAMPLES_DIR = REPO / "examples"
@@ -33,7 +34,6 @@ TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # Passed to launch() by main() and the tests: uploads over the limit are refused before the
 # handler runs; server-side rendering stays off (it needs Node and slows startup).
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": False}
-REPORT_HEADERS = views.REPORT_HEADERS
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
 # cancel_finetune, use_model, restore_models; the others are UI plumbing, callable but undocumented.
 API_NAMES = (
@@ -249,7 +249,7 @@ class AnimalApp:
     def report_frame(evaluation: dict[str, Any] | None) -> Any:
         import pandas as pd
 
-        return pd.DataFrame(views.report_rows(evaluation), columns=REPORT_HEADERS)
+        return pd.DataFrame(report_rows(evaluation), columns=REPORT_HEADERS)
 
     # ----- Fine-tune tab -----
     def finetune_data(self) -> Path | None:
@@ -368,7 +368,7 @@ class AnimalApp:
         """Test-split photos of each checkpoint's dataset (when on this machine), and the
         photos a user put in examples/."""
         folders = [self.registry.path(kind) for kind in ("transfer", "scratch")]
-        return views.test_photos(folders), views.folder_photos(self.examples_dir)
+        return views.held_out_photos(folders), views.folder_photos(self.examples_dir)
 
     # ----- Layout -----
     def build(self) -> gr.Blocks:
@@ -514,7 +514,7 @@ def _status(name: str, snapshot: JobProgress, cancelling: bool) -> str:
 
 def _final_status(name: str, result: Any, source: Path) -> str:
     evaluation = getattr(result, "evaluation", None) or {}
-    before = views.test_accuracy(source)
+    before = views.held_out_accuracy(source)
     after = evaluation.get("accuracy")
     accuracy = f"test accuracy **{after:.1%}**" if after is not None else "no test evaluation"
     if before is not None and after is not None:

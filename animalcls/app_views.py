@@ -11,7 +11,6 @@ from typing import Any
 from .checkpoints import CONFUSION_PLOT, EVAL_FILE, HISTORY_FILE, HISTORY_PLOT, SPLIT_FILE, read_json, read_manifest
 from .errors import AnimalclsError
 
-REPORT_HEADERS = ["class", "precision", "recall", "f1-score", "support"]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 
@@ -29,14 +28,8 @@ def evaluation_of(folder: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
-def test_accuracy(folder: Path, manifest: Mapping[str, Any] | None = None) -> float | None:
-    manifest = manifest or read_manifest(folder)
-    for key in ("test_accuracy", "accuracy"):
-        if isinstance(manifest.get(key), (int, float)):
-            return float(manifest[key])
-    evaluation = manifest.get("evaluation")
-    if isinstance(evaluation, Mapping) and isinstance(evaluation.get("accuracy"), (int, float)):
-        return float(evaluation["accuracy"])
+def held_out_accuracy(folder: Path) -> float | None:
+    """The test-split accuracy recorded in the checkpoint's eval.json, if any."""
     found = evaluation_of(folder)
     return float(found["accuracy"]) if found else None
 
@@ -47,7 +40,7 @@ def model_header(folder: Path | None, kind: str, note: str = "", swapped: bool =
         return f"### {kind.capitalize()} model\n\n{missing_side_text(kind, note)}"
     try:
         manifest = read_manifest(folder)
-        accuracy = test_accuracy(folder, manifest)
+        accuracy = held_out_accuracy(folder)
     except AnimalclsError as exc:
         return f"### {kind.capitalize()} model\n\n**Unusable checkpoint:** {exc}"
     evaluation = evaluation_of(folder)
@@ -97,23 +90,6 @@ def comparison_markdown(results: Mapping[str, tuple[dict[str, float], float] | N
 
 def timing_line(seconds: float) -> str:
     return f"Inference (forward pass): **{seconds * 1000:.0f} ms**"
-
-
-def report_rows(evaluation: Mapping[str, Any] | None) -> list[list[Any]]:
-    """sklearn's report as table rows: each class, then accuracy, macro and weighted averages."""
-    if not evaluation:
-        return []
-    report, names = evaluation["report"], evaluation["class_names"]
-
-    def row(label: str, values: Mapping[str, float]) -> list[Any]:
-        return [label, round(values["precision"], 4), round(values["recall"], 4),
-                round(values["f1-score"], 4), int(values["support"])]
-
-    rows = [row(name, report[name]) for name in names]
-    total = int(sum(report[name]["support"] for name in names))
-    rows.append(["accuracy", None, None, round(float(evaluation["accuracy"]), 4), total])
-    rows += [row(avg, report[avg]) for avg in ("macro avg", "weighted avg") if avg in report]
-    return rows
 
 
 def facts_markdown(folder: Path) -> str:
@@ -210,7 +186,7 @@ def dataset_root_of(folder: Path | None) -> Path | None:
         return None
 
 
-def test_photos(folders: Sequence[Path | None], per_class: int = 2) -> list[str]:
+def held_out_photos(folders: Sequence[Path | None], per_class: int = 2) -> list[str]:
     """A few photos of each class from the TEST split of each checkpoint's dataset, when that
     dataset is on this machine (never training photos)."""
     from .data import Split

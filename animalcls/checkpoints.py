@@ -168,13 +168,19 @@ def load_checkpoint(path: str | Path, load_model: bool = True) -> Checkpoint:
     return checkpoint
 
 
+def check_model_archive(folder: Path) -> None:
+    """A cheap check that model.keras is there and is a Keras (zip) archive; no TensorFlow."""
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"Missing {MODEL_FILE} in {folder}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"Corrupt {MODEL_FILE} in {folder}: not a Keras archive.")
+
+
 def _load_model(path: Path) -> Any:
     import keras
 
-    if not path.is_file():
-        raise CheckpointError(f"Missing {MODEL_FILE} in {path.parent}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"Corrupt {MODEL_FILE} in {path.parent}: not a Keras archive.")
+    check_model_archive(path.parent)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a broken archive

@@ -183,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import atomic, progress, workflows
-    from .evaluate import format_report
+    from .reports import format_report
 
     folder = resolve_checkpoint(args.checkpoint)
     with progress.bar("evaluating", unit="batch") as update:

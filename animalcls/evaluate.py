@@ -1,4 +1,5 @@
-"""Test-split evaluation with scikit-learn: classification report and confusion matrix."""
+"""Test-split evaluation with scikit-learn: classification report and confusion matrix
+(rendered by reports.py)."""
 
 from __future__ import annotations
 
@@ -59,36 +60,3 @@ def evaluate_paths(
     steps = -(-len(paths) // batch_size)
     probabilities = predict_probabilities(model, dataset, steps, on_batch)
     return evaluation_report(list(labels), probabilities.argmax(axis=1).tolist(), class_names)
-
-
-def format_report(result: dict[str, Any]) -> str:
-    """The study's table: precision, recall, F1 and support per class, then accuracy and the
-    macro and weighted averages, followed by the confusion matrix."""
-    report, names = result["report"], result["class_names"]
-    width = max(len(n) for n in [*names, "weighted avg"])
-    header = f"{'':>{width}}  precision    recall  f1-score   support"
-    rows = [header, ""]
-    for name in names:
-        rows.append(_row(name, report[name], width))
-    rows.append("")
-    total = sum(report[n]["support"] for n in names)
-    rows.append(f"{'accuracy':>{width}}  {'':>9} {'':>9} {result['accuracy']:>9.4f} {int(total):>9}")
-    for avg in ("macro avg", "weighted avg"):
-        rows.append(_row(avg, report[avg], width))
-    rows += ["", "Confusion matrix (rows: true, columns: predicted)", _matrix(result["confusion_matrix"], names)]
-    return "\n".join(rows)
-
-
-def _row(name: str, values: dict[str, float], width: int) -> str:
-    return (
-        f"{name:>{width}}  {values['precision']:>9.4f} {values['recall']:>9.4f} "
-        f"{values['f1-score']:>9.4f} {int(values['support']):>9}"
-    )
-
-
-def _matrix(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> str:
-    width = max(6, *(len(n) for n in names))
-    lines = [" " * width + "".join(f"{n[:width]:>{width + 1}}" for n in names)]
-    for name, row in zip(names, matrix):
-        lines.append(f"{name:>{width}}" + "".join(f"{int(v):>{width + 1}}" for v in row))
-    return "\n".join(lines)

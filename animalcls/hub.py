@@ -1,4 +1,5 @@
-"""Hugging Face Hub: download and push checkpoint folders, hf:// datasets, the app's startup pull.
+"""Hugging Face Hub I/O: download and push checkpoint folders, hf:// datasets, the app's startup
+pull, bounded HTTP timeouts and one-line errors. The model card is written by model_card.py.
 
 This is the only module that imports huggingface_hub, and only inside functions, so
 `import animalcls` stays fast and works without the Hub. Downloads go through the Hub cache
@@ -13,7 +14,6 @@ import re
 import shutil
 import tempfile
 import threading
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from . import checkpoints
 from .atomic import atomic_dir
 from .errors import CheckpointError, DataError, HubError
+from .model_card import model_card
 from .settings import HUB_REPO_ENV
 
 # Used when neither the library nor the user (HF_HUB_DOWNLOAD_TIMEOUT) bounds a request:
@@ -68,26 +69,12 @@ def push_checkpoint(checkpoint_dir: Path, repo_id: str, private: bool = False, d
     """
     folder = Path(checkpoint_dir).expanduser()
     manifest = checkpoints.read_manifest(folder)
-    _check_model_archive(folder)
+    checkpoints.check_model_archive(folder)
     card = model_card(folder, repo_id=repo_id)
     files = _upload_files(folder)
     if dry_run:
         return _dry_run_text(repo_id, private, files, card)
     return _upload(folder, repo_id, private, files, card, manifest)
-
-
-def model_card(checkpoint_dir: Path, repo_id: str | None = None) -> str:
-    """README.md for a checkpoint: YAML metadata (built with huggingface_hub's ModelCardData
-    and EvalResult, so `model-index` has the Hub's schema) and a Markdown body with metrics,
-    confusion matrix, classes, training configuration, dataset and limitations."""
-    from huggingface_hub import ModelCard
-
-    folder = Path(checkpoint_dir).expanduser()
-    manifest = checkpoints.read_manifest(folder)
-    evaluation = _read_optional_json(folder / checkpoints.EVAL_FILE)
-    data = _card_data(manifest, evaluation)
-    body = _card_body(folder, manifest, evaluation, repo_id or "ORG/NAME")
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def resolve_data(spec: str) -> Path:
@@ -347,15 +334,6 @@ def _repo_url(repo_id: str, repo_type: str = "model") -> str:
 # ---------------------------------------------------------------- push helpers
 
 
-def _check_model_archive(folder: Path) -> None:
-    """A cheap check that model.keras is there and is a Keras (zip) archive; no TensorFlow."""
-    path = folder / checkpoints.MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"Missing {checkpoints.MODEL_FILE} in {folder}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"Corrupt {checkpoints.MODEL_FILE} in {folder}: not a Keras archive.")
-
-
 def _upload_files(folder: Path) -> list[tuple[str, int]]:
     """(path in repo, size) of the files to upload; hidden files and an old README.md (the
     generated card replaces it) are left out."""
@@ -435,212 +413,3 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
-
-
-# ---------------------------------------------------------------- model card
-
-
-def _read_optional_json(path: Path) -> Any:
-    return checkpoints.read_json(path) if path.is_file() else None
-
-
-def _source_dataset(manifest: dict[str, Any]) -> str | None:
-    """ORG/NAME when the checkpoint was trained on an hf:// dataset (its root is in the Hub cache)."""
-    root = str(manifest.get("dataset", {}).get("root", ""))
-    match = re.search(r"datasets--([^/\\]+?)--([^/\\]+)", root)
-    return f"{match[1]}/{match[2]}" if match else None
-
-
-def _card_data(manifest: dict[str, Any], evaluation: dict[str, Any] | None) -> Any:
-    from huggingface_hub import EvalResult, ModelCardData
-
-    source = _source_dataset(manifest)
-    results = None
-    if evaluation is not None:
-        results = [
-            EvalResult(
-                task_type="image-classification",
-                task_name="Image Classification",
-                dataset_type=source or "imagefolder",
-                dataset_name=_dataset_name(manifest),
-                dataset_split="test",
-                metric_type="accuracy",
-                metric_name="Test accuracy",
-                metric_value=round(float(evaluation["accuracy"]), 4),
-            )
-        ]
-    return ModelCardData(
-        library_name="keras",
-        license="apache-2.0",
-        pipeline_tag="image-classification",
-        tags=["image-classification", "keras", "animalcls", manifest["backbone"], manifest["kind"]],
-        metrics=["accuracy"],
-        datasets=[source] if source else None,
-        model_name=manifest["name"],
-        eval_results=results,
-    )
-
-
-def _dataset_name(manifest: dict[str, Any]) -> str:
-    from .labels import ITALIAN_TO_ENGLISH
-
-    folders = manifest.get("dataset", {}).get("class_folders", {}).values()
-    animals10 = folders and all(f in ITALIAN_TO_ENGLISH for f in folders)
-    return f"Animals-10 ({len(manifest['class_names'])} classes)" if animals10 else "Image folder"
-
-
-def _card_body(folder: Path, manifest: dict[str, Any], evaluation: dict[str, Any] | None, repo_id: str) -> str:
-    names = manifest["class_names"]
-    sections = [
-        _intro(manifest),
-        _metrics(evaluation, names),
-        _confusion(folder, evaluation, names),
-        _classes(names),
-        _usage(manifest, repo_id),
-        _training(folder, manifest),
-        _dataset(manifest),
-        _limitations(names),
-    ]
-    return "\n".join(line for section in sections for line in [*section, ""])
-
-
-def _intro(manifest: dict[str, Any]) -> list[str]:
-    how = ("trained from scratch (random initial weights)" if manifest["kind"] == "scratch"
-           else f"trained by transfer learning (a frozen backbone with {manifest.get('weights') or 'no pretrained'} "
-                "weights and a new classification head)")
-    return [
-        f"# {manifest['name']}",
-        "",
-        f"An animalcls {manifest['kind']} image classifier for "
-        f"{', '.join(manifest['class_names'])}: a Keras model on the `{manifest['backbone']}` backbone, {how}, "
-        f"taking {manifest['image_size']}x{manifest['image_size']} RGB images.",
-    ]
-
-
-def _metrics(evaluation: dict[str, Any] | None, names: list[str]) -> list[str]:
-    if evaluation is None:
-        return ["## Evaluation", "", "No evaluation was recorded with this checkpoint (no eval.json)."]
-    report = evaluation["report"]
-    n = evaluation.get("n", sum(report[c]["support"] for c in names))
-    lines = [
-        "## Evaluation",
-        "",
-        f"On the held-out test split ({n} images): **accuracy {evaluation['accuracy']:.4f}**.",
-        "",
-        "| class | precision | recall | f1-score | support |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    lines += [_metrics_row(name, report[name]) for name in names]
-    lines.append(f"| **accuracy** | | | {evaluation['accuracy']:.4f} | {int(n)} |")
-    lines += [_metrics_row(f"*{avg}*", report[avg]) for avg in ("macro avg", "weighted avg")]
-    return lines
-
-
-def _metrics_row(label: str, values: dict[str, float]) -> str:
-    return (f"| {label} | {values['precision']:.4f} | {values['recall']:.4f} | "
-            f"{values['f1-score']:.4f} | {int(values['support'])} |")
-
-
-def _confusion(folder: Path, evaluation: dict[str, Any] | None, names: list[str]) -> list[str]:
-    lines = ["## Confusion matrix", ""]
-    if (folder / checkpoints.CONFUSION_PLOT).is_file():
-        lines += [f"![confusion matrix]({checkpoints.CONFUSION_PLOT})", ""]
-    if evaluation is not None:
-        lines += ["Rows: true class; columns: predicted class.", "",
-                  "| true \\ predicted | " + " | ".join(names) + " |",
-                  "|---|" + "---:|" * len(names)]
-        lines += [f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |"
-                  for name, row in zip(names, evaluation["confusion_matrix"])]
-    return lines
-
-
-def _classes(names: list[str]) -> list[str]:
-    return [
-        "## Classes (output order)",
-        "",
-        "Output index i is the probability of class i:",
-        "",
-        *(f"{i}. `{name}`" for i, name in enumerate(names)),
-    ]
-
-
-def _usage(manifest: dict[str, Any], repo_id: str) -> list[str]:
-    size = manifest["image_size"]
-    return [
-        "## How to use",
-        "",
-        "```bash",
-        f"python -m animalcls download --repo-id {repo_id} --out checkpoints/",
-        f"python -m animalcls predict checkpoints/{repo_id.split('/')[-1]} photo.jpg",
-        "```",
-        "",
-        f"Or with Keras alone: the model takes float RGB pixels 0-255 of shape (batch, {size}, {size}, 3) and "
-        f"does its own preprocessing ({manifest.get('preprocessing', 'inside the model')}); it outputs softmax "
-        "probabilities in the class order above.",
-        "",
-        "```python",
-        "import keras",
-        "from huggingface_hub import hf_hub_download",
-        f'model = keras.saving.load_model(hf_hub_download("{repo_id}", "model.keras"), safe_mode=True)',
-        "```",
-    ]
-
-
-def _training(folder: Path, manifest: dict[str, Any]) -> list[str]:
-    training = manifest.get("training") or {}
-    lines = ["## Training configuration", ""]
-    if not training:
-        return [*lines, "Not recorded."]
-    lines += ["| setting | value |", "|---|---|"]
-    lines += [f"| {key} | {_cell(value)} |" for key, value in training.items()]
-    if (folder / checkpoints.HISTORY_PLOT).is_file():
-        lines += ["", f"![training history]({checkpoints.HISTORY_PLOT})"]
-    versions = manifest.get("versions") or {}
-    if versions:
-        lines += ["", "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
-    return lines
-
-
-def _cell(value: Any) -> str:
-    return "—" if value is None else str(value).replace("|", "\\|")
-
-
-def _dataset(manifest: dict[str, Any]) -> list[str]:
-    dataset = manifest.get("dataset") or {}
-    names = manifest["class_names"]
-    lines = ["## Dataset", ""]
-    source = _source_dataset(manifest)
-    where = f"the Hub dataset [{source}]({_repo_url(source, 'dataset')})" if source else _dataset_name(manifest)
-    lines.append(f"Source: {where}; split 80/20 train+validation/test, stratified and seeded, byte-identical "
-                 "duplicates kept on one side (validation is taken from the training part, so the test split "
-                 "never picks a model).")
-    per_class = dataset.get("per_class") or {}
-    if per_class:
-        parts = [p for p in ("train", "val", "test") if p in per_class]
-        lines += ["", "| class | folder | " + " | ".join(parts) + " |", "|---|---|" + "---:|" * len(parts)]
-        folders = dataset.get("class_folders") or {}
-        for name in names:
-            counts = " | ".join(str(per_class[p].get(name, 0)) for p in parts)
-            lines.append(f"| {name} | {folders.get(name, '—')} | {counts} |")
-        totals = " | ".join(str(sum(per_class[p].values())) for p in parts)
-        lines.append(f"| **total** | | {totals} |")
-    skipped = dataset.get("skipped") or []
-    if skipped:
-        lines += ["", f"{len(skipped)} unreadable file(s) were skipped when scanning the dataset."]
-    return lines
-
-
-def _limitations(names: list[str]) -> list[str]:
-    return [
-        "## Intended use and limitations",
-        "",
-        f"- For demonstrations and teaching: it tells apart photos of exactly these {len(names)} classes "
-        f"({', '.join(names)}). It has no 'other' class, so any other picture — a dog, another animal, "
-        "no animal at all — is still forced into one of them, often with high confidence.",
-        "- In the bundled training data each class came from a different source dataset, so the model may "
-        "have learned cues of the source (framing, resolution, backgrounds, compression) rather than of the "
-        "animal; expect lower accuracy on photos from elsewhere than the test score suggests.",
-        "- Not for safety-critical use (e.g. wildlife, pest or food-safety decisions): check predictions "
-        "yourself.",
-        "- The test score comes from one seeded split of one dataset; it is not a guarantee on other data.",
-    ]

@@ -14,6 +14,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checkpoints import MODEL_FILE, Checkpoint, load_checkpoint
 from .errors import ImageError
 from .preprocessing import to_model_input
 
@@ -108,21 +109,17 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 @dataclass
 class Predictor:
-    """A loaded checkpoint with a compiled forward pass, safe to share between threads."""
+    """A loaded `Checkpoint` with a compiled forward pass, safe to share between threads."""
 
-    path: Path
-    manifest: dict[str, Any]
-    model: Any
+    checkpoint: Checkpoint
     _forward: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+    path = property(lambda self: self.checkpoint.path)
+    manifest = property(lambda self: self.checkpoint.manifest)
+    model = property(lambda self: self.checkpoint.model)
+    class_names = property(lambda self: self.checkpoint.class_names)
+    image_size = property(lambda self: self.checkpoint.image_size)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -155,15 +152,12 @@ _CACHE_LOCK = threading.Lock()
 
 def load_predictor(path: str | Path) -> Predictor:
     """Load a checkpoint once per process; a changed model file is reloaded."""
-    from .checkpoints import MODEL_FILE, load_checkpoint
-
     folder = Path(path).resolve()
     model_file = folder / MODEL_FILE
     key = (str(folder), model_file.stat().st_mtime if model_file.exists() else 0.0)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            checkpoint = load_checkpoint(folder)
-            _CACHE[key] = Predictor(folder, checkpoint.manifest, checkpoint.model)
+            _CACHE[key] = Predictor(load_checkpoint(folder))
         return _CACHE[key]
 
 

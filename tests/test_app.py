@@ -41,9 +41,9 @@ def animal_app(tiny_checkpoints, tmp_path: Path) -> app.AnimalApp:
 
 @pytest.fixture
 def test_photo(tiny_checkpoints) -> str:
-    from animalcls.app_views import test_photos
+    from animalcls.app_views import held_out_photos
 
-    return test_photos([tiny_checkpoints["transfer"]])[0]
+    return held_out_photos([tiny_checkpoints["transfer"]])[0]
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:

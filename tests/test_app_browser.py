@@ -43,9 +43,9 @@ def page(url):
 
 
 def test_classify_tab(page, tiny_checkpoints):
-    from animalcls.app_views import test_photos
+    from animalcls.app_views import held_out_photos
 
-    photo = test_photos([tiny_checkpoints["transfer"]])[0]
+    photo = held_out_photos([tiny_checkpoints["transfer"]])[0]
     page.locator("#examples-test").wait_for()  # the test-split gallery is shown: its dataset is here
     page.locator("#classify-image input[type=file]").set_input_files(photo)  # an upload classifies...
     verdict = page.locator("#verdict")
@@ -106,9 +106,9 @@ def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints):
     page.get_by_role("tab", name="Classify").click()
     page.locator("#info-transfer").get_by_text(re.compile("swapped in")).wait_for()
     # Classify again: the fine-tuned model answers on the transfer side.
-    from animalcls.app_views import test_photos
+    from animalcls.app_views import held_out_photos
 
-    page.locator("#classify-image input[type=file]").set_input_files(test_photos([tiny_checkpoints["transfer"]])[1])
+    page.locator("#classify-image input[type=file]").set_input_files(held_out_photos([tiny_checkpoints["transfer"]])[1])
     page.locator("#verdict").get_by_text(re.compile("agree")).wait_for()
     info = page.locator("#info-transfer").inner_text()
     assert "swapped in" in info and "Inference (forward pass)" in info

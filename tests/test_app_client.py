@@ -32,9 +32,9 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def photo(tiny_checkpoints) -> str:
-    from animalcls.app_views import test_photos
+    from animalcls.app_views import held_out_photos
 
-    return test_photos([tiny_checkpoints["transfer"]])[0]
+    return held_out_photos([tiny_checkpoints["transfer"]])[0]
 
 
 def test_api_lists_the_named_endpoints(client):

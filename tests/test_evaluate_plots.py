@@ -1,6 +1,7 @@
 from matplotlib.figure import Figure
 
-from animalcls.evaluate import evaluation_report, format_report
+from animalcls.evaluate import evaluation_report
+from animalcls.reports import format_report
 from animalcls.plots import confusion_figure, history_figure, save_figure
 
 NAMES = ["cat", "spider", "butterfly"]
