@@ -68,15 +68,25 @@ def _add_train(commands: Any) -> None:
     p.set_defaults(handler=cmd_train)
 
 
-def _add_evaluate(commands: Any) -> None:
-    p = commands.add_parser(
-        "evaluate",
-        help="classification report and confusion matrix of a checkpoint",
-        description="Evaluate a checkpoint on its recorded test split, or with --data on every image of "
-        "its classes in another folder.",
-    )
+def _checkpoint_command(
+    commands: Any, name: str, summary: str, description: str, data_help: str | None = None, hub: bool = False
+) -> Any:
+    """A subcommand that reads a checkpoint folder, with --data (a dataset folder) or --repo-id."""
+    p = commands.add_parser(name, help=summary, description=description)
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
-    p.add_argument("--data", help="evaluate on all images of this folder instead of the recorded test split")
+    if data_help:
+        p.add_argument("--data", help=data_help)
+    if hub:
+        p.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    return p
+
+
+def _add_evaluate(commands: Any) -> None:
+    p = _checkpoint_command(
+        commands, "evaluate", "classification report and confusion matrix of a checkpoint",
+        "Evaluate a checkpoint on its recorded test split, or with --data on every image of its classes in "
+        "another folder.", "evaluate on all images of this folder instead of the recorded test split",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -93,14 +103,12 @@ def _add_predict(commands: Any) -> None:
 
 
 def _add_finetune(commands: Any) -> None:
-    p = commands.add_parser(
-        "finetune",
-        help="short fine-tune of a transfer checkpoint into a NEW checkpoint folder",
-        description="Continue training a transfer checkpoint's head (optionally the top N backbone layers). "
-        "The result is written to a new folder; the source checkpoint is never modified.",
+    p = _checkpoint_command(
+        commands, "finetune", "short fine-tune of a transfer checkpoint into a NEW checkpoint folder",
+        "Continue training a transfer checkpoint's head (optionally the top N backbone layers). The result is "
+        "written to a new folder; the source checkpoint is never modified.",
+        "dataset folder (default: the one recorded in the checkpoint)",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
-    p.add_argument("--data", help="dataset folder (default: the one recorded in the checkpoint)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--unfreeze", type=int, default=0, metavar="N", help="also train the top N backbone layers")
@@ -119,11 +127,11 @@ def _add_download(commands: Any) -> None:
 
 
 def _add_push(commands: Any) -> None:
-    p = commands.add_parser("push", help="upload a checkpoint folder with a model card to the Hub",
-                            description="Upload a checkpoint folder to a Hub model repo with a generated "
-                            "model card. --dry-run prints what would be sent and sends nothing.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
-    p.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    p = _checkpoint_command(
+        commands, "push", "upload a checkpoint folder with a model card to the Hub",
+        "Upload a checkpoint folder to a Hub model repo with a generated model card. --dry-run prints what "
+        "would be sent and sends nothing.", hub=True,
+    )
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
     p.set_defaults(handler=cmd_push)

@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from . import checkpoints, data, evaluate, models
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
 from .hooks import TrainHooks
-from .settings import finetunes_root
+from .settings import finetune_folder
 from .workflows import datasets_for, save_with_figures
 from .train import PRESETS, FitResult, TrainConfig, fit
 
@@ -94,13 +93,7 @@ def _output_folder(source: Path, out_dir: Path | None) -> Path:
     """The folder to create: never the source, never an existing folder. Checked before any
     training so a bad --out fails in a second, not after the run."""
     if out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = finetunes_root() / f"{source.resolve().name}-ft-{stamp}"
-        out_dir, n = base, 1
-        while out_dir.exists():  # two fine-tunes in the same second
-            n += 1
-            out_dir = base.with_name(f"{base.name}-{n}")
-        return out_dir
+        return finetune_folder(source)
     out_dir = Path(out_dir).expanduser()
     if out_dir.resolve() == source.resolve():
         raise CheckpointError(f"--out {out_dir} is the source checkpoint: fine-tuning writes a NEW folder.")

@@ -4,6 +4,7 @@ layer names. A leaf: standard library only, so anything may import it cheaply.""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 # Environment variables the library reads (at call time, never at import time).
@@ -31,6 +32,18 @@ def runs_root() -> Path:
 def finetunes_root() -> Path:
     """Where fine-tuned checkpoints go by default: <runs root>/finetunes."""
     return runs_root() / "finetunes"
+
+
+def finetune_folder(source: Path, root: Path | None = None) -> Path:
+    """A new folder for a fine-tune of `source`: <root>/<source name>-ft-<time>[-n], never an
+    existing one (two fine-tunes in the same second get -2, -3...). Default root: finetunes_root()."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root or finetunes_root()) / f"{Path(source).resolve().name}-ft-{stamp}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def feature_cache_root() -> Path:

@@ -14,6 +14,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
+from animalcls import app_views
+
 from conftest import REPO, make_image
 
 sys.path.insert(0, str(REPO))
@@ -188,7 +190,7 @@ def test_example_photos_come_from_the_test_split(animal_app, tiny_checkpoints, t
     examples.mkdir()
     (examples / "README.md").write_text("no photos here")
     make_image(examples / "mine.jpg", (1, 2, 3))
-    assert [Path(p).name for p in app.views.folder_photos(examples)] == ["mine.jpg"]
+    assert [Path(p).name for p in app_views.folder_photos(examples)] == ["mine.jpg"]
 
 
 def test_examples_hidden_when_the_dataset_is_not_here(tiny_checkpoints, tmp_path):
@@ -211,7 +213,7 @@ def test_no_checkpoints_at_all(tmp_path):
     animal_app = app.AnimalApp(checkpoints_root=tmp_path / "empty", use_hub=False)
     assert any("No scratch checkpoint" in n for n in animal_app.notices)
     assert any("No transfer checkpoint" in n for n in animal_app.notices)
-    assert isinstance(animal_app.build(), gr.Blocks)
+    assert isinstance(app.build_layout(animal_app), gr.Blocks)
     views = animal_app.model_views()
     assert "No **scratch** checkpoint" in views[0] and "No **transfer** checkpoint" in views[1]
     with pytest.raises(gr.Error, match="No checkpoints are available"):
@@ -241,7 +243,7 @@ def test_bundled_defaults_and_hub_failure(tiny_checkpoints, tmp_path, monkeypatc
     animal_app = app.AnimalApp(checkpoints_root=root, use_hub=True)
     assert animal_app.registry.paths() == {"scratch": root / "scratch-tiny", "transfer": root / "transfer-tiny"}
     assert animal_app.notices == ["Could not load checkpoints from the Hub repo x/y (offline)."]
-    demo = animal_app.build()
+    demo = app.build_layout(animal_app)
     notice = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "notice")
     assert "x/y (offline)" in notice.value and notice.visible
 

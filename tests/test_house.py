@@ -42,3 +42,19 @@ def test_no_import_cycles_inside_the_package():
 
     cycles = sorted(m for m in graph if reaches(m, m, set()))
     assert cycles == []
+
+
+def test_no_library_function_is_named_like_a_test():
+    names = [
+        f"{path.stem}.{node.name}"
+        for path in [*PACKAGE.glob("*.py"), PACKAGE.parent / "app.py", *PACKAGE.parent.glob("app_*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower().startswith("test")
+    ]
+    assert names == []
+
+
+def test_no_module_is_much_over_400_lines():
+    long = {p.name: n for p in [*PACKAGE.glob("*.py"), PACKAGE.parent / "app.py"]
+            if (n := len(p.read_text().splitlines())) > 420}
+    assert long == {}
