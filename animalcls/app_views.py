@@ -207,9 +207,24 @@ def held_out_photos(folders: Sequence[Path | None], per_class: int = 2) -> list[
 
 
 def folder_photos(folder: Path, limit: int = 20) -> list[str]:
-    """Image files a user put in `examples/` (the repository ships none)."""
+    """Image files in `examples/`: the freely licensed photos the repository ships (credited in
+    examples/CREDITS.md) plus any a user added, sorted by file name."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return [str(p) for p in files[:limit]]
+
+
+def example_caption(path: str | Path) -> str:
+    """A caption from an example's file name, which starts with the expected answer:
+    `cat-chelsea.jpg` -> "cat (chelsea)", `none-dog.jpg` -> "none of the five (dog)"."""
+    answer, _, detail = Path(path).stem.partition("-")
+    answer = "none of the five" if answer.lower() == "none" else answer
+    detail = detail.replace("-", " ").replace("_", " ").strip()
+    return f"{answer} ({detail})" if detail else answer
+
+
+def folder_examples(folder: Path, limit: int = 20) -> list[tuple[str, str]]:
+    """(path, caption) for each photo in `examples/`, for a clickable gallery that needs no dataset."""
+    return [(path, example_caption(path)) for path in folder_photos(folder, limit)]
