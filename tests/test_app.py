@@ -193,14 +193,16 @@ def test_example_photos_come_from_the_test_split(animal_app, tiny_checkpoints, t
     assert [Path(p).name for p in app_views.folder_photos(examples)] == ["mine.jpg"]
 
 
-def test_examples_hidden_when_the_dataset_is_not_here(tiny_checkpoints, tmp_path):
+def test_only_shipped_examples_when_the_dataset_is_not_here(tiny_checkpoints, tmp_path):
     moved = tmp_path / "transfer-copy"
     shutil.copytree(tiny_checkpoints["transfer"], moved)
     split = json.loads((moved / "split.json").read_text())
     split.update(root=str(tmp_path / "gone"), root_relative="../gone")
     (moved / "split.json").write_text(json.dumps(split))
     animal_app = app.AnimalApp(None, moved, checkpoints_root=tmp_path / "none", use_hub=False)
-    assert animal_app.example_photos() == ([], [])
+    test_photos, shipped = animal_app.example_photos()
+    assert test_photos == []  # no dataset here, but the photos shipped in examples/ still show
+    assert {Path(p).name for p in shipped} >= {"cat-chelsea.jpg", "none-dog.jpg"}
     assert "no dataset" in animal_app.finetune_intro()
     with pytest.raises(gr.Error, match="No dataset to fine-tune on"):
         next(animal_app.finetune(1, 1e-3, 0))
