@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,7 +55,13 @@ class Scan:
 
 @dataclass
 class Split:
-    """A deterministic train/val/test split, stored as paths relative to the dataset root."""
+    """A deterministic train/val/test split, stored as paths relative to the dataset root.
+
+    `root` is where the dataset is on THIS machine, set at run time and never saved: a saved
+    split records only `root_relative` (the dataset relative to the checkpoint folder holding
+    it), the root folder's name and, for a Hub dataset, its ORG/NAME. Old files that still
+    hold an absolute `root` load, and that path is tried last by `locate_root`.
+    """
 
     root: str
     class_names: list[str]
@@ -68,13 +75,22 @@ class Split:
     # The dataset root relative to the checkpoint folder holding this split, so a clone in
     # another place (CI, another user) still finds a dataset at the same relative location.
     root_relative: str | None = None
+    origin: dict[str, str] = field(default_factory=dict)  # as loaded: root_name, hub_dataset
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The saved form: no absolute path (a clone on another machine has none of them)."""
+        saved = {key: value for key, value in asdict(self).items() if key not in ("root", "origin")}
+        return {**saved, **self.describe_origin()}
+
+    def describe_origin(self) -> dict[str, str]:
+        return dataset_origin(self.root) if self.root else dict(self.origin)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Split:
-        fields = dict(data)
+        known = set(cls.__dataclass_fields__) - {"origin"}
+        fields = {key: value for key, value in data.items() if key in known}
+        fields.setdefault("root", "")
+        fields["origin"] = {key: str(data[key]) for key in ("root_name", "hub_dataset") if data.get(key)}
         for part in ("train", "val", "test"):
             fields[part] = [(str(rel), int(label)) for rel, label in fields[part]]
         return cls(**fields)
@@ -87,8 +103,9 @@ class Split:
         return cls.from_json(json.loads(Path(path).read_text()))
 
     def summary(self) -> dict[str, Any]:
+        """For manifests: sizes per part and class, and where the data came from (no absolute path)."""
         return {
-            "root": self.root,
+            **self.describe_origin(),
             "root_relative": self.root_relative,
             "seed": self.seed,
             "sizes": {p: len(getattr(self, p)) for p in ("train", "val", "test")},
@@ -97,11 +114,16 @@ class Split:
             },
         }
 
+    def describe(self) -> str:
+        """A short description for people: "2,100 training photos of 5 classes (cat, spider, ...)"."""
+        return f"{len(self.train):,} training photos of {len(self.class_names)} classes ({', '.join(self.class_names)})"
+
     def locate_root(self, checkpoint_dir: Path | None = None) -> Path | None:
-        """The dataset root on this machine: relative to the checkpoint folder, else the
-        recorded absolute path; None when neither exists."""
+        """The dataset root on this machine: relative to the checkpoint folder, else an
+        absolute path recorded by an old version; None when neither exists."""
         candidates = [Path(checkpoint_dir) / self.root_relative] if checkpoint_dir and self.root_relative else []
-        for candidate in [*candidates, Path(self.root)]:
+        candidates += [Path(self.root)] if self.root else []
+        for candidate in candidates:
             if candidate.is_dir():
                 return candidate.resolve()
         return None
@@ -111,6 +133,18 @@ class Split:
         base = Path(root) if root is not None else Path(self.root)
         items = getattr(self, part)
         return [str(base / rel) for rel, _ in items], [label for _, label in items]
+
+
+def dataset_origin(root: str | Path | None) -> dict[str, str]:
+    """What may be recorded about a dataset root: its folder name, and ORG/NAME when it is a
+    Hub dataset in the Hub cache (`.../datasets--ORG--NAME/...`)."""
+    if not root:
+        return {}
+    origin = {"root_name": Path(root).name}
+    match = re.search(r"datasets--([^/\\]+?)--([^/\\]+)", str(root))
+    if match:
+        origin["hub_dataset"] = f"{match[1]}/{match[2]}"
+    return origin
 
 
 def _count_labels(items: Sequence[tuple[str, int]], class_names: Sequence[str]) -> dict[str, int]:

@@ -124,7 +124,7 @@ def _load_split(source: Path, manifest: dict[str, Any], data_dir: Path | None, h
     root = data.dataset_root(data_dir).resolve() if data_dir is not None else split.locate_root(source)
     if root is None:
         raise DataError(
-            f"The dataset {source.name} was trained on ({split.root}) is not on this machine: pass "
+            f"The dataset {source.name} was trained on ({split.describe()}) is not on this machine: pass "
             "--data DIR (or choose the dataset folder) to fine-tune on."
         )
     recorded = [rel for part in ("train", "val", "test") for rel, _ in getattr(split, part)]
@@ -242,11 +242,11 @@ def _manifest(
 ) -> dict[str, Any]:
     """The source manifest with this run's name, provenance, training and dataset."""
     manifest = {k: v for k, v in source_manifest.items() if k != "files"}
-    dataset = dict(source_manifest.get("dataset") or {})
+    dataset = {k: v for k, v in (source_manifest.get("dataset") or {}).items() if k != "root"}
     dataset.update(split.summary(), split_file=checkpoints.SPLIT_FILE)
     manifest.update(
         name=out_dir.name,
-        finetuned_from={"name": source_manifest["name"], "path": str(source.resolve())},
+        finetuned_from={"name": source_manifest["name"]},
         training={
             **config.to_json(),
             "finetune": True,

@@ -41,7 +41,10 @@ def _read_optional_json(path: Path) -> Any:
 
 def _source_dataset(manifest: dict[str, Any]) -> str | None:
     """ORG/NAME when the checkpoint was trained on an hf:// dataset (its root is in the Hub cache)."""
-    root = str(manifest.get("dataset", {}).get("root", ""))
+    dataset = manifest.get("dataset", {})
+    if dataset.get("hub_dataset"):
+        return str(dataset["hub_dataset"])
+    root = str(dataset.get("root", ""))  # written by older versions
     match = re.search(r"datasets--([^/\\]+?)--([^/\\]+)", root)
     return f"{match[1]}/{match[2]}" if match else None
 

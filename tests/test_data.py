@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -140,3 +141,26 @@ def test_strong_augment_crops_and_jitters_only_training(tmp_path):
     # flips alone give at most two distinct images; crops and jitter give many
     assert len({x.tobytes() for x in plain}) <= 2
     assert len({x.tobytes() for x in strong}) > 4
+
+
+def test_saved_split_records_no_absolute_path_and_old_files_still_load(tmp_path, synthetic_data):
+    split = data.split_scan(data.scan_folder(synthetic_data), seed=1)
+    split.root_relative = "../animals/raw-img"
+    split.save(tmp_path / "split.json")
+    saved = json.loads((tmp_path / "split.json").read_text())
+    assert "root" not in saved and str(tmp_path) not in json.dumps(saved) and str(synthetic_data) not in json.dumps(split.summary())
+    assert saved["root_name"] == "raw-img"
+    loaded = data.Split.load(tmp_path / "split.json")
+    assert loaded.root == "" and loaded.train == split.train
+    assert loaded.locate_root(tmp_path / "ckpt") == (synthetic_data / "raw-img").resolve()  # tmp_path/ckpt/../animals
+    old = {**saved, "root": str(synthetic_data / "raw-img"), "root_relative": None}  # an old file
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert data.Split.load(tmp_path / "old.json").locate_root(tmp_path) == (synthetic_data / "raw-img").resolve()
+
+
+def test_bundled_checkpoints_record_no_absolute_path():
+    from conftest import REPO
+
+    for path in sorted((REPO / "checkpoints").glob("*/*.json")):
+        text = path.read_text()
+        assert '"/' not in text and "/work" not in text and "/home" not in text, path
