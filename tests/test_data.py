@@ -152,6 +152,7 @@ def test_saved_split_records_no_absolute_path_and_old_files_still_load(tmp_path,
     assert saved["root_name"] == "raw-img"
     loaded = data.Split.load(tmp_path / "split.json")
     assert loaded.root == "" and loaded.train == split.train
+    (tmp_path / "ckpt").mkdir()
     assert loaded.locate_root(tmp_path / "ckpt") == (synthetic_data / "raw-img").resolve()  # tmp_path/ckpt/../animals
     old = {**saved, "root": str(synthetic_data / "raw-img"), "root_relative": None}  # an old file
     (tmp_path / "old.json").write_text(json.dumps(old))
