@@ -23,35 +23,50 @@ from .preprocessing import to_model_input
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
+# Images are shrunk (8-bit, before any float conversion) to at least this many times the
+# largest model input per side; the models' own antialiased resize does the rest.
+REDUCE_MARGIN = 2
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK", "YCbCr"})
+_REDUCE_AS = {"P": "RGBA", "PA": "RGBA", "1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}
+
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 
 
-def load_image(source: ImageInput) -> Image.Image:
+def load_image(source: ImageInput, max_side: int | None = None) -> Image.Image:
     """Any supported input -> an RGB PIL image, EXIF orientation applied, first frame only.
+
+    With `max_side` (the largest input size of the models that will see it), the image is
+    shrunk while still 8-bit, before any float conversion: a JPEG is decoded at a reduced DCT
+    scale (`draft`) and anything larger is box-reduced by whole factors, keeping each side at
+    least 2 x `max_side`, so the models' antialiased resize sees practically the same picture
+    while a 6000 px upload never becomes a 6000 px float array (see REDUCE_MARGIN).
 
     Raises ImageError with a message fit for a user on anything that is not a usable image.
     """
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _from_array(source, max_side)
     if isinstance(source, Image.Image):
-        return _sanitise(source)
+        return _sanitise(source, max_side)
     if isinstance(source, bytes):
-        return _open(io.BytesIO(source), "the uploaded data")
+        return _open(io.BytesIO(source), "the uploaded data", max_side)
     path = Path(source)
     if not path.is_file():
         raise ImageError(f"Image file not found: {path}")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ImageError(f"{path.name} is larger than {MAX_FILE_BYTES // 2**20} MB; use a smaller image.")
-    return _open(path, path.name)
+    return _open(path, path.name, max_side)
 
 
-def _open(handle: Any, what: str) -> Image.Image:
+def _open(handle: Any, what: str, max_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(handle) as image:
                 _check_size(image.width, image.height, what)
-                return _sanitise(image)
+                if max_side and image.format == "JPEG":
+                    # Decode at 1/2, 1/4 or 1/8 scale, never below the requested size.
+                    image.draft(None, (REDUCE_MARGIN * max_side, REDUCE_MARGIN * max_side))
+                return _sanitise(image, max_side)
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -69,12 +84,15 @@ def _check_size(width: int, height: int, what: str) -> None:
         raise ImageError(f"{what} has no pixels.")
 
 
-def _sanitise(image: Image.Image) -> Image.Image:
-    """First frame, EXIF orientation, then RGB from any mode (P, LA, RGBA, CMYK, I;16, 1...)."""
+def _sanitise(image: Image.Image, max_side: int | None = None) -> Image.Image:
+    """First frame, shrunk to `max_side` (see load_image), EXIF orientation, then RGB from any
+    mode (P, LA, RGBA, CMYK, I;16, 1...)."""
     _check_size(image.width, image.height, "The image")
     if getattr(image, "is_animated", False):
         image.seek(0)
     image.load()  # decode now, so a truncated file fails here with a clear message
+    if max_side:
+        image = _reduce(image, max_side)
     image = ImageOps.exif_transpose(image) or image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = _scale_to_8bit(image)
@@ -86,6 +104,17 @@ def _sanitise(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _reduce(image: Image.Image, max_side: int) -> Image.Image:
+    """Box-reduce by whole factors per axis while each side stays >= REDUCE_MARGIN x max_side."""
+    factors = tuple(max(1, side // (REDUCE_MARGIN * max_side)) for side in image.size)
+    if factors == (1, 1):
+        return image
+    if image.mode not in _REDUCIBLE_MODES:
+        # Palette indices cannot be averaged; 16-bit goes to 32-bit, scaled to 8 bits later.
+        image = image.convert(_REDUCE_AS.get(image.mode, "RGB"))
+    return image.reduce(factors)
+
+
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
     array = np.asarray(image, dtype=np.float64)
     top = array.max()
@@ -93,7 +122,7 @@ def _scale_to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
+def _from_array(array: np.ndarray, max_side: int | None = None) -> Image.Image:
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
@@ -104,7 +133,7 @@ def _from_array(array: np.ndarray) -> Image.Image:
     if array.dtype != np.uint8:
         peak = float(np.nanmax(array)) if array.size else 0.0
         array = np.clip(array * 255.0 if peak <= 1.0 else array, 0, 255).astype(np.uint8)
-    return _sanitise(Image.fromarray(array))
+    return _sanitise(Image.fromarray(array), max_side)
 
 
 @dataclass
@@ -134,13 +163,13 @@ class Predictor:
         return self._forward(tf.constant(batch)).numpy()
 
     def predict(self, images: Sequence[ImageInput]) -> list[dict[str, float]]:
-        batch = np.stack([to_model_input(load_image(image), self.image_size) for image in images])
+        batch = np.stack([to_model_input(load_image(image, self.image_size), self.image_size) for image in images])
         probabilities = self.forward(batch)
         return [dict(zip(self.class_names, map(float, row))) for row in probabilities]
 
     def timed_predict(self, image: ImageInput) -> tuple[dict[str, float], float]:
         """Predict one image; also return the seconds the forward pass took."""
-        batch = to_model_input(load_image(image), self.image_size)[None]
+        batch = to_model_input(load_image(image, self.image_size), self.image_size)[None]
         start = time.perf_counter()
         probabilities = self.forward(batch)[0]
         return dict(zip(self.class_names, map(float, probabilities))), time.perf_counter() - start

@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from .atomic import write_json
+from .atomic import owner_lock, write_json
 from .hooks import BatchHook, EpochHook
 
 
@@ -177,7 +177,15 @@ def fit(
     cancel: threading.Event | None = None,
 ) -> FitResult:
     """Compile and fit `model`; restores the best val_loss weights when `config.keep_best`."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    with owner_lock(workdir):  # tells clean_leftovers in another process that this run is alive
+        return _fit(model, config, train_ds, val_ds, workdir, steps_per_epoch, on_batch, on_epoch, cancel)
+
+
+def _fit(
+    model: keras.Model, config: TrainConfig, train_ds: Any, val_ds: Any | None, workdir: Path,
+    steps_per_epoch: int | None, on_batch: BatchHook | None, on_epoch: EpochHook | None,
+    cancel: threading.Event | None,
+) -> FitResult:
     compile_model(model, config)
     recorder = HistoryRecorder(workdir / "history.json", on_epoch)
     callbacks: list[keras.callbacks.Callback] = [recorder]
