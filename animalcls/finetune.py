@@ -22,6 +22,7 @@ from . import checkpoints, data, evaluate, models
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
 from .hooks import TrainHooks
+from .stored_features import StoredFeatures
 from .settings import finetune_folder
 from .workflows import datasets_for, save_with_figures
 from .train import PRESETS, FitResult, TrainConfig, fit
@@ -48,9 +49,14 @@ def finetune(
     out_dir: Path | None = None,
     hooks: TrainHooks | None = None,
     batch_size: int = 64,
+    stored: StoredFeatures | None = None,
 ) -> FinetuneResult:
     """Continue training a transfer checkpoint on its recorded split and save the result as a
     new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
+
+    With `stored` (stored_features.find_features), the head trains on those stored pooled
+    features and is evaluated on the stored test features: no photo is read, so this works
+    where the dataset is absent. No flip augmentation then (only unflipped features are stored).
 
     Cancelling (hooks.cancel) during training stops after the current batch and still saves
     what was trained, marked cancelled; during feature extraction, before anything is trained,
@@ -70,14 +76,19 @@ def finetune(
     if epochs < 1 or unfreeze_layers < 0:
         raise ValueError(f"Need epochs >= 1 and unfreeze_layers >= 0, got {epochs} and {unfreeze_layers}.")
     out_dir = _output_folder(source, out_dir)
-    split = _load_split(source, manifest, data_dir, hooks)
+    if stored is not None and unfreeze_layers > 0:
+        raise DataError("Unfreezing backbone layers needs the photos; stored features only train the head.")
+    split = _load_split(source, manifest, data_dir, hooks) if stored is None else _recorded_split(source, manifest)
     config = finetune_config(manifest, epochs, learning_rate, batch_size)
     keras.utils.set_random_seed(config.seed)
     model = checkpoints.load_checkpoint(source).model
     workdir = out_dir.parent / f".{out_dir.name}.work"
-    split.root_relative = os.path.relpath(split.root, out_dir.resolve())
+    located = Path(split.root) if split.root else split.locate_root(source)
+    split.root_relative = os.path.relpath(located, out_dir.parent.resolve() / out_dir.name) if located else None
     try:
-        if unfreeze_layers > 0:
+        if stored is not None:
+            result, evaluation, extra = _train_stored(model, stored, split, config, workdir, hooks)
+        elif unfreeze_layers > 0:
             result, evaluation, extra = _train_images(model, split, config, unfreeze_layers, workdir, hooks)
         else:
             result, evaluation, extra = _train_features(model, split, config, workdir, hooks)
@@ -136,6 +147,41 @@ def _load_split(source: Path, manifest: dict[str, Any], data_dir: Path | None, h
         )
     split.root = str(root)
     return split
+
+
+def _recorded_split(source: Path, manifest: dict[str, Any]) -> data.Split:
+    """The source's split.json for the record (sizes, classes); its photos are not needed."""
+    split_file = source / checkpoints.SPLIT_FILE
+    if not split_file.is_file():
+        raise CheckpointError(f"Checkpoint {source.name} records no dataset split ({checkpoints.SPLIT_FILE}).")
+    split = data.Split.load(split_file)
+    if list(split.class_names) != list(manifest["class_names"]):
+        raise CheckpointError(f"The split of {source.name} lists other classes than its manifest.")
+    return split
+
+
+def _train_stored(
+    model: Any, stored: StoredFeatures, split: data.Split, config: TrainConfig, workdir: Path, hooks: TrainHooks
+) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
+    """Train the head on stored features; evaluate it on the stored test features."""
+    from .features import backbone_key
+
+    if stored.backbone_key != backbone_key(model):
+        raise CheckpointError(f"The stored features of {stored.folder.name} were made by another backbone.")
+    expected = {part: len(getattr(split, part)) for part in ("train", "val", "test")}
+    if stored.sizes() != expected:
+        raise CheckpointError(f"The stored features of {stored.folder.name} do not match its split ({expected}).")
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (stored.parts[p] for p in ("train", "val", "test"))
+    n = len(split.class_names)
+    head = models.head_on_features(model)
+    train_ds = feature_dataset(train_x, train_y.tolist(), n, config.batch_size, True, None, config.seed)
+    val_ds = feature_dataset(val_x, val_y.tolist(), n, config.batch_size) if len(val_y) else None
+    steps = -(-len(train_y) // config.batch_size)
+    result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    test_ds = feature_dataset(test_x, test_y.tolist(), n, FEATURE_BATCH)
+    probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_y) // FEATURE_BATCH), hooks.on_eval)
+    evaluation = evaluate.evaluation_report(test_y.tolist(), probabilities.argmax(axis=1).tolist(), split.class_names)
+    return result, evaluation, {"method": "stored-features", "features_from": stored.folder.name, "flip": False}
 
 
 def finetune_config(manifest: dict[str, Any], epochs: int, learning_rate: float, batch_size: int) -> TrainConfig:

@@ -1,0 +1,54 @@
+"""Store a transfer checkpoint's pooled features (train/val/test of its split) in its folder,
+so the app can fine-tune its head where the photos are absent (a Hugging Face Space).
+
+    python scripts/store_features.py checkpoints/transfer-efficientnet_lite0 [--data DIR]
+
+Writes CHECKPOINT/features.npz (float16; see animalcls/stored_features.py). When the folder's
+scope.npz already holds the train features, features.npz keeps only val and test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data", type=Path, help="the dataset root (default: the one split.json locates)")
+    args = parser.parse_args()
+    if not (args.checkpoint / "split.json").is_file():
+        parser.error(f"{args.checkpoint} has no split.json")
+
+    import numpy as np
+
+    from animalcls import checkpoints, data
+    from animalcls.features import backbone_key
+    from animalcls.stored_features import SCOPE_NPZ, extract_parts, load_features, save_features
+
+    split = data.Split.load(args.checkpoint / "split.json")
+    root = data.dataset_root(args.data) if args.data else split.locate_root(args.checkpoint)
+    if root is None:
+        parser.error("the checkpoint's dataset is not on this machine: pass --data DIR")
+    split.root = str(root)
+    model = checkpoints.load_checkpoint(args.checkpoint).model
+    parts = extract_parts(model, split)
+    scope_file = args.checkpoint / SCOPE_NPZ
+    if scope_file.is_file():
+        with np.load(scope_file, allow_pickle=False) as scope:
+            if "train_features" in scope.files and len(scope["train_features"]) == len(split.train):
+                gap = float(np.abs(scope["train_features"].astype(np.float32) - parts["train"][0]).max())
+                print(f"train features come from {SCOPE_NPZ} (max difference to a fresh extraction: {gap:.4f})")
+                parts.pop("train")
+    path = save_features(args.checkpoint, backbone_key(model), parts)
+    stored = load_features(args.checkpoint)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB): {stored.sizes()}")
+
+
+if __name__ == "__main__":
+    main()
