@@ -19,6 +19,8 @@ from typing import Any
 
 import gradio as gr
 
+from animalcls.app_sessions import StoreLimits, new_session
+from animalcls.app_views import example_caption
 from animalcls.checkpoints import KINDS
 from animalcls.inference import MAX_FILE_BYTES
 from animalcls.reports import REPORT_HEADERS
@@ -42,7 +44,7 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
         gr.Markdown(f"### {title}")
         report = gr.Dataframe(headers=REPORT_HEADERS, label="Classification report (test split)",
                               interactive=False, elem_id=f"{elem_prefix}-report")
-        confusion = gr.Image(type="pil", label="Confusion matrix", show_label=False, interactive=False,
+        confusion = gr.Image(type="filepath", label="Confusion matrix", show_label=False, interactive=False,
                              elem_id=f"{elem_prefix}-confusion", buttons=["download", "fullscreen"])
     return report, confusion
 
@@ -73,6 +75,9 @@ def checked_image(**kwargs: Any) -> gr.Image:
 def build_layout(handlers: AnimalApp) -> gr.Blocks:
     """The Blocks: a notice, then the Classify, Training and Fine-tune tabs, wired to `handlers`."""
     with gr.Blocks(title=TITLE) as demo:
+        # This visitor's model choices and fine-tunes (animalcls.app_sessions): per browser
+        # session or gradio_client Client, never shared.
+        session = gr.State(new_session())
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(
             "\n\n".join(f"**Note:** {html.escape(n)}" for n in handlers.notices),
@@ -80,19 +85,19 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
         )
         with gr.Tabs():
             with gr.Tab("Classify", id="classify", elem_id="tab-classify"):
-                classify_parts = _classify_tab(handlers)
+                classify_parts = _classify_tab(handlers, session)
             with gr.Tab("Training", id="training", elem_id="tab-training"):
                 training_parts = _training_tab()
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
-                _finetune_tab(handlers, classify_parts, training_parts)
+                _finetune_tab(handlers, session, classify_parts, training_parts)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
-        demo.load(handlers.model_views, None, view_outputs, api_name="model_info", concurrency_limit=None,
+        demo.load(handlers.model_views, session, view_outputs, api_name="model_info", concurrency_limit=None,
                   show_progress="hidden")
     demo.animalcls_app = handlers  # for tests and embedding
     return demo
 
 
-def _classify_tab(handlers: AnimalApp) -> dict[str, Any]:
+def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
     info, labels = {}, {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=280):
@@ -110,23 +115,26 @@ def _classify_tab(handlers: AnimalApp) -> dict[str, Any]:
                                                 elem_id=f"label-{kind}")
             verdict = gr.Markdown(elem_id="verdict")
     outputs = [info["scratch"], labels["scratch"], info["transfer"], labels["transfer"], verdict]
-    events = dict(fn=handlers.classify, inputs=image, outputs=outputs, concurrency_id="classify", concurrency_limit=2)
+    events = dict(fn=handlers.classify, inputs=[image, session], outputs=outputs, concurrency_id="classify",
+                  concurrency_limit=2)
     button.click(api_name="classify", **events)
     # A new photo first clears the previous answer (so an error never sits above stale
     # results), then is classified; removing the photo just clears.
-    gr.on([image.upload, image.clear], handlers.clear_results, None, outputs, api_name="clear_results",
+    gr.on([image.upload, image.clear], handlers.clear_results, session, outputs, api_name="clear_results",
           api_visibility="undocumented", queue=False, show_progress="hidden",
           ).then(api_name="classify_upload", api_visibility="undocumented", **{**events, "fn": handlers.classify_new})
     test_photos, user_photos = handlers.example_photos()
     galleries = (
-        (test_photos, "test", "Photos from the test split of the models' dataset (never used in training)"),
-        (user_photos, "user", "Your photos from examples/"),
+        (test_photos, "test", "Photos from the test split of the models' dataset (never used in training)", None),
+        (user_photos, "user", "Example photos (freely licensed; the caption is the expected answer)",
+         [example_caption(p) for p in user_photos]),
     )
-    for photos, name, label in galleries:
+    for photos, name, label, captions in galleries:
         if photos:
             examples = gr.Examples(
-                [[p] for p in photos], inputs=image, label=label, examples_per_page=12, cache_examples=False,
+                [[p] for p in photos], inputs=image, label=label, examples_per_page=20, cache_examples=False,
                 api_name=f"load_{name}_example", api_visibility="undocumented", elem_id=f"examples-{name}",
+                example_labels=captions,
             )
             # Clicking a photo loads it, then classifies it (in the same concurrency group).
             examples.load_input_event.then(api_name=f"classify_{name}_example", api_visibility="undocumented",
@@ -145,10 +153,10 @@ def _training_tab() -> list[Any]:
                 facts = gr.Markdown(elem_id=f"facts-{kind}")
                 # Captions as Markdown: an image's own label would cover the top of the plot.
                 gr.Markdown("**Training vs validation, per metric**")
-                history = gr.Image(type="pil", label="Training vs validation, per metric", show_label=False,
+                history = gr.Image(type="filepath", label="Training vs validation, per metric", show_label=False,
                                    interactive=False, elem_id=f"history-{kind}", buttons=["download", "fullscreen"])
                 gr.Markdown("**Confusion matrix (test split)**")
-                confusion = gr.Image(type="pil", label="Confusion matrix (test split)", show_label=False,
+                confusion = gr.Image(type="filepath", label="Confusion matrix (test split)", show_label=False,
                                      interactive=False, elem_id=f"confusion-{kind}",
                                      buttons=["download", "fullscreen"])
                 report = gr.Dataframe(headers=REPORT_HEADERS, label="Classification report (test split)",
@@ -157,35 +165,43 @@ def _training_tab() -> list[Any]:
     return [*parts["scratch"], *parts["transfer"]]
 
 
-def _finetune_tab(handlers: AnimalApp, classify_parts: dict[str, Any], training_parts: list[Any]) -> None:
+def _finetune_tab(
+    handlers: AnimalApp, session: gr.State, classify_parts: dict[str, Any], training_parts: list[Any]
+) -> None:
     gr.Markdown(handlers.finetune_intro(), elem_id="ft-intro")
     with gr.Row():
-        epochs = gr.Number(3, label="Epochs", minimum=1, maximum=100, precision=0, elem_id="ft-epochs")
+        epochs = gr.Number(min(3, handlers.max_epochs), label=f"Epochs (1-{handlers.max_epochs})", minimum=1,
+                           maximum=handlers.max_epochs, precision=0, elem_id="ft-epochs")
         rate = gr.Number(1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
-        unfreeze = gr.Number(0, label="Unfreeze the top N backbone layers (0 = head only)", minimum=0,
-                             maximum=1000, precision=0, elem_id="ft-unfreeze")
+        unfreeze = gr.Number(0, label=f"Unfreeze the top N backbone layers (0 = head only; at most "
+                             f"{handlers.max_unfreeze} here)", minimum=0, maximum=handlers.max_unfreeze, precision=0,
+                             interactive=handlers.max_unfreeze > 0, elem_id="ft-unfreeze")
     with gr.Row():
         run = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
         use = gr.Button("Use this model", interactive=False, elem_id="ft-use")
         restore = gr.Button("Restore original models", elem_id="ft-restore")
     status = gr.Markdown("Not running.", elem_id="ft-status")
+    # The result this visitor is looking at: "Use this model" names it explicitly.
+    result = gr.Textbox(label="Your fine-tuned model", interactive=False, elem_id="ft-result")
     # gr.Progress draws its bar over this strip, so it never hides the status text or the curves.
     bar = gr.HTML("", elem_id="ft-progress", min_height=72, padding=False)
     curves = gr.Plot(label="Training vs validation (updates after every epoch)", format="png", elem_id="ft-curves")
     with gr.Row(equal_height=False):
         start_report, start_confusion = _report_column("Starting model", "ft-start")
         new_report, new_confusion = _report_column("Fine-tuned model", "ft-new")
+    # concurrency_limit=1: one fine-tune per server; Gradio's queue shows the others their place.
     run.click(
-        handlers.finetune, [epochs, rate, unfreeze],
-        [status, curves, start_report, start_confusion, new_report, new_confusion, use],
-        api_name="finetune", concurrency_id="finetune", concurrency_limit=None, show_progress_on=[bar],
+        handlers.finetune, [epochs, rate, unfreeze, session],
+        [status, curves, start_report, start_confusion, new_report, new_confusion, result, use, session],
+        api_name="finetune", concurrency_id="finetune", concurrency_limit=1, show_progress_on=[bar],
     )
     cancel.click(handlers.cancel_finetune, None, status, api_name="cancel_finetune", concurrency_limit=None,
                  show_progress="hidden")
     views_out = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
-    use.click(handlers.use_model, None, [status, *views_out], api_name="use_model", concurrency_limit=None)
-    restore.click(handlers.restore_models, None, [status, *views_out], api_name="restore_models",
+    use.click(handlers.use_model, [result, session], [status, *views_out, session], api_name="use_model",
+              concurrency_limit=None)
+    restore.click(handlers.restore_models, session, [status, *views_out, session], api_name="restore_models",
                   concurrency_limit=None)
 
 
@@ -196,7 +212,7 @@ def build_demo(
     **options: Any,
 ) -> gr.Blocks:
     """Build the app without launching it. Options: checkpoints_root, finetune_root, use_hub,
-    hub_repo, examples_dir (see AnimalApp). Checkpoints not given come from the Hub when
+    hub_repo, examples_dir, limits, max_epochs, max_unfreeze, use_for_everyone (see AnimalApp). Checkpoints not given come from the Hub when
     ANIMALCLS_HUB_REPO is set, else from checkpoints/defaults.json."""
     return build_layout(AnimalApp(scratch_dir, transfer_dir, data_dir, **options))
 
@@ -229,6 +245,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-hub", action="store_true", help="never contact the Hub; use local checkpoints only")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="load the models on the first request instead of in the background at startup")
+    parser.add_argument("--max-epochs", type=int, default=int(_env("ANIMALCLS_MAX_EPOCHS", default="20")),
+                        help="most epochs a visitor may fine-tune (env ANIMALCLS_MAX_EPOCHS; default 20)")
+    parser.add_argument("--max-unfreeze", type=int, default=int(_env("ANIMALCLS_MAX_UNFREEZE", default="0")),
+                        help="most backbone layers a visitor may unfreeze (env ANIMALCLS_MAX_UNFREEZE; default 0: "
+                        "head only, which is what a CPU-basic Space can afford)")
+    parser.add_argument("--max-finetunes", type=int, default=int(_env("ANIMALCLS_MAX_FINETUNES", default="5")),
+                        help="fine-tunes kept on disk, the oldest removed first (env ANIMALCLS_MAX_FINETUNES; default 5)")
+    parser.add_argument("--max-finetune-mb", type=int, default=int(_env("ANIMALCLS_MAX_FINETUNE_MB", default="200")),
+                        help="total MB of kept fine-tunes (env ANIMALCLS_MAX_FINETUNE_MB; default 200)")
+    parser.add_argument("--use-for-everyone", action="store_true",
+                        default=_env("ANIMALCLS_USE_FOR_EVERYONE", default="") in ("1", "true", "yes"),
+                        help="'Use this model' changes the model for EVERY visitor (env ANIMALCLS_USE_FOR_EVERYONE=1; "
+                        "default off: for that browser session only)")
     return parser.parse_args(argv)
 
 
@@ -240,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     demo = build_demo(args.scratch, args.transfer, args.data, finetune_root=args.finetune_out,
-                      use_hub=not args.no_hub, hub_repo=args.hub_repo)
+                      use_hub=not args.no_hub, hub_repo=args.hub_repo, max_epochs=args.max_epochs,
+                      max_unfreeze=args.max_unfreeze, use_for_everyone=args.use_for_everyone,
+                      limits=StoreLimits(args.max_finetunes, args.max_finetune_mb * 2**20))
     app = demo.animalcls_app
     app.ready.clear()
     demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)

@@ -4,6 +4,7 @@ them into gr.Blocks is in app.py; what the handlers show is computed in animalcl
 from __future__ import annotations
 
 import html
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +13,15 @@ from typing import Any
 import gradio as gr
 
 from animalcls import app_views as views
-from animalcls import errors
-from animalcls.app_state import BusyError, FinetuneRunner, JobProgress, ModelRegistry
+from animalcls.app_sessions import FinetuneStore, SessionModels, StoreLimits, session_of
+from animalcls.app_state import FinetuneRunner, ModelRegistry
+from animalcls.atomic import clean_leftovers
 from animalcls.checkpoints import KINDS, default_pair, read_manifest
 from animalcls.errors import AnimalclsError, ImageError
-from animalcls.inference import load_image, top_k
+from animalcls.inference import load_image, load_predictor, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
-from animalcls.settings import BUNDLED_DIR, finetune_folder
+from animalcls.settings import BUNDLED_DIR, finetunes_root
+from app_finetune import FinetuneHandlers, user_error
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
@@ -34,11 +37,7 @@ def why_unusable(payload: Any) -> str:
 
 
 def image_error(message: str) -> gr.Error:
-    return gr.Error(html.escape(message), title="Not a usable image", print_exception=False)
-
-
-def _user_error(message: str, title: str = "Error") -> gr.Error:
-    return gr.Error(html.escape(message), title=title, print_exception=False)
+    return gr.Error(html.escape(views.public(message)), title="Not a usable image", print_exception=False)
 
 
 def resolve_checkpoints(
@@ -82,7 +81,7 @@ def resolve_checkpoints(
                 paths[kind] = bundled[kind]
     for kind in missing:
         if paths[kind] is None:
-            notices.append(f"No {kind} checkpoint found (looked in {checkpoints_root}): the {kind} side is empty.")
+            notices.append(f"No {kind} checkpoint found (looked in {checkpoints_root.name}/): the {kind} side is empty.")
     return paths, notices
 
 
@@ -96,11 +95,14 @@ def _pull_from_hub(repo_id: str | None) -> tuple[dict[str, Path], str | None]:
         return {}, str(exc)
 
 
-class AnimalApp:
+class AnimalApp(FinetuneHandlers):
     """The app's handlers and server-side state; app.build_layout() wires them into gr.Blocks.
 
-    State scope: one AnimalApp per server. The models in use (and a model swapped in with
-    "Use this model") and the fine-tune job are shared by every session and API client.
+    State scope: the server's DEFAULT models (`registry`), the fine-tune queue (`runner`) and
+    the fine-tune store are per server. Which models a visitor classifies with, and which
+    fine-tunes are theirs, live in that visitor's gr.State (`session`, see
+    animalcls.app_sessions): "Use this model" never changes what another visitor sees, unless
+    the operator started the app with `use_for_everyone`.
     """
 
     def __init__(
@@ -114,15 +116,27 @@ class AnimalApp:
         use_hub: bool = True,
         hub_repo: str | None = None,
         examples_dir: str | Path = EXAMPLES_DIR,
+        limits: StoreLimits | None = None,
+        max_epochs: int = 20,
+        max_unfreeze: int = 0,
+        use_for_everyone: bool = False,
     ) -> None:
-        paths, self.notices = resolve_checkpoints(scratch_dir, transfer_dir, Path(checkpoints_root), use_hub, hub_repo)
+        paths, notices = resolve_checkpoints(scratch_dir, transfer_dir, Path(checkpoints_root), use_hub, hub_repo)
         self.registry = ModelRegistry(paths)
         self.runner = FinetuneRunner()
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         if self.data_dir is not None and not self.data_dir.is_dir():
-            self.notices.append(f"The fine-tune dataset {self.data_dir} does not exist: fine-tuning is off.")
-        self.finetune_root = Path(finetune_root) if finetune_root else None
+            notices.append(f"The fine-tune dataset {self.data_dir} does not exist: fine-tuning is off.")
+        self.notices = [views.public(n) for n in notices]
+        self.checkpoints_root = Path(checkpoints_root)
+        self.finetune_root = Path(finetune_root) if finetune_root else finetunes_root()
+        protected = [self.checkpoints_root, *(p for p in paths.values() if p is not None)]
+        self.store = FinetuneStore(self.finetune_root, limits, protected)
+        self.sessions = SessionModels(self.registry.paths, self.store)
+        self.max_epochs, self.max_unfreeze, self.use_for_everyone = max_epochs, max_unfreeze, use_for_everyone
         self.examples_dir = Path(examples_dir)
+        self.render_dir = Path(tempfile.mkdtemp(prefix="animalcls-plots-"))  # plots drawn for PNG-less folders
+        self.cleaned = clean_leftovers([self.checkpoints_root, self.finetune_root])
         # Set once TensorFlow and Keras are imported (main() imports them after the server is
         # up). Handlers that need them wait for it: two threads importing TensorFlow at the
         # same time can fail with importlib's _DeadlockError (seen here).
@@ -131,65 +145,72 @@ class AnimalApp:
 
     def _wait_ready(self) -> None:
         if not self.ready.wait(timeout=300):
-            raise _user_error("The server is still starting up; try again in a minute.", "Starting")
+            raise user_error("The server is still starting up; try again in a minute.", "Starting")
+
+    def paths(self, session: Any) -> dict[str, Path | None]:
+        """kind -> the checkpoint folder this session classifies with."""
+        return self.sessions.paths(session_of(session))
 
     # ----- Classify tab -----
-    def classify(self, image: str | None) -> tuple[Any, ...]:
+    def classify(self, image: str | None, session: Any = None) -> tuple[Any, ...]:
         """Top-5 of each model, a header per side with the time taken, and whether they agree."""
         if not image:
-            raise _user_error("Upload a photo first (or pick an example).", "No photo")
-        kinds = self.registry.available()
-        if not kinds:
-            raise _user_error("No checkpoints are available on this server: see the notice at the top.", "No models")
-        try:
-            picture = load_image(image)
+            raise user_error("Upload a photo first (or pick an example).", "No photo")
+        paths = self.paths(session)
+        if not any(paths.values()):
+            raise user_error("No checkpoints are available on this server: see the notice at the top.", "No models")
+        try:  # decoded once, shrunk to what the largest model needs before any float conversion
+            picture = load_image(image, max_side=views.largest_input(paths.values()))
         except ImageError as exc:
             raise image_error(str(exc)) from None
         self._wait_ready()
         results: dict[str, tuple[dict[str, float], float] | None] = {}
         outputs: list[Any] = []
         for kind in KINDS:
-            header = self.header(kind)
-            result = None
-            if kind in kinds:
+            header, result = self.header(kind, session), None
+            if paths[kind] is not None:
                 try:
-                    result = self.registry.predictor(kind).timed_predict(picture)
-                except AnimalclsError as exc:
-                    header += f"\n\n**This model could not be used:** {html.escape(str(exc))}"
+                    result = load_predictor(paths[kind]).timed_predict(picture)
+                except (AnimalclsError, OSError) as exc:
+                    header += f"\n\n**This model could not be used:** {html.escape(views.public(str(exc)))}"
             results[kind] = result
             if result is not None:
                 header += "\n\n" + views.timing_line(result[1])
             outputs += [header, dict(top_k(result[0], 5)) if result else None]
         return (*outputs, views.comparison_markdown(results))
 
-    def classify_new(self, image: str | None) -> tuple[Any, ...]:
+    def classify_new(self, image: str | None, session: Any = None) -> tuple[Any, ...]:
         """After an upload: classify; after the photo was removed: nothing to show."""
-        return self.classify(image) if image else self.clear_results()
+        return self.classify(image, session) if image else self.clear_results(session)
 
-    def clear_results(self) -> tuple[Any, ...]:
-        return (self.header("scratch"), None, self.header("transfer"), None, "")
+    def clear_results(self, session: Any = None) -> tuple[Any, ...]:
+        return (self.header("scratch", session), None, self.header("transfer", session), None, "")
 
-    def header(self, kind: str) -> str:
-        return views.model_header(self.registry.path(kind), kind, swapped=self.registry.is_swapped(kind))
+    def header(self, kind: str, session: Any = None) -> str:
+        state = session_of(session)
+        return views.model_header(self.sessions.paths(state)[kind], kind, swapped=self.sessions.swapped(state, kind))
 
     # ----- Training tab (and the headers), refreshed on page load and after a swap -----
-    def model_views(self) -> tuple[Any, ...]:
-        """Headers for the Classify tab, then per side: facts, curves, confusion matrix, report."""
-        values: list[Any] = [self.header(kind) for kind in KINDS]
+    def model_views(self, session: Any = None) -> tuple[Any, ...]:
+        """Headers for the Classify tab, then per side: facts, curves, confusion matrix, report.
+        Pictures are files (the checkpoint's own PNGs), never images drawn per request."""
+        paths = self.paths(session)
+        values: list[Any] = [self.header(kind, session) for kind in KINDS]
         for kind in KINDS:
-            folder = self.registry.path(kind)
+            folder = paths[kind]
             if folder is None:
                 values += [views.missing_side_text(kind), None, None, self.report_frame(None)]
                 continue
             try:
                 values += [
                     views.facts_markdown(folder),
-                    views.history_image(folder),
-                    views.confusion_image(folder),
+                    views.history_file(folder, self.render_dir),
+                    views.confusion_file(folder, self.render_dir),
                     self.report_frame(views.evaluation_of(folder)),
                 ]
             except AnimalclsError as exc:
-                values += [f"**Unusable checkpoint:** {html.escape(str(exc))}", None, None, self.report_frame(None)]
+                values += [f"**Unusable checkpoint:** {html.escape(views.public(str(exc)))}", None, None,
+                           self.report_frame(None)]
         return tuple(values)
 
     @staticmethod
@@ -198,170 +219,36 @@ class AnimalApp:
 
         return pd.DataFrame(report_rows(evaluation), columns=REPORT_HEADERS)
 
-    # ----- Fine-tune tab -----
-    def finetune_data(self) -> Path | None:
-        """The configured dataset, else the one the transfer model was trained on, if on this machine."""
-        return self.data_dir if self.data_dir is not None else views.dataset_root_of(self.registry.path("transfer"))
-
-    def finetune_intro(self) -> str:
-        if self.registry.path("transfer") is None:
-            return "**Fine-tuning needs a transfer checkpoint**, and this server has none (see the notice at the top)."
-        if self.data_dir is not None:
-            where = f"the configured dataset `{self.data_dir}` (`--data` / `ANIMALCLS_DATA`)"
-        elif self.finetune_data() is not None:
-            where = f"the dataset it was trained on, `{self.finetune_data()}`"
+    # ----- Use / restore (this session only, unless the operator shares swaps) -----
+    def use_model(self, name: str | None = None, session: Any = None) -> tuple[Any, ...]:
+        """Classify with the checkpoint `name` (a fine-tune of this session) from now on."""
+        state = session_of(session)
+        if not name:
+            raise user_error("No fine-tuned model yet: run a fine-tune to the end first.", "Nothing to use")
+        folder = self.sessions.folder_of(state, str(name))
+        if folder is None:
+            raise user_error(f"There is no model called {name} that this session may use (only this server's "
+                             "models and your own fine-tunes; old fine-tunes are removed to make room).", "Unknown model")
+        kind = read_manifest(folder)["kind"]
+        self._wait_ready()
+        state = self.sessions.choose(state, folder.name, kind)
+        if self.use_for_everyone:
+            self.registry.use(folder, kind)
+            message = f"**Now classifying with {folder.name}** on the {kind} side, for every visitor of this server."
         else:
-            where = ("**no dataset**: the transfer model's dataset is not on this machine; start the app with "
-                     "`--data DIR` or `ANIMALCLS_DATA=DIR` to enable fine-tuning")
-        out = f"`{self.finetune_root}`" if self.finetune_root else "`runs/finetunes` (or `$ANIMALCLS_RUNS/finetunes`)"
-        return (
-            f"Fine-tunes the transfer model (the one on the Classify tab) on {where}, "
-            "then evaluates it on the test split. "
-            f"The result is saved as a new checkpoint folder under {out} (the bundled checkpoints are never "
-            "changed). With 0 unfrozen layers only the classifier head trains, on cached backbone features (fast). "
-            "One fine-tune runs at a time on this server; classification keeps working meanwhile."
-        )
+            message = (f"**Now classifying with {folder.name}** on the {kind} side, in this browser session only "
+                       "(other visitors keep the original models).")
+        return (message, *self.model_views(state), state)
 
-    def _out_dir(self, source: Path) -> Path | None:
-        # None: the library's default, runs/finetunes/<new name>
-        return finetune_folder(source, self.finetune_root) if self.finetune_root else None
-
-    def finetune(
-        self, epochs: float, learning_rate: float, unfreeze_layers: float, progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[tuple[Any, ...]]:
-        """Generator: fine-tune the transfer model in a worker thread; yields the status, live
-        curves, then both reports and confusion matrices, and the "Use this model" button's state."""
-        epochs, learning_rate, unfreeze_layers = _finetune_inputs(epochs, learning_rate, unfreeze_layers)
-        source = self.registry.path("transfer")
-        if source is None:
-            raise _user_error("There is no transfer model to fine-tune on this server.", "No model")
-        if self.finetune_data() is None:
-            raise _user_error(
-                "No dataset to fine-tune on: the checkpoint's dataset is not on this machine. "
-                "Start the app with --data DIR or set ANIMALCLS_DATA=DIR.", "No dataset")
-        data_dir, out_dir = self.data_dir, self._out_dir(source)
-        self._wait_ready()
-
-        def target(hooks: Any) -> Any:
-            from animalcls.finetune import finetune
-
-            return finetune(source, data_dir=data_dir, epochs=epochs, learning_rate=learning_rate,
-                            unfreeze_layers=unfreeze_layers, out_dir=out_dir, hooks=hooks)
-
-        try:
-            job = self.runner.start(target, epochs, meta={"source": source})
-        except BusyError as exc:
-            raise _user_error(str(exc), "Busy") from None
-        name = read_manifest(source)["name"]
-        yield (
-            f"**Fine-tuning {name}**: starting…", _curves({}, name), self.report_frame(views.evaluation_of(source)),
-            views.confusion_image(source), self.report_frame(None), None, gr.update(interactive=False),
-        )
-        skip = gr.skip()
-        drawn = 0
-        for snapshot in job.watch():
-            fraction = snapshot.fraction()
-            progress(fraction if fraction is not None else 0.0, desc=snapshot.describe())
-            curves = skip
-            if snapshot.epochs_done != drawn:
-                drawn, curves = snapshot.epochs_done, _curves(snapshot.history, name)
-            yield (_status(name, snapshot, job.cancel_event.is_set()), curves, skip, skip, skip, skip, skip)
-        if job.error is not None:
-            if isinstance(job.error, errors.Cancelled):  # stopped before anything was trained
-                yield ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
-                       "The features computed so far stay cached, so the next run starts faster.",
-                       skip, skip, skip, skip, skip, gr.update(interactive=False))
-                return
-            if isinstance(job.error, AnimalclsError):
-                raise _user_error(f"The fine-tune failed: {job.error}", "Fine-tune failed")
-            raise _user_error(f"The fine-tune failed: {type(job.error).__name__}: {job.error}", "Fine-tune failed")
-        result = job.result
-        yield (
-            _final_status(name, result, source), _curves(result.history or {}, f"{name} fine-tuned"), skip, skip,
-            self.report_frame(result.evaluation), _result_confusion(result), gr.update(interactive=True),
-        )
-
-    def cancel_finetune(self) -> str:
-        if self.runner.cancel():
-            return "**Cancelling:** the fine-tune stops after the current batch and keeps what it trained."
-        return "No fine-tune is running."
-
-    def use_model(self) -> tuple[Any, ...]:
-        """Serve the last finished fine-tune on its side of the Classify tab, for every session."""
-        job = self.runner.last_success
-        if job is None or job.running or job.result is None or not getattr(job.result, "path", None):
-            raise _user_error("No fine-tuned model yet: run a fine-tune to the end first.", "Nothing to use")
-        self._wait_ready()
-        kind = self.registry.use(Path(job.result.path))
-        message = (
-            f"**Now classifying with** `{job.result.path}` on the {kind} side, for every user of this server "
-            "until it restarts (or *Restore original models* is pressed)."
-        )
-        return (message, *self.model_views())
-
-    def restore_models(self) -> tuple[Any, ...]:
-        self.registry.reset()
-        return ("Restored the original models.", *self.model_views())
+    def restore_models(self, session: Any = None) -> tuple[Any, ...]:
+        state = {**session_of(session), "models": {}}
+        if self.use_for_everyone:
+            self.registry.reset()
+        return ("Restored the original models.", *self.model_views(state), state)
 
     # ----- Examples -----
     def example_photos(self) -> tuple[list[str], list[str]]:
         """Test-split photos of each checkpoint's dataset (when on this machine), and the
-        photos a user put in examples/."""
+        freely licensed photos shipped in examples/."""
         folders = [self.registry.path(kind) for kind in ("transfer", "scratch")]
         return views.held_out_photos(folders), views.folder_photos(self.examples_dir)
-
-    # ----- Layout -----
-
-
-def _finetune_inputs(epochs: Any, learning_rate: Any, unfreeze_layers: Any) -> tuple[int, float, int]:
-    try:
-        epochs, learning_rate, unfreeze = int(epochs), float(learning_rate), int(unfreeze_layers or 0)
-    except (TypeError, ValueError):
-        raise _user_error("Epochs and unfrozen layers must be whole numbers; the learning rate a number.",
-                          "Bad settings") from None
-    if not 1 <= epochs <= 100:
-        raise _user_error("Epochs must be between 1 and 100.", "Bad settings")
-    if not 0 < learning_rate <= 1:
-        raise _user_error("The learning rate must be above 0 and at most 1 (e.g. 0.001).", "Bad settings")
-    if unfreeze < 0:
-        raise _user_error("The number of layers to unfreeze cannot be negative.", "Bad settings")
-    return epochs, learning_rate, unfreeze
-
-
-def _curves(history: dict[str, list[float]], title: str) -> Any:
-    from animalcls.plots import history_figure
-
-    return history_figure(history, title)
-
-
-def _status(name: str, snapshot: JobProgress, cancelling: bool) -> str:
-    prefix = "**Cancelling** (stops after the current batch): " if cancelling else f"**Fine-tuning {name}**: "
-    return prefix + snapshot.describe()
-
-
-def _final_status(name: str, result: Any, source: Path) -> str:
-    evaluation = getattr(result, "evaluation", None) or {}
-    before = views.held_out_accuracy(source)
-    after = evaluation.get("accuracy")
-    accuracy = f"test accuracy **{after:.1%}**" if after is not None else "no test evaluation"
-    if before is not None and after is not None:
-        accuracy += f" (the starting model: {before:.1%})"
-    epochs = len((getattr(result, "history", None) or {}).get("loss", []))
-    head = f"**Cancelled** after {epochs} epoch(s); kept what was trained." if result.cancelled else "**Done.**"
-    return (
-        f"{head} {name} fine-tuned in {result.seconds:.0f} s: {accuracy}. Saved as `{result.path}`. "
-        "Press **Use this model** to classify with it."
-    )
-
-
-def _result_confusion(result: Any) -> Any:
-    if getattr(result, "path", None) and Path(result.path).is_dir():
-        image = views.confusion_image(Path(result.path))
-        if image is not None:
-            return image
-    evaluation = getattr(result, "evaluation", None)
-    if evaluation:
-        from animalcls.plots import confusion_figure
-
-        return views.figure_image(confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"]))
-    return None

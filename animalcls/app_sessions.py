@@ -87,9 +87,10 @@ class FinetuneStore:
         folders = [p for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()]
         return sorted(folders, key=lambda p: ((p / MANIFEST_FILE).stat().st_mtime, p.name))
 
-    def prune(self, keep: Path | None = None) -> list[str]:
-        """Delete the oldest fine-tunes until both caps hold; `keep` (the newest) always stays.
-        Returns the names deleted."""
+    def prune(self, keep: list[Path] | tuple[Path, ...] = ()) -> list[str]:
+        """Delete the oldest fine-tunes until both caps hold; the folders in `keep` (the newest,
+        any the server serves to everyone) always stay. Returns the names deleted."""
+        kept = {Path(p).resolve() for p in keep}
         folders = self.stored()
         sizes = {p: folder_bytes(p) for p in folders}
         removed: list[str] = []
@@ -97,7 +98,7 @@ class FinetuneStore:
             count, total = len(folders) - len(removed), sum(sizes.values())
             if count <= self.limits.max_count and total <= self.limits.max_bytes:
                 break
-            if keep is not None and folder.resolve() == Path(keep).resolve() or self._protected(folder):
+            if folder.resolve() in kept or self._protected(folder):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)

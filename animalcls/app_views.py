@@ -3,8 +3,10 @@ tables, plot images and the side-by-side comparison. No Gradio here, so tests ca
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,36 @@ from .checkpoints import CONFUSION_PLOT, EVAL_FILE, HISTORY_FILE, HISTORY_PLOT, 
 from .errors import AnimalclsError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+# An absolute path (not part of a URL or a fraction like 3/10) and an environment variable name.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.@+-]+/)*([\w.@+-]+)/?")
+_ENV_NAME = re.compile(r"\$?\b(?:ANIMALCLS|HF|GRADIO|KERAS|HUGGINGFACE)_[A-Z0-9_]+\b")
+
+
+def public(text: str) -> str:
+    """`text` fit for a page or API answer: every absolute path becomes its last part (a
+    checkpoint or file NAME) and environment variable names become "a server setting"."""
+    text = _ABSOLUTE_PATH.sub(lambda match: match.group(1), str(text))
+    return _ENV_NAME.sub("a server setting", text)
+
+
+def largest_input(folders: Iterable[Path | None]) -> int | None:
+    """The largest image size among the checkpoints' manifests (what an upload is shrunk to)."""
+    sizes = []
+    for folder in folders:
+        try:
+            sizes.append(int(read_manifest(folder)["image_size"])) if folder is not None else None
+        except (AnimalclsError, KeyError, TypeError, ValueError):
+            continue
+    return max(sizes) if sizes else None
+
+
+def dataset_description(folder: Path) -> str:
+    """A short description of a checkpoint's dataset, e.g. "2,100 training photos of 5 classes"."""
+    manifest = read_manifest(folder)
+    sizes = (manifest.get("dataset") or {}).get("sizes") or {}
+    classes = manifest["class_names"]
+    photos = f"{sizes['train']:,} training photos" if "train" in sizes else "its training photos"
+    return f"{photos} of {len(classes)} classes: {', '.join(classes)}"
 
 
 def missing_side_text(kind: str, note: str = "") -> str:
@@ -132,46 +164,47 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def figure_image(fig: Any) -> Any:
-    """A matplotlib Figure as a PIL image."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    buffer.seek(0)
-    image = Image.open(buffer)
-    image.load()
-    return image
-
-
-def history_image(folder: Path) -> Any | None:
-    """history.png of a checkpoint, drawn from history.json when the picture is missing."""
-    from PIL import Image
+def _rendered(folder: Path, name: str, render_dir: Path, draw: Any) -> str | None:
+    """`folder/name` when the checkpoint has it, else a copy drawn ONCE into `render_dir`
+    (written atomically under a name keyed by the folder and its manifest time): pictures are
+    served as files, never as images encoded per request (Gradio's PIL cache races)."""
+    from .atomic import write_atomic
 
     folder = Path(folder)
-    if (folder / HISTORY_PLOT).is_file():
-        return Image.open(folder / HISTORY_PLOT).convert("RGB")
-    if (folder / HISTORY_FILE).is_file():
+    if (folder / name).is_file():
+        return str(folder / name)
+    stamp = f"{folder.resolve()}:{(folder / 'manifest.json').stat().st_mtime_ns}"
+    target = Path(render_dir) / f"{folder.name}-{hashlib.sha1(stamp.encode()).hexdigest()[:12]}" / name
+    if not target.is_file():
+        figure = draw()
+        if figure is None:
+            return None
+        write_atomic(target, lambda handle: figure.savefig(handle, format="png", dpi=100))
+    return str(target)
+
+
+def history_file(folder: Path, render_dir: Path) -> str | None:
+    """The path of the checkpoint's curves picture (history.png, drawn once if missing)."""
+    def draw() -> Any:
         from .plots import history_figure
 
-        return figure_image(history_figure(read_json(folder / HISTORY_FILE), read_manifest(folder)["name"]))
-    return None
+        path = Path(folder) / HISTORY_FILE
+        return history_figure(read_json(path), read_manifest(folder)["name"]) if path.is_file() else None
+
+    return _rendered(folder, HISTORY_PLOT, render_dir, draw)
 
 
-def confusion_image(folder: Path) -> Any | None:
-    """confusion_matrix.png of a checkpoint, drawn from eval.json when the picture is missing."""
-    from PIL import Image
-
-    folder = Path(folder)
-    if (folder / CONFUSION_PLOT).is_file():
-        return Image.open(folder / CONFUSION_PLOT).convert("RGB")
-    evaluation = evaluation_of(folder)
-    if evaluation:
+def confusion_file(folder: Path, render_dir: Path) -> str | None:
+    """The path of the checkpoint's confusion matrix picture (drawn once if missing)."""
+    def draw() -> Any:
         from .plots import confusion_figure
 
-        name = read_manifest(folder)["name"]
-        return figure_image(confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"], name))
-    return None
+        evaluation = evaluation_of(folder)
+        if not evaluation:
+            return None
+        return confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"], read_manifest(folder)["name"])
+
+    return _rendered(folder, CONFUSION_PLOT, render_dir, draw)
 
 
 def dataset_root_of(folder: Path | None) -> Path | None:

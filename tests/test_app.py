@@ -79,11 +79,11 @@ def test_build_demo_has_stable_api_names(tiny_checkpoints, tmp_path):
     public = sorted(name for name, fn in names.items() if fn.api_visibility == "public")
     assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models", "use_model"]
     assert names["classify_test_example"].concurrency_id == names["classify"].concurrency_id
-    # Classification never queues behind a fine-tune: separate concurrency groups, and the
-    # fine-tune itself has no queue limit, so a second request reaches the handler and gets "busy".
+    # Classification never queues behind a fine-tune: separate concurrency groups; fine-tunes
+    # run one at a time, the others wait in Gradio's queue (which shows their place).
     assert names["classify"].concurrency_id != names["finetune"].concurrency_id
     assert names["classify"].concurrency_limit == 2
-    assert names["finetune"].concurrency_limit is None
+    assert names["finetune"].concurrency_limit == 1
     assert names["cancel_finetune"].concurrency_limit is None
     assert not (REPO / "app.pyi").exists()  # no Component subclass: Gradio would write a stub file
 
@@ -203,8 +203,8 @@ def test_only_shipped_examples_when_the_dataset_is_not_here(tiny_checkpoints, tm
     test_photos, shipped = animal_app.example_photos()
     assert test_photos == []  # no dataset here, but the photos shipped in examples/ still show
     assert {Path(p).name for p in shipped} >= {"cat-chelsea.jpg", "none-dog.jpg"}
-    assert "no dataset" in animal_app.finetune_intro()
-    with pytest.raises(gr.Error, match="No dataset to fine-tune on"):
+    assert "no data" in animal_app.finetune_intro()
+    with pytest.raises(gr.Error, match="No data to fine-tune on"):
         next(animal_app.finetune(1, 1e-3, 0))
 
 
@@ -226,7 +226,7 @@ def test_no_checkpoints_at_all(tmp_path):
 def test_one_side_missing(tiny_checkpoints, tmp_path):
     animal_app = app.AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
     assert animal_app.notices == [
-        f"No transfer checkpoint found (looked in {tmp_path / 'empty'}): the transfer side is empty."]
+        "No transfer checkpoint found (looked in empty/): the transfer side is empty."]
     scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(
         str(make_image(tmp_path / "ok.png", (30, 200, 30))))
     assert scratch_label and transfer_label is None
@@ -269,7 +269,7 @@ def test_training_tab_views(animal_app):
     for facts, history, confusion, report in (values[2:6], values[6:10]):
         for fact in ("backbone", "image size", "photos train / val / test", "epochs run", "training time"):
             assert fact in facts
-        assert history.size[0] > 300 and confusion.size[0] > 200
+        assert Image.open(history).size[0] > 300 and Image.open(confusion).size[0] > 200
         assert list(report.columns) == ["class", "precision", "recall", "f1-score", "support"]
         assert list(report["class"]) == ["cat", "spider", "butterfly", "elephant", "chicken", "accuracy",
                                          "macro avg", "weighted avg"]
@@ -277,14 +277,17 @@ def test_training_tab_views(animal_app):
 
 
 def test_plots_are_drawn_when_the_pngs_are_missing(tiny_checkpoints, tmp_path):
-    from animalcls.app_views import confusion_image, history_image
+    from animalcls.app_views import confusion_file, history_file
 
     folder = tmp_path / "no-pngs"
     shutil.copytree(tiny_checkpoints["scratch"], folder)
     (folder / "history.png").unlink()
     (folder / "confusion_matrix.png").unlink()
-    assert history_image(folder).size[0] > 300
-    assert confusion_image(folder).size[0] > 200
+    drawn = history_file(folder, tmp_path / "render")
+    assert Image.open(drawn).size[0] > 300 and Path(drawn).parent.parent == tmp_path / "render"
+    assert history_file(folder, tmp_path / "render") == drawn  # drawn once, then served as a file
+    assert Image.open(confusion_file(folder, tmp_path / "render")).size[0] > 200
+    assert history_file(tiny_checkpoints["scratch"], tmp_path / "render") == str(tiny_checkpoints["scratch"] / "history.png")
 
 
 # ---------------------------------------------------------------- Fine-tune tab
@@ -301,7 +304,7 @@ def blocking_finetune(started: threading.Event):
     """A stand-in for animalcls.finetune.finetune that trains until cancelled."""
 
     def fake(checkpoint_dir, data_dir=None, epochs=5, learning_rate=1e-3, unfreeze_layers=0, out_dir=None,
-             hooks=None, batch_size=64):
+             hooks=None, batch_size=64, stored=None):
         hooks.on_batch(1, 1, 4, {"loss": 1.5, "accuracy": 0.25})
         hooks.on_epoch(1, {"loss": [1.5], "accuracy": [0.25]})
         started.set()
@@ -325,11 +328,13 @@ def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
     assert "Cancelling" in animal_app.cancel_finetune()
     final = drain(first)[-1]
     assert final[0].startswith("**Cancelled** after 1 epoch(s)")
-    assert animal_app.cancel_finetune() == "No fine-tune is running."
+    assert animal_app.cancel_finetune() == "No fine-tune of yours is running."
     assert not animal_app.runner.busy
 
 
-def test_finetune_settings_are_checked(animal_app):
+def test_finetune_settings_are_checked(tiny_checkpoints, tmp_path):
+    animal_app = app.AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
+                               finetune_root=tmp_path / "ft", examples_dir=tmp_path / "none", max_unfreeze=5)
     for epochs, rate, unfreeze, text in ((0, 1e-3, 0, "Epochs"), (2, 0, 0, "learning rate"), (2, 1e-3, -1, "negative"),
                                          ("x", 1e-3, 0, "whole numbers")):
         with pytest.raises(gr.Error, match=text):
@@ -371,23 +376,48 @@ def test_use_model_before_any_finetune(animal_app):
 def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, tmp_path, test_photo):
     source = tiny_checkpoints["transfer"]
     before = folder_hashes(source)
-    updates = drain(animal_app.finetune(1, 1e-3, 0))
-    status, curves, start_report, start_confusion, new_report, new_confusion, use_button = updates[-1]
+    updates = drain(animal_app.finetune(1, 1e-3, 0, None))
+    status, curves, start_report, start_confusion, new_report, new_confusion, name, use_button, mine = updates[-1]
     assert status.startswith("**Done.**") and "test accuracy" in status
     assert any("epoch 1/1" in u[0] for u in updates[1:-1]) or any("features" in u[0] for u in updates[1:-1])
-    assert curves is not None and new_confusion is not None
+    assert curves is not None and Path(new_confusion).name == "confusion_matrix.png"
     assert list(new_report["class"])[-3:] == ["accuracy", "macro avg", "weighted avg"]
     assert use_button["interactive"] is True
     new_folders = list((tmp_path / "finetunes").iterdir())
-    assert len(new_folders) == 1 and (new_folders[0] / "model.keras").is_file()
+    assert len(new_folders) == 1 and (new_folders[0] / "model.keras").is_file() and name == new_folders[0].name
+    assert mine["owned"] == [name] and str(tmp_path) not in status
     assert folder_hashes(source) == before  # the starting checkpoint is never written to
 
-    message, *views = animal_app.use_model()
-    assert "for every user of this server" in message
-    assert animal_app.registry.path("transfer") == new_folders[0]
-    assert new_folders[0].name in views[1] and "swapped in" in views[1]
+    # Another session may not use it, even by name; this one may, for itself only.
+    with pytest.raises(gr.Error, match="no model called"):
+        animal_app.use_model(name, None)
+    message, *views, mine = animal_app.use_model(name, mine)
+    assert "this browser session only" in message and mine["models"] == {"transfer": name}
+    assert animal_app.registry.path("transfer") == source  # the server default is unchanged
+    assert name in views[1] and "swapped in" in views[1]
     assert "fine-tuned from" in views[6]  # the Training tab shows the new model's facts
-    assert new_folders[0].name in animal_app.classify(test_photo)[2]
+    assert name in animal_app.classify(test_photo, mine)[2]
+    assert name not in animal_app.classify(test_photo, None)[2]  # a fresh visitor
 
-    animal_app.restore_models()
-    assert animal_app.registry.path("transfer") == source
+    message, *views, mine = animal_app.restore_models(mine)
+    assert mine["models"] == {} and name not in views[1]
+
+
+def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, test_photo):
+    shared = app.AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "ft",
+                           use_hub=False, examples_dir=tmp_path / "none", use_for_everyone=True)
+    *_, name, _, mine = drain(shared.finetune(1, 1e-3, 0, None))[-1]
+    message, *_ = shared.use_model(name, mine)
+    assert "every visitor" in message and shared.registry.path("transfer").name == name
+    assert name in shared.classify(test_photo, None)[2]  # a fresh visitor gets it too
+    shared.restore_models(None)
+    assert shared.registry.path("transfer") == tiny_checkpoints["transfer"]
+
+
+def test_finetune_caps(tiny_checkpoints, tmp_path):
+    capped = app.AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "ft",
+                           use_hub=False, examples_dir=tmp_path / "none", max_epochs=4, max_unfreeze=0)
+    with pytest.raises(gr.Error, match="between 1 and 4"):
+        next(capped.finetune(5, 1e-3, 0))
+    with pytest.raises(gr.Error, match="At most 0 backbone layers"):
+        next(capped.finetune(2, 1e-3, 3))
