@@ -94,9 +94,10 @@ def test_classify_latency(client, photo):
     assert statistics.median(times) < 5.0
 
 
-def test_classify_stays_responsive_during_a_finetune_and_busy_is_clear(server, client, photo, monkeypatch):
+def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client, photo, monkeypatch):
     import animalcls.finetune
-    from gradio_client import handle_file
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
 
     from test_app import blocking_finetune
 
@@ -104,30 +105,40 @@ def test_classify_stays_responsive_during_a_finetune_and_busy_is_clear(server, c
     monkeypatch.setattr(animalcls.finetune, "finetune", blocking_finetune(started))
     job = client.submit(3, 1e-3, 0, api_name="/finetune")
     assert started.wait(60), "the fine-tune never started"
-    with pytest.raises(Exception, match="already running"):
-        client.predict(1, 1e-3, 0, api_name="/finetune")
+    started.clear()
+    other = Client(server[0], verbose=False)
+    waiting = other.submit(1, 1e-3, 0, api_name="/finetune")
+    deadline = time.monotonic() + 30
+    while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status = waiting.status()
+    assert status.code == Status.IN_QUEUE and status.rank is not None  # the page shows "queue: 1/1"
     start = time.perf_counter()
     assert len(client.predict(handle_file(photo), api_name="/classify")[1]["confidences"]) == 5
     assert time.perf_counter() - start < 10  # served while the fine-tune holds its worker
+    assert other.predict(api_name="/cancel_finetune") == "No fine-tune of yours is running."
     assert not job.done()
     assert "Cancelling" in client.predict(api_name="/cancel_finetune")
-    status = job.result(timeout=60)[0]
-    assert status.startswith("**Cancelled**")
+    assert job.result(timeout=60)[0].startswith("**Cancelled**")
+    assert started.wait(60), "the queued fine-tune never started"  # its turn came
+    assert "Cancelling" in other.predict(api_name="/cancel_finetune")
+    assert waiting.result(timeout=60)[0].startswith("**Cancelled**")
 
 
-def test_finetune_use_model_and_restore(server, client, photo, tiny_checkpoints):
-    from gradio_client import handle_file
+def test_finetune_use_model_and_restore_stay_in_the_session(server, client, photo, tiny_checkpoints):
+    from gradio_client import Client, handle_file
 
-    status, *_ = client.predict(1, 1e-3, 0, api_name="/finetune")
+    status, *rest = client.predict(1, 1e-3, 0, api_name="/finetune")
     assert status.startswith("**Done.**"), status
-    message, scratch_header, transfer_header, *_ = client.predict(api_name="/use_model")
-    assert "swapped in" in transfer_header
-    new_name = transfer_header.split("\n")[0].removeprefix("### ").removesuffix(" (fine-tuned, swapped in)")
-    # Server-side state: a new client (another session) classifies with the swapped-in model.
-    from gradio_client import Client
-
+    new_name = rest[5]
+    message, scratch_header, transfer_header, *_ = client.predict(new_name, api_name="/use_model")
+    assert "swapped in" in transfer_header and new_name in transfer_header
+    assert new_name in client.predict(handle_file(photo), api_name="/classify")[2]
+    # Another session (a new Client) still gets the server's default, and may not use it by name.
     other = Client(server[0], verbose=False)
-    assert new_name in other.predict(handle_file(photo), api_name="/classify")[2]
-    assert Path(server[1].registry.path("transfer")).name == new_name
-    client.predict(api_name="/restore_models")
+    assert new_name not in other.predict(handle_file(photo), api_name="/classify")[2]
+    with pytest.raises(Exception, match="no model called"):
+        other.predict(new_name, api_name="/use_model")
     assert server[1].registry.path("transfer") == tiny_checkpoints["transfer"]
+    client.predict(api_name="/restore_models")
+    assert new_name not in client.predict(handle_file(photo), api_name="/classify")[2]
