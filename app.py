@@ -126,8 +126,10 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
     test_photos, user_photos = handlers.example_photos()
     galleries = (
         (test_photos, "test", "Photos from the test split of the models' dataset (never used in training)", None),
-        (user_photos, "user", "Example photos (freely licensed; the caption is the expected answer)",
-         [example_caption(p) for p in user_photos]),
+        # Thumbnails, not text captions (Gradio shows one or the other); the file names sort the
+        # "none-*" photos last, as the label says.
+        (user_photos, "user", "Example photos (freely licensed, see examples/CREDITS.md): "
+         + ", ".join(_caption_groups(user_photos)), None),
     )
     for photos, name, label, captions in galleries:
         if photos:
@@ -140,6 +142,15 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
             examples.load_input_event.then(api_name=f"classify_{name}_example", api_visibility="undocumented",
                                            **events)
     return {"image": image, "info": info, "labels": labels, "verdict": verdict}
+
+
+def _caption_groups(photos: list[str]) -> list[str]:
+    """"2 cats", "3 none of the five"... in file-name order, for the examples' label."""
+    counts: dict[str, int] = {}
+    for photo in photos:
+        answer = example_caption(photo).split(" (")[0]
+        counts[answer] = counts.get(answer, 0) + 1
+    return [f"{n} {answer}" for answer, n in counts.items()]
 
 
 def _training_tab() -> list[Any]:
