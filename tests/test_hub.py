@@ -322,7 +322,7 @@ def test_resolve_data_and_train_on_an_hf_dataset(
     assert code == 0, capsys.readouterr().err
     manifest = checkpoints.read_manifest(out)
     assert manifest["dataset"]["class_folders"]["cat"] == "gatto"
-    assert "datasets--org--animals" in manifest["dataset"]["root"]
+    assert manifest["dataset"]["hub_dataset"] == "org/animals" and "root" not in manifest["dataset"]
     assert "Checkpoint:" in capsys.readouterr().out
 
 
