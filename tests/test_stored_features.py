@@ -1,0 +1,102 @@
+"""Fine-tuning a head on features stored with the checkpoint (no photos), and the bounded,
+per-session fine-tune store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from animalcls import data
+from animalcls.app_sessions import FinetuneStore, SessionModels, StoreLimits, new_session
+from animalcls.errors import AnimalclsError, CheckpointError
+
+
+@pytest.fixture
+def photo_less(tiny_checkpoints, tmp_path, monkeypatch):
+    """A copy of the tiny transfer checkpoint with stored features and its photos out of reach."""
+    from animalcls import checkpoints
+    from animalcls.features import backbone_key
+    from animalcls.stored_features import extract_parts, save_features
+
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "ckpts" / "transfer-tiny"
+    shutil.copytree(tiny_checkpoints["transfer"], folder)
+    split = data.Split.load(folder / "split.json")
+    split.root = str(split.locate_root(tiny_checkpoints["transfer"]))
+    model = checkpoints.load_checkpoint(folder).model
+    save_features(folder, backbone_key(model), extract_parts(model, split))
+    saved = json.loads((folder / "split.json").read_text())
+    (folder / "split.json").write_text(json.dumps({**saved, "root_relative": "../gone"}))
+    return folder
+
+
+def test_head_finetune_on_stored_features_reads_no_photo(photo_less, tmp_path):
+    from animalcls.finetune import finetune
+    from animalcls.stored_features import find_features
+
+    assert data.Split.load(photo_less / "split.json").locate_root(photo_less) is None
+    stored = find_features(photo_less, [photo_less.parent])
+    assert stored.sizes() == {"train": 35, "val": 5, "test": 10}
+    assert stored.parts["train"][0].shape[1] > 0
+    result = finetune(photo_less, epochs=2, out_dir=tmp_path / "ft" / "a", stored=stored)
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["training"]["method"] == "stored-features" and manifest["training"]["flip"] is False
+    assert result.evaluation["n"] == 10 and len(result.history["loss"]) == 2
+    assert (result.path / "confusion_matrix.png").is_file() and "/" not in json.dumps(manifest["finetuned_from"])
+    # A head-only fine-tune finds its source's features by name; the source's own were used.
+    assert find_features(result.path, [photo_less.parent]).folder == photo_less
+    with pytest.raises(AnimalclsError, match="needs the photos"):
+        finetune(photo_less, epochs=1, unfreeze_layers=2, out_dir=tmp_path / "ft" / "b", stored=stored)
+
+
+def test_features_of_another_backbone_are_refused(photo_less, tiny_checkpoints, tmp_path):
+    from animalcls.finetune import finetune
+    from animalcls.stored_features import load_features, save_features
+
+    stored = load_features(photo_less)
+    save_features(photo_less, "another-backbone", stored.parts)
+    with pytest.raises(CheckpointError, match="another backbone"):
+        finetune(photo_less, epochs=1, out_dir=tmp_path / "ft" / "c", stored=load_features(photo_less))
+
+
+def _fake_finetune(root, name, size, age):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "model.keras").write_bytes(b"x" * size)
+    past = time.time() - age
+    os.utime(folder / "manifest.json", (past, past))
+    return folder
+
+
+def test_store_keeps_the_newest_within_count_and_bytes_never_the_protected(tmp_path):
+    root = tmp_path / "finetunes"
+    folders = [_fake_finetune(root, f"t-ft-{i}", 1000, age=100 - i) for i in range(5)]  # 0 is oldest
+    bundled = tmp_path / "checkpoints" / "transfer"
+    bundled.mkdir(parents=True)
+    store = FinetuneStore(root, StoreLimits(max_count=3, max_bytes=10**6), protected=[bundled])
+    assert store.prune(keep=[folders[4]]) == ["t-ft-0", "t-ft-1"]
+    store.limits = StoreLimits(max_count=10, max_bytes=2100)
+    assert store.prune(keep=[folders[4], folders[2]]) == ["t-ft-3"]  # kept ones stay even if older
+    assert sorted(p.name for p in store.stored()) == ["t-ft-2", "t-ft-4"] and bundled.is_dir()
+
+
+def test_sessions_only_use_server_models_and_their_own(tmp_path):
+    root = tmp_path / "finetunes"
+    mine = _fake_finetune(root, "transfer-ft-1", 10, age=1)
+    default = tmp_path / "checkpoints" / "transfer-x"
+    default.mkdir(parents=True)
+    sessions = SessionModels(lambda: {"scratch": None, "transfer": default}, FinetuneStore(root))
+    stranger, owner = new_session(), {**new_session(), "owned": ["transfer-ft-1"]}
+    for name in ("transfer-ft-1", "../finetunes/transfer-ft-1", str(mine), ".hidden"):
+        with pytest.raises(AnimalclsError):
+            sessions.choose(stranger, name, "transfer")
+    chosen = sessions.choose(owner, "transfer-ft-1", "transfer")
+    assert sessions.paths(chosen)["transfer"] == mine and sessions.paths(stranger)["transfer"] == default
+    shutil.rmtree(mine)  # removed to make room: the session falls back to the default
+    assert sessions.paths(chosen)["transfer"] == default
