@@ -126,8 +126,7 @@ class FeatureCache:
             write_json(path, info)
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
+        return {  # recorded in manifests: no path (the cache root is this machine's)
             "hits": self.hits,
             "misses": self.misses,
             "extract_seconds": round(self.extract_seconds, 2),
