@@ -2,8 +2,9 @@
 and one fine-tune job at a time, run in a worker thread that the UI polls.
 
 Both objects belong to one `build_demo()` call and are shared by every browser session and
-API client of that server: a model swapped in with "Use this model" serves everyone until
-the server restarts (or "Restore" is pressed). Nothing here imports Gradio or TensorFlow.
+API client of that server. `ModelRegistry` holds the server's DEFAULT models: a visitor's
+"Use this model" changes it only when the operator allows it (--use-for-everyone); otherwise
+choices live in the visitor's session (app_sessions). Nothing here imports Gradio or TensorFlow.
 """
 
 from __future__ import annotations
