@@ -1,4 +1,4 @@
-"""Command line: python -m animalcls train|evaluate|predict|finetune|download|push."""
+"""Command line: python -m animalcls train|evaluate|predict|explain|finetune|download|push."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_predict(commands)
+    _add_explain(commands)
     _add_finetune(commands)
     _add_download(commands)
     _add_push(commands)
@@ -100,6 +101,22 @@ def _add_predict(commands: Any) -> None:
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_predict)
+
+
+def _add_explain(commands: Any) -> None:
+    p = commands.add_parser(
+        "explain", help="heatmaps of where a model looked, as overlay PNGs",
+        description="Grad-CAM heatmap of each image's predicted class, blended over the photo and written "
+        "to --out as <image>.<checkpoint>.png (written atomically; a file of that name is replaced).",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer' "
+                   "for the bundled default of that kind")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--out", default="runs/explain", metavar="DIR", help="folder for the PNGs (default: runs/explain)")
+    p.add_argument("--json", metavar="FILE", help="also write {image: {label, probability, heatmap}}, "
+                   "the heatmap a grid at the feature map's resolution summing to 1")
+    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default: gradcam")
+    p.set_defaults(handler=cmd_explain)
 
 
 def _add_finetune(commands: Any) -> None:
@@ -216,6 +233,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(image)
         for label, p in top_k(probabilities, args.top):
             print(f"  {label:<12} {p:7.2%}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from . import explain
+
+    job = explain.plan_job(resolve_checkpoint(args.checkpoint), args.images, Path(args.out),
+                           Path(args.json) if args.json else None)  # every check before TF
+    from . import progress  # imports TensorFlow (through pipeline)
+
+    with progress.bar("explaining", unit="image") as update:
+        results = explain.run_job(job, args.method, update)
+    for image, result in results.items():
+        print(f"{image}: {result['label']} {result['probability']:.1%} -> {result['overlay']}")
+    if args.json:
+        print(f"Wrote {args.json}")
     return 0
 
 
