@@ -32,12 +32,18 @@ FeatureForward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray
 
 @dataclass
 class Explanation:
-    """One photo's heatmap for the predicted class: `heatmap` is (h, w) and sums to 1."""
+    """One photo's heatmap for the predicted class `label`: `heatmap` is (h, w) at the feature
+    map's resolution and sums to 1; `image` is the photo, downscaled for display; the same
+    forward pass gave `probabilities` (class -> p), so a caller needs no separate predict."""
 
     label: str
-    probability: float
+    probabilities: dict[str, float]
     heatmap: np.ndarray
     image: Image.Image
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.label]
 
     def overlay(self, alpha: float = 0.45) -> Image.Image:
         return overlay(self.image, self.heatmap, alpha)
@@ -67,7 +73,7 @@ def explain(images: ImageInput | Sequence[ImageInput], model: Predictor | str | 
     probabilities, heatmaps = explain_batch(feature_forward(predictor), head_weights(predictor.path), batch, method)
     names = predictor.class_names
     return [
-        Explanation(names[int(np.argmax(p))], float(np.max(p)), heatmap, _for_display(photo))
+        Explanation(names[int(np.argmax(p))], dict(zip(names, map(float, p))), heatmap, _for_display(photo))
         for p, heatmap, photo in zip(probabilities, heatmaps, photos)
     ]
 

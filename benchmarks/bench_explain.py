@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,26 +37,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-class", type=int, default=20, help="test photos per class for the quadrant test")
     p.add_argument("--repeats", type=int, default=30, help="timed batch-1 runs per row")
     p.add_argument("--score-cam-channels", type=int, default=64)
-    p.add_argument("--score-cam-images", type=int, default=20, help="canvases scored with Score-CAM per model")
+    p.add_argument("--score-cam-images", type=int, default=15, help="canvases scored with Score-CAM per model")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-def median_seconds(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median seconds of each function, called in turn within every round, so that the load
-    of a shared machine falls on all of them alike."""
+def paired_timings(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float]]:
+    """(median seconds, median ratio to the first function) for each function. They are called
+    in turn within every round and each ratio is taken within its round, so that the load of a
+    shared machine falls on all of them alike."""
     for fn in fns:
         fn()  # warm-up (tracing)
-    times: list[list[float]] = [[] for _ in fns]
+    rounds = []
     for _ in range(repeats):
-        for fn, record in zip(fns, times):
+        times = []
+        for fn in fns:
             start = time.perf_counter()
             fn()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
+            times.append(time.perf_counter() - start)
+        rounds.append(times)
+    return [(statistics.median(r[i] for r in rounds), statistics.median(r[i] / r[0] for r in rounds))
+            for i in range(len(fns))]
 
 
-def score_cam(predictor, forward, batch: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def score_cam(head: Any, forward: Callable, batch: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Score-CAM (Wang et al.) on the `channels` strongest channels: each channel's map, upsampled
     and scaled to [0, 1], masks the input; its weight is the rise of the class probability."""
     from animalcls import cam
@@ -64,18 +69,22 @@ def score_cam(predictor, forward, batch: np.ndarray, channels: int) -> tuple[np.
     classes = probabilities.argmax(axis=1)
     size = batch.shape[1]
     maps = []
-    for image, a, c, base in zip(batch, feature_map, classes, probabilities):
+    for image, a, c in zip(batch, feature_map, classes):
         top = np.argsort(a.mean(axis=(0, 1)))[::-1][:channels]
         masks = np.stack([cam.upsample(a[..., k], size, size) for k in top])
         low, high = masks.min(axis=(1, 2), keepdims=True), masks.max(axis=(1, 2), keepdims=True)
         masks = (masks - low) / np.where(high > low, high - low, 1.0)
-        scores = predictor.forward((image[None] * masks[..., None]).astype(np.float32))[:, c]
-        weights = scores - base[c]
-        maps.append(np.maximum(np.einsum("hwk,k->hw", a[..., top], weights), 0.0))
+        # Masked-out pixels fade to mid-grey (the models' zero after normalisation), and each
+        # channel's weight is a softmax over the class logits, as pytorch-grad-cam does: the
+        # probabilities of a confident model are saturated and barely move.
+        masked = 127.5 + (image[None] - 127.5) * masks[..., None]
+        logits = head.logits(forward(masked.astype(np.float32))[1])[:, c]
+        weights = np.exp(logits - logits.max())
+        maps.append(np.maximum(np.einsum("hwk,k->hw", a[..., top], weights / weights.sum()), 0.0))
     return probabilities, np.stack([cam.normalise(m) for m in maps])
 
 
-def quadrant_sample(folder: Path, data: Path, per_class: int, seed: int) -> tuple[list, list[int], list[int]]:
+def quadrant_sample(folder: Path, data: Path, per_class: int, seed: int) -> tuple[list[Any], list[int], list[int]]:
     from animalcls.explain import quadrant_canvas
     from animalcls.inference import load_image
 
@@ -106,27 +115,31 @@ def evaluate_model(arg: str, args: argparse.Namespace) -> tuple[list[tuple], lis
     inputs = np.stack([to_model_input(c, predictor.image_size) for c in canvases])
     one = inputs[:1]
     methods = ("gradcam", "gradcam++")
-    plain, *with_cam = median_seconds(
+    (plain, _), *with_cam = paired_timings(
         [lambda: predictor.forward(one)] + [lambda m=m: explain_batch(forward, head, one, m) for m in methods],
         args.repeats,
     )
     cost_rows, quality_rows = [(name, "forward pass only", plain * 1e3, 1.0)], []
-    for method, seconds in zip(methods, with_cam):
-        cost_rows.append((name, f"forward + {method}", seconds * 1e3, seconds / plain))
+    for method, (seconds, ratio) in zip(methods, with_cam):
+        cost_rows.append((name, f"forward + {method}", seconds * 1e3, ratio))
         probabilities, heatmaps = explain_batch(forward, head, inputs, method)
         quality_rows.append(_quality(name, method, probabilities, heatmaps, quadrants, labels))
     k, n = args.score_cam_channels, args.score_cam_images
-    plain, seconds = median_seconds([lambda: predictor.forward(one), lambda: score_cam(predictor, forward, one, k)], 3)
+    (plain, _), (seconds, ratio) = paired_timings(
+        [lambda: predictor.forward(one), lambda: score_cam(head, forward, one, k)], 3)
     channels = forward(one)[0].shape[-1]
-    cost_rows.append((name, f"forward + score-cam ({k} ch)", seconds * 1e3, seconds / plain))
-    full = plain + (seconds - plain) * channels / k
-    cost_rows.append((name, f"score-cam, all {channels} ch (extrapolated)", full * 1e3, full / plain))
-    probabilities, heatmaps = score_cam(predictor, forward, inputs[:n], k)
-    quality_rows.append(_quality(name, f"score-cam ({k} ch)", probabilities, heatmaps, quadrants[:n], labels[:n]))
+    cost_rows.append((name, f"forward + score-cam ({k} ch)", seconds * 1e3, ratio))
+    full = 1 + (ratio - 1) * channels / k
+    cost_rows.append((name, f"score-cam, all {channels} ch (extrapolated)", full * plain * 1e3, full))
+    pick = np.linspace(0, len(inputs) - 1, min(n, len(inputs))).astype(int)  # every class, not just the first
+    probabilities, heatmaps = score_cam(head, forward, inputs[pick], k)
+    quality_rows.append(_quality(name, f"score-cam ({k} ch)", probabilities, heatmaps,
+                                 [quadrants[i] for i in pick], [labels[i] for i in pick]))
     return cost_rows, quality_rows
 
 
-def _quality(name: str, method: str, probabilities, heatmaps, quadrants, labels) -> tuple:
+def _quality(name: str, method: str, probabilities: np.ndarray, heatmaps: np.ndarray, quadrants: list[int],
+             labels: list[int]) -> tuple:
     from animalcls import cam
     from animalcls.explain import quadrant_hits
 

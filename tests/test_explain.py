@@ -97,11 +97,15 @@ def test_unsupported_head_is_refused(tmp_path):
 
 
 def test_explanations_sum_to_one_and_overlay_the_photo(tiny_checkpoints, tmp_path):
+    from animalcls.inference import predict
+
     photo = make_image(tmp_path / "a.png", COLOURS["gatto"], size=40)
     [result] = explain(photo, tiny_checkpoints["scratch"])
     assert result.heatmap.shape == (8, 8) and (result.heatmap >= 0).all()
     assert result.heatmap.sum() == pytest.approx(1.0)
-    assert result.label in ("cat", "spider", "butterfly", "elephant", "chicken")
+    expected = predict(photo, tiny_checkpoints["scratch"])[0]  # the plain forward pass
+    assert result.probabilities == pytest.approx(expected, abs=1e-5)
+    assert result.label == max(expected, key=expected.get)
     shown = result.overlay()
     assert shown.size == (40, 40) and shown.mode == "RGB"
     assert np.abs(np.asarray(shown, float) - np.asarray(Image.open(photo), float)).mean() > 5
@@ -181,3 +185,20 @@ def test_transfer_heatmaps_find_the_photo_in_its_quadrant(shared_raw):
                       for p, q in zip(picks, quadrants)])
     _, heatmaps = explain_batch(feature_forward(predictor), head_weights(folder), batch)
     assert quadrant_hits(heatmaps, quadrants).mean() >= 0.85
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["scratch", "transfer"])
+def test_bundled_models_numpy_cam_equals_gradient_tape_on_real_photos(shared_raw, kind):
+    from animalcls.checkpoints import default_pair
+    from animalcls.inference import load_image, load_predictor, to_model_input
+
+    folder = default_pair()[kind]
+    predictor = load_predictor(folder)
+    test = json.loads((folder / "split.json").read_text())["test"]
+    batch = np.stack([to_model_input(load_image(shared_raw / path), predictor.image_size) for path, _ in test[::150]])
+    feature_map, pooled, probabilities = feature_forward(predictor)(batch)
+    reference, _, classes = _tape_cams(predictor.model, batch)
+    assert (probabilities.argmax(axis=1) == classes).all()
+    ours = cam.grad_cam(head_weights(folder), feature_map, pooled, classes)
+    np.testing.assert_allclose(ours, reference, atol=1e-5 * reference.max())
