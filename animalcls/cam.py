@@ -144,17 +144,20 @@ def load_head_weights(keras_file: str | Path, pool_layer: str = POOL_LAYER) -> H
     """
     import h5py
 
-    with zipfile.ZipFile(keras_file) as archive:
-        config = json.loads(archive.read("config.json"))
-        weights = archive.read("model.weights.h5")
-    head_configs = _head_layer_configs(config, pool_layer)
-    dense_groups = _dense_group_names(config)
-    layers = []
-    with h5py.File(io.BytesIO(weights), "r") as handle:
-        for layer_config in head_configs:
-            group = handle["layers"][dense_groups[layer_config["name"]]]["vars"]
-            kernel, bias = np.asarray(group["0"], np.float64), np.asarray(group["1"], np.float64)
-            layers.append(DenseLayer(kernel, bias, layer_config["activation"]))
+    try:
+        with zipfile.ZipFile(keras_file) as archive:
+            config = json.loads(archive.read("config.json"))
+            weights = archive.read("model.weights.h5")
+        head_configs = _head_layer_configs(config, pool_layer)
+        dense_groups = _dense_group_names(config)
+        layers = []
+        with h5py.File(io.BytesIO(weights), "r") as handle:
+            for layer_config in head_configs:
+                group = handle["layers"][dense_groups[layer_config["name"]]]["vars"]
+                kernel, bias = np.asarray(group["0"], np.float64), np.asarray(group["1"], np.float64)
+                layers.append(DenseLayer(kernel, bias, layer_config["activation"]))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise HeadError(f"Cannot read the head's weights from {keras_file} ({type(exc).__name__}: {exc}).") from None
     return HeadWeights(tuple(layers))
 
 

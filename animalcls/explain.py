@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from . import cam
-from .errors import ImageError
+from .errors import CheckpointError, ImageError
 from .inference import ImageInput, Predictor, load_image, to_model_input
 
 DEFAULT_METHOD = "gradcam"
@@ -96,6 +96,8 @@ def head_weights(checkpoint: str | Path) -> cam.HeadWeights:
     from .checkpoints import MODEL_FILE
 
     model_file = Path(checkpoint).resolve() / MODEL_FILE
+    if not model_file.is_file():
+        raise CheckpointError(f"Missing {MODEL_FILE} in {checkpoint}")
     key = (str(model_file), model_file.stat().st_mtime)
     with _LOCK:
         if key not in _HEADS:

@@ -94,6 +94,9 @@ def test_unsupported_head_is_refused(tmp_path):
     keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "m.keras")
     with pytest.raises(cam.HeadError, match="Unsupported head layer"):
         cam.load_head_weights(tmp_path / "m.keras")
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(cam.HeadError, match="Cannot read the head's weights"):
+        cam.load_head_weights(tmp_path / "broken.keras")
 
 
 def test_explanations_sum_to_one_and_overlay_the_photo(tiny_checkpoints, tmp_path):
@@ -152,11 +155,15 @@ def test_cli_writes_overlays_and_json(tiny_checkpoints, tmp_path, capsys):
         (["{tmp}/nope", "{img}"], "Checkpoint folder not found"),
         (["{ckpt}", "{img}", "--json", "{tmp}/no/such/dir/x.json"], "--json"),
         (["{ckpt}", "{img}", "--out", "{img}"], "--out"),
+        (["{nomodel}", "{img}"], "Missing model.keras"),
     ],
 )
 def test_cli_argument_errors_exit_2_before_tensorflow(tiny_checkpoints, tmp_path, args, message):
     image = make_image(tmp_path / "a.png", COLOURS["gatto"])
-    values = {"ckpt": tiny_checkpoints["scratch"], "tmp": tmp_path, "img": image}
+    no_model = tmp_path / "no-model"
+    no_model.mkdir()
+    (no_model / "manifest.json").write_bytes((tiny_checkpoints["scratch"] / "manifest.json").read_bytes())
+    values = {"ckpt": tiny_checkpoints["scratch"], "tmp": tmp_path, "img": image, "nomodel": no_model}
     argv = ["explain", *[a.format(**values) for a in args]]
     code = ("import sys; from animalcls.cli import main; rc = main(sys.argv[1:]); "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules); sys.exit(rc)")
