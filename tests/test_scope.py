@@ -207,8 +207,8 @@ def test_bundled_detectors_flag_other_animals_and_pass_the_five(shared_raw: Path
         pytest.skip("bundled checkpoints without scope files")
     held = {name: halves[1] for name, halves in shared_calibration_sets(shared_raw.parent.parent).items()}
     split = Split.load(pair["transfer"] / "split.json")
-    samples = {"other": held["other"][::12], "cane": held["cane"][::10], "cross": held["cross"][::10],
-               "test": split.paths("test", split.locate_root(pair["transfer"]))[0][::20]}
+    samples = {"other": held["other"][::15], "cane": held["cane"][::15], "cross": held["cross"][::10],
+               "test": split.paths("test", split.locate_root(pair["transfer"]))[0][::25]}
     transfer, scratch = ScopePredictor(pair["transfer"]), ScopePredictor(pair["scratch"])
     rates: dict[tuple[str, str], float] = {}
     for name, paths in samples.items():
