@@ -386,8 +386,21 @@ def _check_detector(detector: ScopeDetector, folder: Path) -> None:
         raise ScopeError(f"{SCOPE_JSON} in {folder}: the combiner's weights do not match its scores.")
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def check_matches(detector: ScopeDetector, manifest: dict[str, Any], folder: str | Path) -> None:
-    """Refuse a scope built for other classes than the checkpoint's manifest lists."""
+    """Refuse a scope built for other classes, or for another model.keras, than the checkpoint's."""
     if list(manifest["class_names"]) != detector.class_names:
         raise ScopeError(f"{SCOPE_JSON} in {folder} was built for {detector.class_names}, "
                          f"the checkpoint has {list(manifest['class_names'])}.")
+    model = Path(folder) / "model.keras"
+    recorded = detector.info.get("model_sha256")
+    if recorded and model.is_file() and file_sha256(model) != recorded:
+        raise ScopeError(f"{SCOPE_JSON} in {folder} was built for another model.keras; rebuild it "
+                         "(scripts/build_scope.py --overwrite).")

@@ -251,7 +251,7 @@ def build_scope(
     `cross_source` photos; `out_of_scope` photos train the combiner. Report on other photos.
     `extract` replaces `extract_arrays` (same arguments), e.g. to reuse arrays already computed.
     """
-    from .checkpoints import SPLIT_FILE, load_checkpoint, now_iso
+    from .checkpoints import MODEL_FILE, SPLIT_FILE, load_checkpoint, now_iso
     from .data import Split
     from .errors import DataError
 
@@ -281,7 +281,7 @@ def build_scope(
         val=sliced["val"], cross_source=sliced["cross"], out_of_scope=sliced["out"],
     )
     detector = fit_detector(calibration, method, from_pool, imagenet=imagenet)
-    detector.info = {"created": now_iso(), "calibration": {
+    detector.info = {"created": now_iso(), "model_sha256": scope.file_sha256(folder / MODEL_FILE), "calibration": {
         "seed": CALIBRATION_SEED, "val": len(parts["val"]), "cross_source": len(parts["cross"]),
         "out_of_scope": len(parts["out"]), "val_flag_rate": VAL_FLAG_RATE,
         "cross_source_flag_rate": CROSS_SOURCE_FLAG_RATE}}

@@ -181,6 +181,9 @@ def test_build_scope_on_a_tiny_checkpoint(tiny_checkpoints: dict[str, Path], tmp
     assert loaded.combiner.names == ["knn", "maxprob"] and not loaded.needs_imagenet_features
     with pytest.raises(scope.ScopeError, match="already has"):
         build_scope(checkpoint, out, cross, method="combined", imagenet=False)
+    (checkpoint / "model.keras").write_bytes((tiny_checkpoints["transfer"] / "model.keras").read_bytes())
+    with pytest.raises(scope.ScopeError, match="another model.keras"):
+        scope.check_matches(loaded, json.loads((checkpoint / "manifest.json").read_text()), checkpoint)
 
 
 def test_scope_arrays_come_from_one_forward_pass(tiny_checkpoints: dict[str, Path]) -> None:
