@@ -40,8 +40,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomic, write_json
 from .errors import CheckpointError
 
 SCOPE_NPZ = "scope.npz"
@@ -234,8 +233,6 @@ def _sha256(data: bytes) -> str:
 def save_scope(folder: str | Path, detector: ScopeDetector) -> None:
     """Write scope.npz then scope.json into `folder`, each atomically; the json names the npz's
     sha256, so a crash between the two leaves a pair that `load_scope` refuses, never a mix."""
-    from .checkpoints import write_json
-
     folder = Path(folder)
     arrays: dict[str, np.ndarray] = {
         "train_features": np.asarray(detector.train_features, dtype=np.float16),
@@ -252,7 +249,7 @@ def save_scope(folder: str | Path, detector: ScopeDetector) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     payload = buffer.getvalue()
-    _write_bytes(folder / SCOPE_NPZ, payload)
+    write_atomic(folder / SCOPE_NPZ, lambda handle: handle.write(payload))
     write_json(folder / SCOPE_JSON, {
         "format": FORMAT_VERSION,
         "class_names": detector.class_names,
@@ -271,18 +268,6 @@ def _imagenet_source(detector: ScopeDetector) -> str | None:
     if detector.imagenet_kernel is None:
         return None
     return "pooled" if detector.imagenet_from_pool else "separate"
-
-
-def _write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def has_scope(folder: str | Path) -> bool:

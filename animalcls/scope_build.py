@@ -38,7 +38,7 @@ def arrays_model(model: Any) -> Any:
     """image -> [probabilities, pooled features], both from ONE forward pass of `model`."""
     import keras
 
-    from .models import POOL_LAYER
+    from .settings import POOL_LAYER
 
     return keras.Model(model.inputs, [model.output, model.get_layer(POOL_LAYER).output], name=f"{model.name}_scope")
 
@@ -58,7 +58,7 @@ def imagenet_feature_model(image_size: int = scope.IMAGENET_IMAGE_SIZE) -> Any:
 
 def imagenet_head() -> tuple[np.ndarray, np.ndarray]:
     """The 1280 x 1000 kernel and bias of the Lite0 ImageNet classifier, as float32 arrays."""
-    from .efficientnet_lite import imagenet_arrays
+    from .convert_efficientnet_lite import imagenet_arrays
 
     arrays = imagenet_arrays()
     kernel = next(v for k, v in arrays.items() if k.startswith("predictions") and v.ndim == 2)
