@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(commands)
     _add_download(commands)
     _add_push(commands)
+    _add_export(commands)
     return parser
 
 
@@ -152,6 +153,18 @@ def _add_push(commands: Any) -> None:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
     p.set_defaults(handler=cmd_push)
+
+
+def _add_export(commands: Any) -> None:
+    from .export import FORMATS
+
+    p = commands.add_parser("export", help="export a checkpoint as ONNX, a TF SavedModel or TFLite",
+                            description="Write the model (raw RGB 0-255 in, preprocessing inside) with its class "
+                            "order and a README on how to call it into a NEW folder.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer'")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create (must not exist)")
+    p.set_defaults(handler=cmd_export)
 
 
 # ---------------------------------------------------------------- handlers
@@ -277,6 +290,18 @@ def cmd_push(args: argparse.Namespace) -> int:
     from . import hub
 
     print(hub.push_checkpoint(Path(args.checkpoint), args.repo_id, private=args.private, dry_run=args.dry_run))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoints import read_manifest
+    from .export import check_destination, export_checkpoint
+
+    folder = resolve_checkpoint(args.checkpoint)
+    read_manifest(folder)  # a bad folder or --out fails before TensorFlow is imported
+    check_destination(args.out)
+    out, delta = export_checkpoint(folder, args.format, args.out)
+    print(f"Exported {folder.name} as {args.format} to {out} (max |Δp| against Keras: {delta:.1e})")
     return 0
 
 
