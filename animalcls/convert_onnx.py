@@ -15,12 +15,11 @@ This module imports TensorFlow; serving does not (see `onnx_engine`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from . import onnx_store
+from .atomic import write_atomic
 from .errors import CheckpointError
 
 OPSET = 17
@@ -30,7 +29,7 @@ def serving_model(model: Any) -> Any:
     """A keras.Model sharing `model`'s layers whose outputs are the three serving outputs."""
     import keras
 
-    from .models import POOL_LAYER
+    from .settings import POOL_LAYER
 
     try:
         pool = model.get_layer(POOL_LAYER)
@@ -81,24 +80,11 @@ def write_onnx(folder: str | Path, model: Any = None, target: Path | None = None
     sidecar = onnx_store.sidecar_for(
         keras_sha, onnx_store.bytes_sha256(data), int(manifest["image_size"]), converter_version()
     )
-    _atomic_write(target, data)
+    write_atomic(target, lambda handle: handle.write(data))
     # The sidecar goes last: a crash in between leaves a graph whose hash the old sidecar
     # does not match, which is detected as stale.
     onnx_store.write_sidecar(target, sidecar)
     return target
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,6 @@ against the Keras model on a few images, then renamed into place; an existing DI
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import onnx_store
+from .atomic import atomic_dir
 from .errors import CheckpointError
 
 FORMATS = ("onnx", "savedmodel", "tflite")
@@ -47,9 +46,7 @@ def export_checkpoint(folder: str | Path, fmt: str, out: str | Path) -> tuple[Pa
         raise ValueError(f"Unknown format '{fmt}': choose one of {', '.join(FORMATS)}.")
     out = check_destination(out)
     checkpoint = load_checkpoint(folder)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        tmp.chmod(0o755)
+    with atomic_dir(out) as tmp:
         WRITERS[fmt](checkpoint.model, checkpoint.image_size, tmp / ARTIFACT[fmt])
         (tmp / LABELS_FILE).write_text("".join(f"{name}\n" for name in checkpoint.class_names))
         delta = max_probability_delta(checkpoint.model, tmp, fmt, checkpoint.image_size)
@@ -57,10 +54,6 @@ def export_checkpoint(folder: str | Path, fmt: str, out: str | Path) -> tuple[Pa
             raise CheckpointError(f"The {fmt} export differs from Keras by {delta:.2g} (allowed {TOLERANCE[fmt]}).")
         shapes = output_shapes(checkpoint.model)
         (tmp / "README.md").write_text(export_readme(checkpoint.manifest, fmt, shapes, delta))
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, delta
 
 

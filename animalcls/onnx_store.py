@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_json
+
 ONNX_FILE = "model.onnx"
 SIDECAR_SUFFIX = ".json"
 SIDECAR_FILE = ONNX_FILE + SIDECAR_SUFFIX
@@ -65,8 +67,6 @@ def sidecar_for(keras_sha256: str, onnx_sha256: str, image_size: int, converter:
 
 
 def write_sidecar(onnx_path: Path, sidecar: dict[str, Any]) -> None:
-    from .checkpoints import write_json
-
     write_json(sidecar_path(onnx_path), sidecar)
 
 
