@@ -90,6 +90,7 @@ def _add_evaluate(commands: Any) -> None:
         "another folder.", "evaluate on all images of this folder instead of the recorded test split",
     )
     p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
+    _add_engine(p)
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -101,7 +102,14 @@ def _add_predict(commands: Any) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_engine(p)
     p.set_defaults(handler=cmd_predict)
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "onnx", "tf"],
+                   help="what runs the model: onnx (ONNX Runtime), tf (TensorFlow) or auto, the default: onnx "
+                   "when onnxruntime is installed (also set by ANIMALCLS_ENGINE)")
 
 
 def _add_explain(commands: Any) -> None:
@@ -225,7 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     folder = resolve_checkpoint(args.checkpoint)
     with progress.bar("evaluating", unit="batch") as update:
-        result = workflows.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
+        result = workflows.evaluate_checkpoint(
+            folder, resolve_data(args.data) if args.data else None, update, engine=args.engine
+        )
     print(format_report(result))
     if args.json:
         atomic.write_json(Path(args.json).resolve(), result)
@@ -236,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_predictor, top_k
 
-    predictor = load_predictor(resolve_checkpoint(args.checkpoint))
+    predictor = load_predictor(resolve_checkpoint(args.checkpoint), args.engine)
     results = {image: predictor.predict([image])[0] for image in args.images}
     if args.json:
         print(json.dumps({image: dict(top_k(p, args.top)) for image, p in results.items()}, indent=1))

@@ -25,8 +25,7 @@ import numpy as np
 
 from . import onnx_store
 from .errors import AnimalclsError, CheckpointError
-
-THREADS_ENV = "ANIMALCLS_ORT_THREADS"
+from .settings import ORT_THREADS_ENV
 
 
 class OnnxUnavailableError(AnimalclsError, RuntimeError):
@@ -42,7 +41,7 @@ def onnxruntime_available() -> bool:
 def default_threads() -> int:
     """Intra-op threads: $ANIMALCLS_ORT_THREADS, else every core the process may use (max 8:
     small convnets at batch 1 gain nothing beyond that)."""
-    configured = os.environ.get(THREADS_ENV, "").strip()
+    configured = os.environ.get(ORT_THREADS_ENV, "").strip()
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_json
+from .settings import ONNX_CACHE_ENV
 
 ONNX_FILE = "model.onnx"
 SIDECAR_SUFFIX = ".json"
@@ -26,7 +27,6 @@ SIDECAR_FILE = ONNX_FILE + SIDECAR_SUFFIX
 FORMAT = "animalcls-onnx/1"
 INPUT_NAME = "image"
 OUTPUTS = ("probabilities", "pooled", "feature_map")
-CACHE_ENV = "ANIMALCLS_ONNX_CACHE"
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def write_sidecar(onnx_path: Path, sidecar: dict[str, Any]) -> None:
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "animalcls" / "onnx").expanduser()
+    return Path(os.environ.get(ONNX_CACHE_ENV) or Path.home() / ".cache" / "animalcls" / "onnx").expanduser()
 
 
 def cache_path(keras_sha256: str, root: Path | None = None) -> Path:

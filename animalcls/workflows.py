@@ -130,10 +130,14 @@ def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     data_dir: str | Path | None = None,
     on_batch: Callable[[int, int | None], None] | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on the recorded test split, or on every image of the checkpoint's classes
-    in `data_dir` when given."""
-    checkpoint = checkpoints.load_checkpoint(checkpoint_dir)
+    in `data_dir` when given. The forward passes run on `engine` (see inference.load_predictor)."""
+    from .inference import load_predictor
+
+    predictor = load_predictor(checkpoint_dir, engine)
+    checkpoint = predictor.checkpoint
     if data_dir is None:
         split = data.Split.load(_split_file(checkpoint.path))
         root = split.locate_root(checkpoint.path)
@@ -147,7 +151,7 @@ def evaluate_checkpoint(
         paths = [str(scan.root / s.rel) for s in scan.samples]
         labels = [s.label for s in scan.samples]
     return evaluate.evaluate_paths(
-        checkpoint.model, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch
+        None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
     )
 
 
