@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,23 @@ def train_checkpoint(
     manifest = make_manifest(name or out_dir.name, config, scan, split, result)
     path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
     shutil.rmtree(workdir, ignore_errors=True)
+    write_serving_graph(path, model)
     return path, scan, result, evaluation
+
+
+def write_serving_graph(folder: Path, model: keras.Model) -> None:
+    """Add model.onnx next to model.keras, so serving it needs neither a conversion nor
+    TensorFlow. Best effort: without it the graph is built on first use, or TF serves."""
+    from .onnx_engine import conversion_available
+
+    if not conversion_available():
+        return
+    from .convert_onnx import write_onnx
+
+    try:
+        write_onnx(folder, model)
+    except Exception as exc:  # noqa: BLE001 - the checkpoint itself is complete and saved
+        print(f"warning: no ONNX graph written for {folder.name} ({exc}); it is built on first use.", file=sys.stderr)
 
 
 def make_manifest(

@@ -75,6 +75,12 @@ def test_bundled_graphs_are_fresh_and_the_folder_fits_100_mb():
     assert total <= 100 * 2**20
 
 
+def test_training_writes_a_fresh_serving_graph(tiny_checkpoints):
+    for folder in tiny_checkpoints.values():
+        keras_sha = onnx_store.file_sha256(folder / checkpoints.MODEL_FILE)
+        assert onnx_store.check(folder / onnx_store.ONNX_FILE, keras_sha).fresh
+
+
 def test_tiny_model_converts_with_three_outputs_matching_keras(tiny_checkpoints, tmp_path):
     from animalcls.convert_onnx import write_onnx
 
@@ -98,6 +104,7 @@ def test_stale_or_corrupt_graph_is_refused_without_build_and_rebuilt_with_it(tin
     from animalcls.convert_onnx import write_onnx
 
     folder = copy_checkpoint(tiny_checkpoints["scratch"], tmp_path)
+    (folder / onnx_store.ONNX_FILE).unlink()
     with pytest.raises(OnnxUnavailableError, match="model.onnx is missing"):
         load_engine(folder, build=False)
     write_onnx(folder)

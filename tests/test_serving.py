@@ -52,13 +52,14 @@ def copy_of(folder: Path, tmp_path: Path) -> Path:
 
 def test_onnx_and_tensorflow_predictors_agree(tiny_checkpoints, tmp_path):
     folder = copy_of(tiny_checkpoints["transfer"], tmp_path)
+    (folder / onnx_store.ONNX_FILE).unlink()  # built again on first use, next to model.keras
     photos = [make_image(tmp_path / f"{i}.png", colour, size=40, seed=i)
               for i, colour in enumerate([(220, 40, 40), (40, 40, 220), (40, 220, 220)])]
     via_onnx = inference.load_predictor(folder, "onnx")
     via_tf = inference.load_predictor(folder, "tf")
     assert (via_onnx.engine, via_tf.engine) == ("onnx", "tf")
     assert via_onnx.checkpoint.model is None  # the Keras model was never loaded
-    assert (folder / onnx_store.ONNX_FILE).is_file()  # built once, next to model.keras
+    assert via_onnx.onnx.path == folder / onnx_store.ONNX_FILE
     got = np.array([list(p.values()) for p in via_onnx.predict(photos)])
     expected = np.array([list(p.values()) for p in via_tf.predict(photos)])
     assert np.abs(got - expected).max() <= 1e-5
