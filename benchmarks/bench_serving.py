@@ -36,7 +36,7 @@ START_TF = """
 import time; t0 = time.perf_counter()
 import numpy as np
 from animalcls.inference import load_predictor
-predictor = load_predictor({folder!r})
+predictor = load_predictor({folder!r}, engine="tf")
 predictor.forward(np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32))
 print(time.perf_counter() - t0)
 """
@@ -84,7 +84,7 @@ def bench_model(kind: str, folder: Path, args: argparse.Namespace) -> dict[str, 
     from animalcls.inference import load_predictor
     from animalcls.onnx_engine import load_engine
 
-    predictor, engine = load_predictor(folder), load_engine(folder, build=False)
+    predictor, engine = load_predictor(folder, engine="tf"), load_engine(folder, build=False)
     engines = {"tf": predictor.forward, "onnx": engine.probabilities}
     row: dict[str, float] = {}
     for batch_size, repeats in ((1, args.repeats_b1), (32, args.repeats_b32)):
@@ -92,6 +92,7 @@ def bench_model(kind: str, folder: Path, args: argparse.Namespace) -> dict[str, 
         for name, ms in median_ms(engines, batch, repeats).items():
             row[f"{name}{batch_size}"] = ms
         delta = np.abs(predictor.forward(batch) - engine.probabilities(batch)).max()
+        assert predictor.engine == "tf", "the TF column must run TensorFlow"
         row["delta"] = max(row.get("delta", 0.0), float(delta))
         print(f"  {kind} batch {batch_size}: TF {row[f'tf{batch_size}']:.1f} ms, "
               f"ONNX {row[f'onnx{batch_size}']:.1f} ms", flush=True)
