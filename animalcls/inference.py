@@ -198,11 +198,14 @@ def load_predictor(path: str | Path, engine: str | None = None) -> Predictor:
 def _onnx_engine(folder: Path, required: bool) -> Any:
     """The checkpoint's ONNX Runtime engine (its graph built once if need be), or None to
     use TensorFlow; with `required` the reason is raised instead."""
+    from importlib.util import find_spec
+
     from .onnx_engine import load_engine, onnxruntime_available
 
+    required = required or find_spec("tensorflow") is None  # no fallback: say why ONNX failed
     if not onnxruntime_available():
         if required:
-            raise AnimalclsError("onnxruntime is not installed (pip install onnxruntime); use the tf engine.")
+            raise AnimalclsError("onnxruntime is not installed (pip install onnxruntime).")
         return None
     try:
         return load_engine(folder)
