@@ -233,8 +233,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve first, then import TensorFlow and load the models: the page answers within a few
-    seconds, and a request that needs a model before it is ready waits for it."""
+    """Serve first, then load the models (through ONNX Runtime when installed), then import
+    TensorFlow for fine-tuning: a request that needs something before it is ready waits for it."""
     from animalcls import logs
 
     args = parse_args(argv)
@@ -243,17 +243,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                       use_hub=not args.no_hub, hub_repo=args.hub_repo)
     app = demo.animalcls_app
     app.ready.clear()
+    app.models_ready.clear()
     demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
     started = time.perf_counter()
-    # Imported here, in one thread, before any handler may need them (see AnimalApp.ready).
+    if not args.no_warm_up:
+        app.registry.warm_up()  # through ONNX Runtime when installed: no TensorFlow needed
+        app.models_ready.set()
+        print(f"Models ready {time.perf_counter() - started:.1f} s after the server started.", flush=True)
+    # Imported here, in one thread, before a fine-tune may need them (see AnimalApp.ready).
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
 
     import animalcls.finetune  # noqa: F401
     app.ready.set()
-    if not args.no_warm_up:
-        app.registry.warm_up()
-    print(f"Models ready {time.perf_counter() - started:.1f} s after the server started.", flush=True)
+    app.models_ready.set()
     try:
         demo.block_thread()
     finally:

@@ -128,9 +128,13 @@ class AnimalApp:
         # same time can fail with importlib's _DeadlockError (seen here).
         self.ready = threading.Event()
         self.ready.set()
+        # Set once the models are loaded: through ONNX Runtime that needs no TensorFlow, so
+        # Classify answers before TensorFlow is imported.
+        self.models_ready = threading.Event()
+        self.models_ready.set()
 
-    def _wait_ready(self) -> None:
-        if not self.ready.wait(timeout=300):
+    def _wait_ready(self, event: threading.Event | None = None) -> None:
+        if not (event or self.ready).wait(timeout=300):
             raise _user_error("The server is still starting up; try again in a minute.", "Starting")
 
     # ----- Classify tab -----
@@ -145,7 +149,7 @@ class AnimalApp:
             picture = load_image(image)
         except ImageError as exc:
             raise image_error(str(exc)) from None
-        self._wait_ready()
+        self._wait_ready(self.models_ready)
         results: dict[str, tuple[dict[str, float], float] | None] = {}
         outputs: list[Any] = []
         for kind in KINDS:

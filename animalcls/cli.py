@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(commands)
     _add_download(commands)
     _add_push(commands)
+    _add_export(commands)
     return parser
 
 
@@ -89,6 +90,7 @@ def _add_evaluate(commands: Any) -> None:
         "another folder.", "evaluate on all images of this folder instead of the recorded test split",
     )
     p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
+    _add_engine(p)
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -100,7 +102,14 @@ def _add_predict(commands: Any) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_engine(p)
     p.set_defaults(handler=cmd_predict)
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "onnx", "tf"],
+                   help="what runs the model: onnx (ONNX Runtime), tf (TensorFlow) or auto, the default: onnx "
+                   "when onnxruntime is installed (also set by ANIMALCLS_ENGINE)")
 
 
 def _add_explain(commands: Any) -> None:
@@ -152,6 +161,18 @@ def _add_push(commands: Any) -> None:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--dry-run", action="store_true", help="print the files and the card; upload nothing")
     p.set_defaults(handler=cmd_push)
+
+
+def _add_export(commands: Any) -> None:
+    from .export import FORMATS
+
+    p = commands.add_parser("export", help="export a checkpoint as ONNX, a TF SavedModel or TFLite",
+                            description="Write the model (raw RGB 0-255 in, preprocessing inside) with its class "
+                            "order and a README on how to call it into a NEW folder.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer'")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create (must not exist)")
+    p.set_defaults(handler=cmd_export)
 
 
 # ---------------------------------------------------------------- handlers
@@ -212,7 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     folder = resolve_checkpoint(args.checkpoint)
     with progress.bar("evaluating", unit="batch") as update:
-        result = workflows.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
+        result = workflows.evaluate_checkpoint(
+            folder, resolve_data(args.data) if args.data else None, update, engine=args.engine
+        )
     print(format_report(result))
     if args.json:
         atomic.write_json(Path(args.json).resolve(), result)
@@ -223,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import load_predictor, top_k
 
-    predictor = load_predictor(resolve_checkpoint(args.checkpoint))
+    predictor = load_predictor(resolve_checkpoint(args.checkpoint), args.engine)
     results = {image: predictor.predict([image])[0] for image in args.images}
     if args.json:
         print(json.dumps({image: dict(top_k(p, args.top)) for image, p in results.items()}, indent=1))
@@ -277,6 +300,18 @@ def cmd_push(args: argparse.Namespace) -> int:
     from . import hub
 
     print(hub.push_checkpoint(Path(args.checkpoint), args.repo_id, private=args.private, dry_run=args.dry_run))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoints import read_manifest
+    from .export import check_destination, export_checkpoint
+
+    folder = resolve_checkpoint(args.checkpoint)
+    read_manifest(folder)  # a bad folder or --out fails before TensorFlow is imported
+    check_destination(args.out)
+    out, delta = export_checkpoint(folder, args.format, args.out)
+    print(f"Exported {folder.name} as {args.format} to {out} (max |Δp| against Keras: {delta:.1e})")
     return 0
 
 

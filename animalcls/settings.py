@@ -12,6 +12,9 @@ RUNS_ENV = "ANIMALCLS_RUNS"
 FEATURE_CACHE_ENV = "ANIMALCLS_FEATURE_CACHE"
 HUB_REPO_ENV = "ANIMALCLS_HUB_REPO"
 KERAS_HOME_ENV = "KERAS_HOME"
+ENGINE_ENV = "ANIMALCLS_ENGINE"  # auto (default), onnx or tf: what serves predictions
+ONNX_CACHE_ENV = "ANIMALCLS_ONNX_CACHE"  # rebuilt ONNX graphs of read-only checkpoint folders
+ORT_THREADS_ENV = "ANIMALCLS_ORT_THREADS"  # onnxruntime intra-op threads
 
 # Layer names every model of this project uses; saved checkpoints depend on them.
 INPUT_LAYER = "image"

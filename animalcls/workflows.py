@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,23 @@ def train_checkpoint(
     manifest = make_manifest(name or out_dir.name, config, scan, split, result)
     path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
     shutil.rmtree(workdir, ignore_errors=True)
+    write_serving_graph(path, model)
     return path, scan, result, evaluation
+
+
+def write_serving_graph(folder: Path, model: keras.Model) -> None:
+    """Add model.onnx next to model.keras, so serving it needs neither a conversion nor
+    TensorFlow. Best effort: without it the graph is built on first use, or TF serves."""
+    from .onnx_engine import conversion_available
+
+    if not conversion_available():
+        return
+    from .convert_onnx import write_onnx
+
+    try:
+        write_onnx(folder, model)
+    except Exception as exc:  # noqa: BLE001 - the checkpoint itself is complete and saved
+        print(f"warning: no ONNX graph written for {folder.name} ({exc}); it is built on first use.", file=sys.stderr)
 
 
 def make_manifest(
@@ -130,10 +147,14 @@ def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     data_dir: str | Path | None = None,
     on_batch: Callable[[int, int | None], None] | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on the recorded test split, or on every image of the checkpoint's classes
-    in `data_dir` when given."""
-    checkpoint = checkpoints.load_checkpoint(checkpoint_dir)
+    in `data_dir` when given. The forward passes run on `engine` (see inference.load_predictor)."""
+    from .inference import load_predictor
+
+    predictor = load_predictor(checkpoint_dir, engine)
+    checkpoint = predictor.checkpoint
     if data_dir is None:
         split = data.Split.load(_split_file(checkpoint.path))
         root = split.locate_root(checkpoint.path)
@@ -147,7 +168,7 @@ def evaluate_checkpoint(
         paths = [str(scan.root / s.rel) for s in scan.samples]
         labels = [s.label for s in scan.samples]
     return evaluate.evaluate_paths(
-        checkpoint.model, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch
+        None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
     )
 
 
