@@ -61,8 +61,9 @@ def main() -> int:
         "variant": info["variant"],
         "augment": info["augment"],
         "train_images_per_second": info["train_images_per_second"],
-        "training_photos": f"the split's train/val photos re-encoded at {info['pack']['size']} px, "
-        f"JPEG quality {info['pack']['jpeg_quality']}",
+        "started_from": info.get("init"),
+        "training_photos": "the split's train/val photos"
+        + (f", re-encoded at {info['pack']['size']} px, JPEG quality {info['pack']['jpeg_quality']}" if info.get("pack") else ""),
     }
     checkpoints.save_checkpoint(out, model, manifest, history, evaluation, split)
     print(f"{out}: test accuracy {evaluation['accuracy']:.4f}")

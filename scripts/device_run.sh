@@ -15,7 +15,7 @@ if [ "$MODE" = smoke ]; then
     ${SMOKE_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1 &
   bench=$!
   python3 $SCRIPT train --pack .qdev/data/trainval.npz --out "$OUT" --variant robust --budget 25 --epochs 3 \
-    --workers 8 --verbose ${SMOKE_ARGS:-}
+    --workers 8 --verbose 2 ${SMOKE_ARGS:-}
   wait $bench; cat "$OUT/bench.log"
   (cd "$OUT" && tar czf logs.tar.gz --remove-files *.json *.md *.log) ; ls -la "$OUT"; exit 0
 fi

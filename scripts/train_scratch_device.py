@@ -89,12 +89,26 @@ def load_pack(path: Path) -> tuple[list[Image.Image], np.ndarray, np.ndarray, li
     return photos, pack_file["labels"], pack_file["part"], [str(n) for n in pack_file["class_names"]]
 
 
+def load_split(data: Path, split_file: Path) -> tuple[list[Image.Image], np.ndarray, np.ndarray, list[str]]:
+    """The original train/val photos of a split (the CPU path; test photos are never loaded)."""
+    split = json.loads(split_file.read_text())
+    items = [(rel, label, 0) for rel, label in split["train"]] + [(rel, label, 1) for rel, label in split["val"]]
+    photos = []
+    for rel, _, _ in items:
+        with Image.open(data / rel) as image:
+            photos.append(image.convert("RGB"))
+    return photos, np.array([i[1] for i in items]), np.array([i[2] for i in items]), list(split["class_names"])
+
+
 # ---------------------------------------------------------------- train (there)
 
 
 def train(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    photos, labels, part, class_names = load_pack(Path(args.pack))
+    if args.pack:
+        photos, labels, part, class_names = load_pack(Path(args.pack))
+    else:
+        photos, labels, part, class_names = load_split(Path(args.data), Path(args.split))
     import keras
 
     from animalcls import augment, models
@@ -102,14 +116,21 @@ def train(args: argparse.Namespace) -> None:
 
     aug_overrides, config_overrides = VARIANTS[args.variant]
     config = PRESETS["scratch-robust"].replace(
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, **config_overrides
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs, **config_overrides
     )
+    config = config.replace(mix=args.mix)
     recipe = augment.RobustAugment(image_size=config.image_size, **aug_overrides)
     keras.utils.set_random_seed(config.seed)
     if args.precision != "float32":
         keras.config.set_dtype_policy(args.precision)
     model = models.build_scratch(config.backbone, len(class_names), config.image_size, config.dropout, config.bn_momentum)
+    if args.init:
+        # Longer training of an earlier from-scratch run: its weights, never pretrained ones.
+        model.set_weights(keras.models.load_model(Path(args.init) / "model.keras", compile=False).get_weights())
     compile_model(model, config)
+    if args.no_jit:
+        model.jit_compile = False  # XLA's compile of this step took over 15 min on 2 busy CPU cores
     train_idx, val_idx = np.flatnonzero(part == 0)[: args.limit], np.flatnonzero(part == 1)[: args.limit]
     stream = augment.batch_stream(
         [photos[i] for i in train_idx], labels[train_idx], len(class_names), recipe, config.batch_size,
@@ -126,7 +147,7 @@ def train(args: argparse.Namespace) -> None:
     model.fit(
         stream, steps_per_epoch=augment.steps_per_epoch(len(train_idx), config.batch_size),
         validation_data=(x_val.astype(np.float32), y_val), epochs=config.epochs,
-        callbacks=[recorder, cosine, budget], verbose=2 if args.verbose else 0, shuffle=False,
+        callbacks=[recorder, cosine, budget, *_keep_last(args, out)], verbose=args.verbose, shuffle=False,
     )
     fit_seconds = time.perf_counter() - fit_start
     keras.config.set_dtype_policy("float32")
@@ -146,7 +167,8 @@ def train(args: argparse.Namespace) -> None:
             len(recorder.history.get("loss", [])) * len(train_idx) / max(fit_seconds, 1e-9), 1
         ),
         "final_val_accuracy": recorder.history.get("val_accuracy", [None])[-1],
-        "pack": {"size": PACK_SIZE, "jpeg_quality": PACK_QUALITY, "train": int(len(train_idx)), "val": int(len(val_idx))},
+        "init": Path(args.init).name if args.init else None,
+        "pack": None if not args.pack else {"size": PACK_SIZE, "jpeg_quality": PACK_QUALITY, "train": int(len(train_idx)), "val": int(len(val_idx))},
     }
     (out / f"{args.variant}.json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: info[k] for k in ("variant", "fit_seconds", "train_images_per_second", "final_val_accuracy")}))
@@ -174,6 +196,15 @@ class TimeBudget:
                     self.model.stop_training = True
 
         return _Budget()
+
+
+def _keep_last(args: argparse.Namespace, out: Path) -> list:
+    """On a long CPU run, the weights after every epoch, so a crash keeps what was learned."""
+    import keras
+
+    if not args.save_every_epoch:
+        return []
+    return [keras.callbacks.ModelCheckpoint(str(out / f"{args.variant}.last.weights.h5"), save_weights_only=True)]
 
 
 def _device_name() -> str:
@@ -237,7 +268,14 @@ def main() -> int:
     p.add_argument("--split", required=True)
     p.add_argument("--out", default=".qdev")
     p = sub.add_parser("train")
-    p.add_argument("--pack", required=True)
+    p.add_argument("--pack", help="a pack made by `pack` (the GPU machine)")
+    p.add_argument("--data", help="or the dataset folder and --split (here)")
+    p.add_argument("--split")
+    p.add_argument("--init", help="start from this checkpoint folder's weights (an earlier scratch run)")
+    p.add_argument("--mix", type=float, help="override the preset's MixUp/CutMix share")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--save-every-epoch", action="store_true")
     p.add_argument("--out", required=True)
     p.add_argument("--variant", choices=sorted(VARIANTS), default="robust")
     p.add_argument("--image-size", type=int, default=160)
@@ -247,7 +285,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--batch-size", type=int, help="default: the preset's")
     p.add_argument("--limit", type=int, help="use only the first N train and val photos (dry runs)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", type=int, default=0, help="Keras fit verbosity: 1 per step, 2 per epoch")
+    p.add_argument("--no-jit", action="store_true", help="run the train step without XLA (TensorFlow on CPU)")
     p = sub.add_parser("bench-inception")
     p.add_argument("--out", required=True)
     p.add_argument("--policies", default="float32,mixed_bfloat16,mixed_float16")
