@@ -36,7 +36,9 @@ CONFIGS = {
 }
 
 
-# kind -> (script, its arguments after --data/--out): each writes <out>/<kind>-efficientnet_lite0.
+# kind -> (script, its arguments before --data/--out): each writes <out>/<kind>-efficientnet_lite0.
+# Both continue from the checkpoints/ folder of their kind; the bundled transfer model was made
+# from the transfer-efficientnet_lite0 folder of commit f62e07c.
 ROBUST = {
     "scratch-robust": [
         "train_scratch_device.py", "train", "--split", "checkpoints/scratch-efficientnet_lite0/split.json",
