@@ -53,7 +53,8 @@ def _add_train(commands: Any) -> None:
                    "ImageNet weights are cached, else efficientnet_lite0)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help=f"classes in output order, English or Italian (default: {' '.join(DEFAULT_CLASSES)})")
-    p.add_argument("--preset", help="scratch, scratch-sgd or transfer (default: the --model's preset)")
+    p.add_argument("--preset", help="scratch, scratch-sgd, scratch-robust or transfer (default: the --model's "
+                   "preset); scratch-robust trains a scratch model that holds up on photos from elsewhere")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
     p.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
@@ -65,9 +66,37 @@ def _add_train(commands: Any) -> None:
     p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
     p.add_argument("--strong-augment", action="store_true",
                    help="add random crops and brightness/contrast jitter to the flips")
+    p.add_argument("--robust-augment", action="store_true", help="wide random crops, colour jitter, blur, "
+                   "downscale, JPEG and greyscale augmentation (numpy/PIL, any Keras backend)")
+    p.add_argument("--mix", type=_fraction, metavar="P", help="share of MixUp/CutMix batches (with --robust-augment)")
+    p.add_argument("--label-smoothing", type=_fraction, metavar="E", help="label smoothing (e.g. 0.1)")
+    p.add_argument("--weight-decay", type=_non_negative, metavar="W", help="AdamW decoupled weight decay (e.g. 0.05)")
+    p.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to zero over the epochs")
+    p.add_argument("--warmup-epochs", type=_count, metavar="N", help="linear warm-up epochs before the cosine decay")
     p.add_argument("--seed", type=int, help="random seed for the split and training (default 42)")
     p.add_argument("--out", help="checkpoint folder to write (default: runs/<model>-<backbone>)")
     p.set_defaults(handler=cmd_train)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def _checkpoint_command(
@@ -211,6 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, optimizer=args.optimizer, image_size=args.image_size,
         weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
         strong_augment=args.strong_augment or None, bn_momentum=args.bn_momentum,
+        robust_augment=args.robust_augment or None, mix=args.mix, label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay, cosine=args.cosine or None, warmup_epochs=args.warmup_epochs,
     )
     config = workflows.resolve_config(config)
     data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output

@@ -51,10 +51,18 @@ def datasets_for(split: data.Split, config: TrainConfig) -> tuple[Any, Any, int]
     train_paths, train_labels = split.paths("train")
     val_paths, val_labels = split.paths("val")
     kwargs = dict(num_classes=n, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed)
+    val_ds = data.make_dataset(val_paths, val_labels, training=False, **kwargs) if val_paths else None
+    if config.robust_augment:
+        from . import augment
+
+        recipe = augment.RobustAugment(config.image_size, flip=config.flip)
+        stream = augment.batch_stream(
+            augment.load_photos(train_paths), train_labels, n, recipe, config.batch_size, config.seed, config.mix
+        )
+        return stream, val_ds, augment.steps_per_epoch(len(train_paths), config.batch_size)
     train_ds = data.make_dataset(
         train_paths, train_labels, training=config.flip, strong_augment=config.strong_augment, **kwargs
     )
-    val_ds = data.make_dataset(val_paths, val_labels, training=False, **kwargs) if val_paths else None
     return train_ds, val_ds, -(-len(train_paths) // config.batch_size)
 
 
