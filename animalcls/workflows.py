@@ -52,6 +52,10 @@ def datasets_for(split: data.Split, config: TrainConfig, replicas: int = 1) -> t
     n = len(split.class_names)
     train_paths, train_labels = split.paths("train")
     val_paths, val_labels = split.paths("val")
+    # Keras's distributed evaluate fails on a batch that does not split evenly over the
+    # replicas (AddN shape mismatch): validation drops at most replicas - 1 photos.
+    keep = len(val_paths) - len(val_paths) % replicas
+    val_paths, val_labels = val_paths[:keep], val_labels[:keep]
     batch = config.batch_size * replicas
     kwargs = dict(num_classes=n, image_size=config.image_size, batch_size=batch, seed=config.seed)
     train_ds = data.make_dataset(
