@@ -75,6 +75,7 @@ def _add_train(commands: Any) -> None:
     p.add_argument("--warmup-epochs", type=_count, metavar="N", help="linear warm-up epochs before the cosine decay")
     p.add_argument("--seed", type=int, help="random seed for the split and training (default 42)")
     p.add_argument("--out", help="checkpoint folder to write (default: runs/<model>-<backbone>)")
+    _add_scale_out(p)
     p.set_defaults(handler=cmd_train)
 
 
@@ -97,6 +98,14 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def _add_scale_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default="none",
+                   help="tf.distribute strategy: mirrored (every local GPU; without one, the logical CPUs set by "
+                   "ANIMALCLS_CPU_DEVICES) or multiworker (cluster from TF_CONFIG). --batch-size is per replica.")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="compute in mixed_float16 on GPUs, mixed_bfloat16 on CPUs (weights and saved model float32)")
 
 
 def _checkpoint_command(
@@ -124,14 +133,19 @@ def _add_evaluate(commands: Any) -> None:
 
 
 def _add_predict(commands: Any) -> None:
-    p = commands.add_parser("predict", help="classify images with a checkpoint",
-                            description="Print the top classes and their probabilities for each image.")
+    p = commands.add_parser("predict", help="classify images (or whole folders) with a checkpoint",
+                            description="Print the top classes and their probabilities for each image. Given a "
+                            "folder, or --format/--output, stream one row per image (recursively, decoding in "
+                            "parallel, in batches) as CSV or JSON lines; unreadable files get an error row.")
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer' "
                    "for the bundled default of that kind")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+")
     p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_engine(p)
+    p.add_argument("--format", choices=["csv", "jsonl"], help="streamed rows: csv (default for folders) or jsonl")
+    p.add_argument("--output", metavar="FILE", help="write the rows to FILE (atomically) instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass when streaming (default 32)")
     p.set_defaults(handler=cmd_predict)
 
 
@@ -168,6 +182,8 @@ def _add_finetune(commands: Any) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--unfreeze", type=int, default=0, metavar="N", help="also train the top N backbone layers")
     p.add_argument("--out", help="output folder (default: runs/finetunes/<name>-<time>)")
+    p.add_argument("--batch-size", type=int, default=64, help="per replica (default 64)")
+    _add_scale_out(p)
     p.set_defaults(handler=cmd_finetune)
 
 
@@ -229,6 +245,10 @@ def resolve_checkpoint(arg: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distribute
+
+    distribute.check_request(args.distribute)  # TF_CONFIG and device settings, before TensorFlow
+    _check_positive(batch_size=args.batch_size, epochs=args.epochs)
     from . import progress, workflows
     from .train import PRESETS
 
@@ -242,19 +262,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         strong_augment=args.strong_augment or None, bn_momentum=args.bn_momentum,
         robust_augment=args.robust_augment or None, mix=args.mix, label_smoothing=args.label_smoothing,
         weight_decay=args.weight_decay, cosine=args.cosine or None, warmup_epochs=args.warmup_epochs,
+        distribute=args.distribute, mixed_precision=args.mixed_precision,
     )
     config = workflows.resolve_config(config)
     data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output
     out = Path(args.out or f"runs/{config.model}-{config.backbone}")
     print(f"Training a {config.model} model on backbone {config.backbone} at {config.image_size}px "
-          f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}, {config.epochs} epochs)")
+          f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}"
+          f"{' per replica' if config.distribute != 'none' else ''}, {config.epochs} epochs)")
     with progress.TqdmHooks() as hooks:
         path, scan, result, evaluation = workflows.train_checkpoint(
             data_dir, config, out, args.classes, hooks=hooks
         )
     if scan.skipped:
         print(scan.skipped_report())
-    print(f"Trained in {result.seconds:.0f} s; test accuracy {evaluation['accuracy']:.4f}. Checkpoint: {path}")
+    where = f"Checkpoint: {path}" if path else "This worker is not the chief: the chief writes the checkpoint."
+    print(f"Trained in {result.seconds:.0f} s; test accuracy {evaluation['accuracy']:.4f}. {where}")
     return 0
 
 
@@ -275,6 +298,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.format or args.output or any(Path(image).is_dir() for image in args.images):
+        return _predict_rows(args)
     from .inference import load_predictor, top_k
 
     predictor = load_predictor(resolve_checkpoint(args.checkpoint), args.engine)
@@ -306,17 +331,51 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_rows(args: argparse.Namespace) -> int:
+    """Stream one CSV/JSON-lines row per image of the given files and folders."""
+    from . import atomic, batch_predict, checkpoints
+
+    _check_positive(batch_size=args.batch_size)
+    if args.json:
+        raise ValueError("--json is for explicit images; with folders use --format jsonl.")
+    folder = resolve_checkpoint(args.checkpoint)
+    checkpoints.read_manifest(folder)  # a bad checkpoint fails before discovery and model loading
+    paths = batch_predict.discover(args.images)
+    fmt = args.format or "csv"
+    from .inference import load_predictor
+
+    predictor = load_predictor(folder, args.engine)
+    if args.output:
+        atomic.write_atomic(Path(args.output), lambda handle: batch_predict.write_rows(
+            predictor, paths, fmt, args.batch_size, handle))
+        print(f"Wrote {len(paths)} rows to {args.output}", file=sys.stderr)
+    else:
+        batch_predict.write_rows(predictor, paths, fmt, args.batch_size, sys.stdout)
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import distribute
+
+    distribute.check_finetune_request(args.unfreeze, args.distribute, args.mixed_precision)
+    _check_positive(batch_size=args.batch_size, epochs=args.epochs)
     from . import finetune, progress
 
     with progress.TqdmHooks() as hooks:
         result = finetune.finetune(
             resolve_checkpoint(args.checkpoint), resolve_data(args.data) if args.data else None,
             epochs=args.epochs, learning_rate=args.learning_rate, unfreeze_layers=args.unfreeze,
-            out_dir=Path(args.out) if args.out else None, hooks=hooks,
+            out_dir=Path(args.out) if args.out else None, hooks=hooks, batch_size=args.batch_size,
+            distribute_kind=args.distribute, mixed_precision=args.mixed_precision,
         )
     print(f"Fine-tuned checkpoint: {result.path} (test accuracy {result.evaluation['accuracy']:.4f})")
     return 0
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
 
 
 def cmd_download(args: argparse.Namespace) -> int:

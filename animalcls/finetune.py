@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoints, data, evaluate, models
+from . import checkpoints, data, distribute, evaluate, models
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
 from .hooks import TrainHooks
@@ -48,6 +48,8 @@ def finetune(
     out_dir: Path | None = None,
     hooks: TrainHooks | None = None,
     batch_size: int = 64,
+    distribute_kind: str = "none",
+    mixed_precision: bool = False,
 ) -> FinetuneResult:
     """Continue training a transfer checkpoint on its recorded split and save the result as a
     new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
@@ -55,6 +57,9 @@ def finetune(
     Cancelling (hooks.cancel) during training stops after the current batch and still saves
     what was trained, marked cancelled; during feature extraction, before anything is trained,
     it raises features.FeatureExtractionCancelled and saves nothing.
+
+    `distribute_kind` and `mixed_precision` (distribute.py) apply to `unfreeze_layers > 0`
+    only: the head alone trains on cached features in seconds, with nothing to scale out.
     """
     import keras
 
@@ -69,17 +74,20 @@ def finetune(
         )
     if epochs < 1 or unfreeze_layers < 0:
         raise ValueError(f"Need epochs >= 1 and unfreeze_layers >= 0, got {epochs} and {unfreeze_layers}.")
+    distribute.check_finetune_request(unfreeze_layers, distribute_kind, mixed_precision)
     out_dir = _output_folder(source, out_dir)
     split = _load_split(source, manifest, data_dir, hooks)
-    config = finetune_config(manifest, epochs, learning_rate, batch_size)
-    keras.utils.set_random_seed(config.seed)
-    model = checkpoints.load_checkpoint(source).model
+    config = finetune_config(manifest, epochs, learning_rate, batch_size).replace(
+        distribute=distribute_kind, mixed_precision=mixed_precision
+    )
     workdir = out_dir.parent / f".{out_dir.name}.work"
     split.root_relative = os.path.relpath(split.root, out_dir.resolve())
     try:
         if unfreeze_layers > 0:
-            result, evaluation, extra = _train_images(model, split, config, unfreeze_layers, workdir, hooks)
+            model, result, evaluation, extra = _train_images(source, split, config, unfreeze_layers, workdir, hooks)
         else:
+            keras.utils.set_random_seed(config.seed)
+            model = checkpoints.load_checkpoint(source).model
             result, evaluation, extra = _train_features(model, split, config, workdir, hooks)
         seconds = time.perf_counter() - start
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
@@ -213,20 +221,38 @@ def feature_dataset(
 
 
 def _train_images(
-    model: Any, split: data.Split, config: TrainConfig, unfreeze_layers: int, workdir: Path, hooks: TrainHooks
-) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
-    """Train the top backbone layers and the head on image pipelines; evaluate on images."""
-    models.unfreeze(model, unfreeze_layers)
-    train_ds, val_ds, steps = datasets_for(split, config)
-    result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    source: Path, split: data.Split, config: TrainConfig, unfreeze_layers: int, workdir: Path, hooks: TrainHooks
+) -> tuple[Any, FitResult, dict[str, Any], dict[str, Any]]:
+    """Train the top backbone layers and the head on image pipelines, on the configured
+    strategy and dtype policy; evaluate the (float32) result on images."""
+    import keras
+
+    n = len(split.class_names)
+
+    def build() -> Any:
+        return models.build_transfer(config.backbone, n, config.image_size, None, config.dropout)
+
+    plan = distribute.make_plan(config.distribute, config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    # Loaded outside the scope and copied into a model built inside it: the mixed policy
+    # needs a fresh build anyway, and only the trained model's variables become mirrored.
+    weights = checkpoints.load_checkpoint(source).model.get_weights()
+    with distribute.training_scope(plan):
+        model = build()
+        model.set_weights(weights)
+        models.unfreeze(model, unfreeze_layers)
+        train_ds, val_ds, steps = datasets_for(split, config, plan.replicas)
+        result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
     # Saved frozen again, like every transfer checkpoint: the next fine-tune starts from a
     # frozen backbone unless it asks to unfreeze.
     models.unfreeze(model, 0)
+    if plan.kind != "none" or plan.policy != "float32":
+        model = distribute.float32_copy(model, build)
     test_paths, test_labels = split.paths("test")
     evaluation = evaluate.evaluate_paths(
         model, test_paths, test_labels, split.class_names, config.image_size, on_batch=hooks.on_eval
     )
-    return result, evaluation, {"method": "images"}
+    return model, result, evaluation, {"method": "images", "scale_out": plan.describe()}
 
 
 def _manifest(

@@ -15,6 +15,8 @@ KERAS_HOME_ENV = "KERAS_HOME"
 ENGINE_ENV = "ANIMALCLS_ENGINE"  # auto (default), onnx or tf: what serves predictions
 ONNX_CACHE_ENV = "ANIMALCLS_ONNX_CACHE"  # rebuilt ONNX graphs of read-only checkpoint folders
 ORT_THREADS_ENV = "ANIMALCLS_ORT_THREADS"  # onnxruntime intra-op threads
+CPU_DEVICES_ENV = "ANIMALCLS_CPU_DEVICES"  # logical CPU devices for mirrored training without a GPU
+TF_CONFIG_ENV = "TF_CONFIG"  # the cluster of a multi-worker run (TensorFlow's own variable)
 
 # Layer names every model of this project uses; saved checkpoints depend on them.
 INPUT_LAYER = "image"

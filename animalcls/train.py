@@ -47,6 +47,8 @@ class TrainConfig:
     backbone: str | None = None  # None: backbones.default_backbone()
     image_size: int | None = None  # None: the backbone's default
     weights: str | None = "imagenet"  # transfer only: "imagenet" or a weights file path
+    distribute: str = "none"  # "none", "mirrored" or "multiworker" (distribute.py)
+    mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 on CPU
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

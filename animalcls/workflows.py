@@ -3,6 +3,7 @@ The CLI and the app call these; each stage lives in its own module."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import keras
 
-from . import backbones, checkpoints, data, evaluate, models, plots
+from . import backbones, checkpoints, data, distribute, evaluate, models, plots
 from .hooks import TrainHooks
 from .labels import resolve_classes
 from .train import FitResult, TrainConfig, fit
@@ -45,25 +46,33 @@ def scan_and_split(
     return scan, data.split_scan(scan, seed=seed)
 
 
-def datasets_for(split: data.Split, config: TrainConfig) -> tuple[Any, Any, int]:
-    """Training (shuffled, flipped) and validation pipelines, and training steps per epoch."""
+def datasets_for(split: data.Split, config: TrainConfig, replicas: int = 1) -> tuple[Any, Any, int]:
+    """Training (shuffled, flipped) and validation pipelines of global batches
+    (`config.batch_size` per replica), and training steps per epoch."""
     n = len(split.class_names)
     train_paths, train_labels = split.paths("train")
     val_paths, val_labels = split.paths("val")
-    kwargs = dict(num_classes=n, image_size=config.image_size, batch_size=config.batch_size, seed=config.seed)
+    # Keras's distributed evaluate fails on a batch that does not split evenly over the
+    # replicas (AddN shape mismatch): validation drops at most replicas - 1 photos.
+    keep = len(val_paths) - len(val_paths) % replicas
+    val_paths, val_labels = val_paths[:keep], val_labels[:keep]
+    batch = config.batch_size * replicas
+    kwargs = dict(num_classes=n, image_size=config.image_size, batch_size=batch, seed=config.seed)
     val_ds = data.make_dataset(val_paths, val_labels, training=False, **kwargs) if val_paths else None
     if config.robust_augment:
+        # The numpy/PIL stream is a plain Python iterator: it is not sharded (single-worker only).
         from . import augment
 
         recipe = augment.RobustAugment(config.image_size, flip=config.flip)
-        stream = augment.batch_stream(
-            augment.load_photos(train_paths), train_labels, n, recipe, config.batch_size, config.seed, config.mix
-        )
-        return stream, val_ds, augment.steps_per_epoch(len(train_paths), config.batch_size)
+        stream = augment.batch_stream(augment.load_photos(train_paths), train_labels, n, recipe, batch, config.seed, config.mix)
+        return stream, val_ds, augment.steps_per_epoch(len(train_paths), batch)
     train_ds = data.make_dataset(
         train_paths, train_labels, training=config.flip, strong_augment=config.strong_augment, **kwargs
     )
-    return train_ds, val_ds, -(-len(train_paths) // config.batch_size)
+    if replicas > 1 or config.distribute != "none":
+        train_ds = distribute.shard_by_data(train_ds)
+        val_ds = distribute.shard_by_data(val_ds) if val_ds is not None else None
+    return train_ds, val_ds, -(-len(train_paths) // batch)
 
 
 def train_checkpoint(
@@ -73,24 +82,36 @@ def train_checkpoint(
     classes: Sequence[str] | None = None,
     name: str | None = None,
     hooks: TrainHooks | None = None,
-) -> tuple[Path, data.Scan, FitResult, dict[str, Any]]:
-    """Train one model on a folder of photos and write a complete checkpoint folder."""
+) -> tuple[Path | None, data.Scan, FitResult, dict[str, Any]]:
+    """Train one model on a folder of photos and write a complete checkpoint folder (on a
+    multi-worker run only the chief writes it; the others return None as the path)."""
     hooks = hooks or TrainHooks()
     config = resolve_config(config)
-    keras.utils.set_random_seed(config.seed)
-    # Build first: a missing weights file or bad backbone fails before a long folder scan.
-    model = build_model(config, len(resolve_classes(classes)))
-    scan, split = scan_and_split(data_dir, classes, config.seed, hooks.on_scan)
-    train_ds, val_ds, steps = datasets_for(split, config)
+    n_classes = len(resolve_classes(classes))
     out_dir = Path(out_dir)
-    workdir = out_dir.parent / f".{out_dir.name}.work"
-    result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    # The strategy first: TensorFlow's devices (and a multi-worker cluster) are set up before any op.
+    plan = distribute.make_plan(config.distribute, config.mixed_precision)
+    with distribute.training_scope(plan):
+        keras.utils.set_random_seed(config.seed)
+        # Build first: a missing weights file or bad backbone fails before a long folder scan.
+        model = build_model(config, n_classes)
+        if plan.replicas > 1:
+            distribute.set_batchnorm_sync(model, True)
+        scan, split = scan_and_split(data_dir, classes, config.seed, hooks.on_scan)
+        train_ds, val_ds, steps = datasets_for(split, config, plan.replicas)
+        workdir = out_dir.parent / f".{out_dir.name}.work{'' if plan.is_chief else f'-{os.getpid()}'}"
+        result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    if plan.kind != "none" or plan.policy != "float32":
+        model = distribute.float32_copy(model, lambda: build_model(dataclasses.replace(config, weights=None), n_classes))
     test_paths, test_labels = split.paths("test")
     evaluation = evaluate.evaluate_paths(
         model, test_paths, test_labels, scan.class_names, config.image_size, on_batch=hooks.on_eval
     )
+    if not plan.is_chief:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return None, scan, result, evaluation
     split.root_relative = os.path.relpath(split.root, out_dir.resolve())
-    manifest = make_manifest(name or out_dir.name, config, scan, split, result)
+    manifest = make_manifest(name or out_dir.name, config, scan, split, result, plan.describe())
     path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
     shutil.rmtree(workdir, ignore_errors=True)
     write_serving_graph(path, model)
@@ -113,7 +134,8 @@ def write_serving_graph(folder: Path, model: keras.Model) -> None:
 
 
 def make_manifest(
-    name: str, config: TrainConfig, scan: data.Scan, split: data.Split, result: FitResult
+    name: str, config: TrainConfig, scan: data.Scan, split: data.Split, result: FitResult,
+    scale_out: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     spec = backbones.get_backbone(config.backbone)
     return {
@@ -130,6 +152,7 @@ def make_manifest(
             "epochs_run": len(result.history.get("loss", [])),
             "best_epoch": result.best_epoch,
             "cancelled": result.cancelled,
+            **({"scale_out": scale_out} if scale_out else {}),
         },
         "dataset": {
             **split.summary(),
