@@ -4,7 +4,6 @@ The CLI and the app call these; each stage lives in its own module."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 import keras
 
 from . import backbones, checkpoints, data, evaluate, models, plots
+from .atomic import work_dir
+from .errors import Cancelled
 from .hooks import TrainHooks
 from .labels import resolve_classes
 from .train import FitResult, TrainConfig, fit
@@ -65,26 +66,36 @@ def train_checkpoint(
     name: str | None = None,
     hooks: TrainHooks | None = None,
 ) -> tuple[Path, data.Scan, FitResult, dict[str, Any]]:
-    """Train one model on a folder of photos and write a complete checkpoint folder."""
+    """Train one model on a folder of photos and write a complete checkpoint folder.
+    Cancelling (hooks.cancel) keeps the epochs that finished; before the first, it raises
+    errors.Cancelled and writes nothing."""
     hooks = hooks or TrainHooks()
+    out_dir = Path(out_dir)
+    if out_dir.exists():  # checked first: finding out after the training would waste all of it
+        raise checkpoints.CheckpointError(f"Checkpoint folder already exists: {out_dir} (choose another --out).")
     config = resolve_config(config)
     keras.utils.set_random_seed(config.seed)
     # Build first: a missing weights file or bad backbone fails before a long folder scan.
     model = build_model(config, len(resolve_classes(classes)))
     scan, split = scan_and_split(data_dir, classes, config.seed, hooks.on_scan)
     train_ds, val_ds, steps = datasets_for(split, config)
-    out_dir = Path(out_dir)
-    workdir = out_dir.parent / f".{out_dir.name}.work"
-    result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
-    test_paths, test_labels = split.paths("test")
-    evaluation = evaluate.evaluate_paths(
-        model, test_paths, test_labels, scan.class_names, config.image_size, on_batch=hooks.on_eval
-    )
-    split.root_relative = os.path.relpath(split.root, out_dir.resolve())
-    manifest = make_manifest(name or out_dir.name, config, scan, split, result)
-    path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
-    shutil.rmtree(workdir, ignore_errors=True)
+    with work_dir(out_dir) as workdir:
+        result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+        require_an_epoch(result)
+        test_paths, test_labels = split.paths("test")
+        evaluation = evaluate.evaluate_paths(
+            model, test_paths, test_labels, scan.class_names, config.image_size, on_batch=hooks.on_eval
+        )
+        split.root_relative = os.path.relpath(split.root, out_dir.resolve())
+        manifest = make_manifest(name or out_dir.name, config, scan, split, result)
+        path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
     return path, scan, result, evaluation
+
+
+def require_an_epoch(result: FitResult) -> None:
+    """A run cancelled before its first epoch finished has nothing worth saving."""
+    if result.cancelled and not result.history.get("loss"):
+        raise Cancelled("Cancelled before the first epoch finished: nothing was saved.")
 
 
 def make_manifest(

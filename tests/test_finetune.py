@@ -184,7 +184,9 @@ def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
     assert not np.allclose(before, after)  # the head trained on features is the saved one
 
 
-def test_cancel_mid_run_keeps_and_saves_what_was_trained(tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("unfreeze", [0, 2])
+def test_cancel_in_the_first_epoch_saves_nothing(tiny_checkpoints, tmp_path, unfreeze):
+    from animalcls.errors import Cancelled
     from animalcls.finetune import finetune
     from animalcls.hooks import TrainHooks
 
@@ -195,17 +197,36 @@ def test_cancel_mid_run_keeps_and_saves_what_was_trained(tiny_checkpoints, tmp_p
         batches.append(batch)
         event.set()
 
-    result = finetune(
-        tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8,
-        hooks=TrainHooks(on_batch=on_batch, cancel=event),
-    )
-    assert result.cancelled and batches == [1]
-    assert len(result.history["loss"]) == 1
-    assert json.loads((result.path / "manifest.json").read_text())["training"]["cancelled"] is True
+    with pytest.raises(Cancelled, match="before the first epoch finished: nothing was saved"):
+        finetune(tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8, unfreeze_layers=unfreeze,
+                 hooks=TrainHooks(on_batch=on_batch, cancel=event))
+    assert batches == [1]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ft", "ft"))) == []  # no folder, no leftover
+
+
+def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints, tmp_path):
+    """Cancelled at epoch 2, batch 1 with unfrozen layers: epoch 1 is kept, the unfinished one
+    is neither recorded nor saved (test_train checks that its batches are undone)."""
+    from animalcls.finetune import finetune
+    from animalcls.hooks import TrainHooks
+
+    event = threading.Event()
+
+    def on_batch(epoch, batch, steps, logs):
+        if epoch == 2:
+            event.set()
+
+    result = finetune(tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8,
+                      unfreeze_layers=2, hooks=TrainHooks(on_batch=on_batch, cancel=event))
+    assert result.cancelled and len(result.history["loss"]) == 1
+    training = json.loads((result.path / "manifest.json").read_text())["training"]
+    assert training["cancelled"] is True and training["epochs_run"] == 1
+    assert result.evaluation["n"] == 10  # evaluated (and saved): a usable model of one finished epoch
 
 
 def test_preset_cancel(tiny_checkpoints, tmp_path):
-    """Cold cache: cancelled during extraction, nothing saved. Warm cache: one batch, saved."""
+    """Cold cache: cancelled during extraction. Warm cache: cancelled at the first batch. Nothing saved."""
+    from animalcls.errors import Cancelled
     from animalcls.features import FeatureExtractionCancelled
     from animalcls.finetune import finetune
     from animalcls.hooks import TrainHooks
@@ -217,8 +238,9 @@ def test_preset_cancel(tiny_checkpoints, tmp_path):
     assert not (tmp_path / "cold").exists()
 
     finetune(tiny_checkpoints["transfer"], epochs=1, out_dir=tmp_path / "warm-up")
-    result = finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "warm", hooks=TrainHooks(cancel=event))
-    assert result.cancelled and (tmp_path / "warm" / "model.keras").is_file()
+    with pytest.raises(Cancelled):
+        finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "warm", hooks=TrainHooks(cancel=event))
+    assert not (tmp_path / "warm").exists()
 
 
 def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_path):
