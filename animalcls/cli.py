@@ -92,9 +92,13 @@ def _checkpoint_command(
 def _add_evaluate(commands: Any) -> None:
     p = _checkpoint_command(
         commands, "evaluate", "classification report and confusion matrix of a checkpoint",
-        "Evaluate a checkpoint on its recorded test split, or with --data on every image of its classes in "
-        "another folder.", "evaluate on all images of this folder instead of the recorded test split",
+        "Evaluate a checkpoint on its recorded test split, or with --data on the images of its classes in "
+        "a folder. Photos the checkpoint trained or validated on (named in its split.json) are left out of "
+        "--data unless --include-training-photos; the report says which photos it scored.",
+        "evaluate on the images of this folder instead of the recorded test split",
     )
+    p.add_argument("--include-training-photos", action="store_true",
+                   help="with --data: also score the checkpoint's own training/validation photos (not a test score)")
     p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -188,7 +192,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     folder = resolve_checkpoint(args.checkpoint)
     with progress.bar("evaluating", unit="batch") as update:
-        result = workflows.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
+        result = workflows.evaluate_checkpoint(
+            folder, resolve_data(args.data) if args.data else None, update, args.include_training_photos
+        )
     print(format_report(result))
     if args.json:
         atomic.write_json(Path(args.json).resolve(), result)

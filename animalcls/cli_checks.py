@@ -77,6 +77,8 @@ def check_evaluate(args: argparse.Namespace) -> None:
     _checkpoint_manifest(args.checkpoint)
     if args.data and not args.data.startswith("hf://"):
         _existing_folder("Dataset folder", args.data)
+    if args.include_training_photos and not args.data:
+        raise ArgumentError("--include-training-photos needs --data DIR (the recorded test split has none).")
     if args.json and Path(args.json).is_dir():
         raise ArgumentError(f"--json {args.json} is a folder: give a file name.")
 

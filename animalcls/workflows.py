@@ -141,9 +141,12 @@ def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     data_dir: str | Path | None = None,
     on_batch: Callable[[int, int | None], None] | None = None,
+    include_training: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the recorded test split, or on every image of the checkpoint's classes
-    in `data_dir` when given."""
+    """Evaluate on the recorded test split, or on the images of the checkpoint's classes in
+    `data_dir` when given. Photos of `data_dir` that the checkpoint trained or validated on
+    (named in its split.json) are left out unless `include_training`. The result's "photos"
+    says which photos were scored."""
     checkpoint = checkpoints.load_checkpoint(checkpoint_dir)
     if data_dir is None:
         split = data.Split.load(_split_file(checkpoint.path))
@@ -153,13 +156,43 @@ def evaluate_checkpoint(
                 f"The recorded dataset folder {split.root} is not on this machine: pass --data DIR to evaluate elsewhere."
             )
         paths, labels = split.paths("test", root)
+        photos = {"description": f"the recorded test split: {len(paths)} photos of {root}", "root": str(root),
+                  "test_split": len(paths), "outside_split": 0, "training": 0, "training_left_out": 0}
     else:
-        scan = data.scan_folder(data_dir, checkpoint.class_names)
-        paths = [str(scan.root / s.rel) for s in scan.samples]
-        labels = [s.label for s in scan.samples]
-    return evaluate.evaluate_paths(
+        paths, labels, photos = _photos_in(checkpoint.path, data_dir, include_training)
+    result = evaluate.evaluate_paths(
         checkpoint.model, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch
     )
+    return {**result, "photos": photos}
+
+
+def _photos_in(folder: Path, data_dir: str | Path, include_training: bool) -> tuple[list[str], list[int], dict]:
+    """The images of `data_dir` to score, and what they are, for the report."""
+    scan = data.scan_folder(data_dir, checkpoints.read_manifest(folder)["class_names"])
+    split_file = folder / checkpoints.SPLIT_FILE
+    split = data.Split.load(split_file) if split_file.is_file() else None
+    learned = {rel for rel, _ in (split.train + split.val)} if split else set()
+    tested = {rel for rel, _ in split.test} if split else set()
+    samples = [s for s in scan.samples if include_training or s.rel not in learned]
+    if not samples:
+        raise data.DataError(
+            f"Every photo of {scan.root} was used to train or validate this checkpoint: nothing is left to test on "
+            "(--include-training-photos scores them anyway, which is not a test score)."
+        )
+    training = sum(s.rel in learned for s in scan.samples)
+    counts = {"root": str(scan.root), "test_split": sum(s.rel in tested for s in samples),
+              "training": training if include_training else 0, "training_left_out": 0 if include_training else training}
+    counts["outside_split"] = len(samples) - counts["test_split"] - counts["training"]
+    text = f"{len(samples)} photos of {scan.root}: "
+    if split is None:
+        text += "the checkpoint records no split, so it cannot tell its training photos from others"
+    else:
+        text += f"{counts['test_split']} of the checkpoint's recorded test split, {counts['outside_split']} in none of its splits"
+    if counts["training"]:
+        text += f", and {training} TRAINING/VALIDATION photos the model learned from: this is not a test score"
+    elif counts["training_left_out"]:
+        text += f"; left out {training} training/validation photos (--include-training-photos scores them too)"
+    return [str(scan.root / s.rel) for s in samples], [s.label for s in samples], {"description": text, **counts}
 
 
 def _split_file(folder: Path) -> Path:

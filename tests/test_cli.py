@@ -183,3 +183,30 @@ def test_train_refuses_an_existing_out_before_training(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="already exists"):
         train_checkpoint(tmp_path / "no-data-needed", config, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]  # no .exists.work left behind
+
+
+def test_evaluate_data_leaves_out_the_checkpoints_training_photos(tmp_path, capsys, tiny_checkpoints):
+    """A copy of the checkpoint's own dataset plus one new photo: by default only the 10 test-split
+    photos and the new one are scored, and the report says so; the flag scores all 51, plainly."""
+    import shutil
+
+    from animalcls.data import Split
+
+    checkpoint = tiny_checkpoints["transfer"]
+    split = Split.load(checkpoint / "split.json")
+    copy = tmp_path / "copy"
+    shutil.copytree(split.root, copy)
+    make_image(copy / "gatto" / "new-cat.jpg", (220, 40, 40), seed=99)
+    code, out, err = _run(capsys, "evaluate", checkpoint, "--data", copy, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    photos = json.loads((tmp_path / "r.json").read_text())["photos"]
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 11
+    assert (photos["test_split"], photos["outside_split"], photos["training_left_out"]) == (10, 1, 40)
+    assert "Photos: 11 photos of" in out and "left out 40 training/validation photos" in out
+
+    code, out, _ = _run(capsys, "evaluate", checkpoint, "--data", copy, "--include-training-photos")
+    assert code == 0
+    assert "51 photos of" in out and "40 TRAINING/VALIDATION photos" in out and "not a test score" in out
+
+    code, out, _ = _run(capsys, "evaluate", checkpoint)
+    assert code == 0 and "Photos: the recorded test split: 10 photos of" in out
