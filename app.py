@@ -10,8 +10,10 @@ without launching them, and `python app.py` launches. See README.md, "The web ap
 from __future__ import annotations
 
 import argparse
+import errno
 import html
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -208,12 +210,39 @@ def _env(*names: str, default: str | None = None) -> str | None:
     return default
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag or environment value is one `error: ...` line (exit status 2), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}\n")
+
+
+def _port(text: str) -> int:
+    """argparse also applies this to the environment default, so ANIMALCLS_PORT=abc is caught too."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"the port (--port, ANIMALCLS_PORT or GRADIO_SERVER_PORT) must be a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before any slow work, when the address cannot be listened on."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {reason} (choose another with --port or "
+                         "ANIMALCLS_PORT, or --host).") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=_env("ANIMALCLS_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1"),
                         help="address to listen on (env ANIMALCLS_HOST or GRADIO_SERVER_NAME; default 127.0.0.1; "
                         "0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=int(_env("ANIMALCLS_PORT", "GRADIO_SERVER_PORT", default="7860")),
+    parser.add_argument("--port", type=_port, default=_env("ANIMALCLS_PORT", "GRADIO_SERVER_PORT", default="7860"),
                         help="port (env ANIMALCLS_PORT or GRADIO_SERVER_PORT; default 7860)")
     parser.add_argument("--scratch", default=_env("ANIMALCLS_SCRATCH"), metavar="DIR",
                         help="scratch checkpoint folder (env ANIMALCLS_SCRATCH; default: checkpoints/defaults.json)")
@@ -238,12 +267,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     from animalcls import logs
 
     args = parse_args(argv)
+    _check_port_free(args.host, args.port)
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     demo = build_demo(args.scratch, args.transfer, args.data, finetune_root=args.finetune_out,
                       use_hub=not args.no_hub, hub_repo=args.hub_repo)
     app = demo.animalcls_app
     app.ready.clear()
-    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    except OSError as exc:  # taken between the check and now
+        logs.restore_stderr()
+        raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {exc}") from None
     started = time.perf_counter()
     # Imported here, in one thread, before any handler may need them (see AnimalApp.ready).
     import keras  # noqa: F401
@@ -257,8 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         demo.block_thread()
     finally:
-        if hasattr(logs, "restore_stderr"):
-            logs.restore_stderr()
+        logs.restore_stderr()
 
 
 if __name__ == "__main__":

@@ -99,6 +99,37 @@ def test_parse_args_flags_and_env(monkeypatch):
     assert app.parse_args(["--port", "9200", "--host", "127.0.0.1"]).port == 9200
 
 
+def _start_app(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith("ANIMALCLS_")},
+                   **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "app.py"), "--no-hub", "--no-warm-up", *args],
+                          capture_output=True, text=True, env=environment, timeout=120)
+
+
+@pytest.mark.parametrize("variable, value", [("ANIMALCLS_PORT", "abc"), ("GRADIO_SERVER_PORT", "70000"),
+                                             ("ANIMALCLS_PORT", "-1")])
+def test_a_bad_port_setting_is_one_line(variable, value):
+    run = _start_app(env={variable: value})
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "error: argument --port: the port (--port, ANIMALCLS_PORT or GRADIO_SERVER_PORT) must be a number "
+        f"from 1 to 65535, got '{value}'"]
+
+
+def test_a_busy_port_is_one_line():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = _start_app(env={"ANIMALCLS_PORT": str(port)})
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the port is already in use (choose another with --port or "
+        "ANIMALCLS_PORT, or --host)."]
+
+
 # ---------------------------------------------------------------- Classify tab
 
 
