@@ -282,10 +282,8 @@ class AnimalApp:
                 drawn, curves = snapshot.epochs_done, _curves(snapshot.history, name)
             yield (_status(name, snapshot, job.cancel_event.is_set()), curves, skip, skip, skip, skip, skip)
         if job.error is not None:
-            if isinstance(job.error, errors.Cancelled):  # stopped before anything was trained
-                yield ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
-                       "The features computed so far stay cached, so the next run starts faster.",
-                       skip, skip, skip, skip, skip, gr.update(interactive=False))
+            if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
+                yield (_cancelled_status(job.error), skip, skip, skip, skip, skip, gr.update(interactive=False))
                 return
             if isinstance(job.error, AnimalclsError):
                 raise _user_error(f"The fine-tune failed: {job.error}", "Fine-tune failed")
@@ -298,7 +296,7 @@ class AnimalApp:
 
     def cancel_finetune(self) -> str:
         if self.runner.cancel():
-            return "**Cancelling:** the fine-tune stops after the current batch and keeps what it trained."
+            return "**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs that finished."
         return "No fine-tune is running."
 
     def use_model(self) -> tuple[Any, ...]:
@@ -362,11 +360,20 @@ def _final_status(name: str, result: Any, source: Path) -> str:
     if before is not None and after is not None:
         accuracy += f" (the starting model: {before:.1%})"
     epochs = len((getattr(result, "history", None) or {}).get("loss", []))
-    head = f"**Cancelled** after {epochs} epoch(s); kept what was trained." if result.cancelled else "**Done.**"
+    head = f"**Cancelled**; kept the {epochs} finished epoch(s)." if result.cancelled else "**Done.**"
     return (
         f"{head} {name} fine-tuned in {result.seconds:.0f} s: {accuracy}. Saved as `{result.path}`. "
         "Press **Use this model** to classify with it."
     )
+
+
+def _cancelled_status(error: BaseException) -> str:
+    from animalcls.features import FeatureExtractionCancelled
+
+    if isinstance(error, FeatureExtractionCancelled):
+        return ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
+                "The features computed so far stay cached, so the next run starts faster.")
+    return "**Cancelled** before the first epoch finished: nothing was saved."
 
 
 def _result_confusion(result: Any) -> Any:

@@ -409,7 +409,7 @@ def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
     assert "already running" in busy.value.message and busy.value.title == "Busy"
     assert "Cancelling" in animal_app.cancel_finetune()
     final = drain(first)[-1]
-    assert final[0].startswith("**Cancelled** after 1 epoch(s)")
+    assert final[0].startswith("**Cancelled**; kept the 1 finished epoch(s).")
     assert animal_app.cancel_finetune() == "No fine-tune is running."
     assert not animal_app.runner.busy
 
@@ -444,6 +444,20 @@ def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch)
     monkeypatch.setattr(animalcls.finetune, "finetune", cancelled)
     final = drain(animal_app.finetune(1, 1e-3, 0))[-1]
     assert final[0].startswith("**Cancelled** while extracting backbone features")
+    with pytest.raises(gr.Error, match="No fine-tuned model yet"):
+        animal_app.use_model()
+
+
+def test_cancel_before_the_first_epoch_saves_nothing_and_offers_nothing(animal_app, tmp_path):
+    """A real fine-tune with unfrozen layers, cancelled as it starts: nothing saved, the status
+    says so, and "Use this model" stays off."""
+    run = animal_app.finetune(3, 1e-3, 2)
+    next(run)
+    assert animal_app.cancel_finetune().startswith("**Cancelling")
+    final = drain(run)[-1]
+    assert final[0] == "**Cancelled** before the first epoch finished: nothing was saved."
+    assert final[-1]["interactive"] is False
+    assert not (tmp_path / "finetunes").exists() or list((tmp_path / "finetunes").iterdir()) == []
     with pytest.raises(gr.Error, match="No fine-tuned model yet"):
         animal_app.use_model()
 
