@@ -177,7 +177,9 @@ class AnimalApp:
         cleared and the reason shown once, where the comparison goes."""
         if isinstance(image, UnusableUpload):
             return (None, *self.clear_results()[:-1], f"**Not a usable image:** {html.escape(image)}")
-        return (gr.skip(), *(self.classify(image) if image else self.clear_results()))
+        # The photo as a plain value, not gr.skip(): an update makes Gradio rebuild the input
+        # component for the session, which would drop app.checked_image's preprocessing.
+        return (image, *(self.classify(image) if image else self.clear_results()))
 
     def clear_results(self) -> tuple[Any, ...]:
         return (self.header("scratch"), None, self.header("transfer"), None, "")
