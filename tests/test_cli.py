@@ -210,3 +210,28 @@ def test_evaluate_data_leaves_out_the_checkpoints_training_photos(tmp_path, caps
 
     code, out, _ = _run(capsys, "evaluate", checkpoint)
     assert code == 0 and "Photos: the recorded test split: 10 photos of" in out
+
+
+def test_predict_scratch_or_transfer_means_the_bundled_default(tmp_path, monkeypatch, tiny_checkpoints):
+    import shutil
+
+    from animalcls.checkpoints import default_pair
+    from animalcls.cli_checks import resolve_checkpoint
+    from animalcls.settings import BUNDLED_DIR
+
+    chosen = json.loads((BUNDLED_DIR / "defaults.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    for kind in ("scratch", "transfer"):
+        assert resolve_checkpoint(kind) == default_pair()[kind] == BUNDLED_DIR / chosen[kind]
+    shutil.copytree(tiny_checkpoints["transfer"], tmp_path / "transfer")  # a folder of that name wins
+    assert resolve_checkpoint("transfer").resolve() == tmp_path / "transfer"
+
+
+@pytest.mark.slow
+def test_predict_with_the_bundled_scratch_shortcut(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = make_image(tmp_path / "x.jpg", (200, 10, 10), size=64)
+    code, out, err = _run(capsys, "predict", "scratch", image, "--top", "2")
+    assert code == 0, err
+    assert out.startswith("Model: scratch-efficientnet_lite0 (scratch, efficientnet_lite0)")
+    assert len([line for line in out.splitlines() if line.strip().endswith("%")]) == 2

@@ -307,3 +307,28 @@ def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
     assert main(["finetune", str(tiny_checkpoints["transfer"]), "--epochs", "1", "--out", str(out)]) == 0
     assert (out / "model.keras").is_file() and "Fine-tuned checkpoint" in capsys.readouterr().out
     assert main(["finetune", str(tiny_checkpoints["scratch"]), "--out", str(tmp_path / "no")]) == 2
+
+
+def test_training_features_pick_the_flipped_copy_at_random_each_epoch():
+    """Each sample index i has features [i, 0] and flipped features [i, 1]: every epoch holds
+    every sample once with its own label, about half of them flipped, drawn anew per epoch."""
+    from animalcls.finetune import feature_dataset
+
+    n = 200
+    index = np.arange(n, dtype=np.float32)
+    plain = np.stack([index, np.zeros(n, np.float32)], axis=1)
+    flipped = np.stack([index, np.ones(n, np.float32)], axis=1)
+    labels = [i % 5 for i in range(n)]
+    ds = feature_dataset(plain, labels, 5, 32, training=True, flipped=flipped, seed=7)
+    epochs = []
+    for _ in range(2):
+        x, y = (np.concatenate(part) for part in zip(*[(a.numpy(), b.numpy()) for a, b in ds]))
+        order = x[:, 0].astype(int)
+        assert sorted(order) == list(range(n))  # every sample once
+        assert (y.argmax(axis=1) == order % 5).all()  # with its own label
+        epochs.append(x[np.argsort(order), 1])
+    for choice in epochs:
+        assert 0.35 < choice.mean() < 0.65
+    assert (epochs[0] != epochs[1]).mean() > 0.3  # a new draw every epoch
+    unflipped = feature_dataset(plain, labels, 5, 32, training=True, seed=7)
+    assert all((a.numpy()[:, 1] == 0).all() for a, _ in unflipped)
