@@ -141,7 +141,10 @@ def test_classify_good_image(animal_app, test_photo):
     for label in (scratch_label, transfer_label):
         assert len(label) == 5 and abs(sum(label.values()) - 1) < 1e-3
     assert set(scratch_label) == set(transfer_label) == {"cat", "spider", "butterfly", "elephant", "chicken"}
-    assert "agree" in verdict
+    tops = [max(label, key=label.get) for label in (scratch_label, transfer_label)]
+    expected = (f"**Both models agree: {tops[0]}.**" if tops[0] == tops[1] else
+                f"**The models disagree:** scratch says **{tops[0]}**, transfer says **{tops[1]}**.")
+    assert verdict.startswith(expected)  # "agree" alone would also match "disagree"
     # The comparison table lists every class once, in the same order for both models.
     rows = [line.split("|")[1].strip() for line in verdict.splitlines()
             if line.startswith("| ") and "class" not in line]
