@@ -16,11 +16,17 @@ from animalcls import errors
 from animalcls.app_state import BusyError, FinetuneRunner, JobProgress, ModelRegistry
 from animalcls.checkpoints import KINDS, default_pair, read_manifest
 from animalcls.errors import AnimalclsError, ImageError
-from animalcls.inference import load_image, top_k
+from animalcls.inference import load_image, load_predictor, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
 from animalcls.settings import BUNDLED_DIR, finetune_folder
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+
+class UnusableUpload(str):
+    """What the photo input passes on, instead of a path, for an upload it cannot open: the
+    reason. Raising in preprocessing would mark every output with a red "Error" badge and
+    leave a broken image in the input; the handlers show the reason once and clear instead."""
 
 
 def why_unusable(payload: Any) -> str:
@@ -140,10 +146,12 @@ class AnimalApp:
     # ----- Classify tab -----
     def classify(self, image: str | None) -> tuple[Any, ...]:
         """Top-5 of each model, a header per side with the time taken, and whether they agree."""
+        if isinstance(image, UnusableUpload):
+            raise image_error(str(image))
         if not image:
             raise _user_error("Upload a photo first (or pick an example).", "No photo")
-        kinds = self.registry.available()
-        if not kinds:
+        sides = self.registry.snapshot()  # read once: a swap meanwhile must not mix two models' answers
+        if not any(folder for folder, _ in sides.values()):
             raise _user_error("No checkpoints are available on this server: see the notice at the top.", "No models")
         try:
             picture = load_image(image)
@@ -153,11 +161,12 @@ class AnimalApp:
         results: dict[str, tuple[dict[str, float], float] | None] = {}
         outputs: list[Any] = []
         for kind in KINDS:
-            header = self.header(kind)
+            folder, swapped = sides[kind]
+            header = views.model_header(folder, kind, swapped=swapped)
             result = None
-            if kind in kinds:
+            if folder is not None:
                 try:
-                    result = self.registry.predictor(kind).timed_predict(picture)
+                    result = load_predictor(folder).timed_predict(picture)
                 except AnimalclsError as exc:
                     header += f"\n\n**This model could not be used:** {html.escape(str(exc))}"
             results[kind] = result
@@ -167,8 +176,14 @@ class AnimalApp:
         return (*outputs, views.comparison_markdown(results))
 
     def classify_new(self, image: str | None) -> tuple[Any, ...]:
-        """After an upload: classify; after the photo was removed: nothing to show."""
-        return self.classify(image) if image else self.clear_results()
+        """The photo input, then classify's outputs, after an upload (or a model swap): the
+        photo's results; none without a photo; for an unusable upload, the input and results
+        cleared and the reason shown once, where the comparison goes."""
+        if isinstance(image, UnusableUpload):
+            return (None, *self.clear_results()[:-1], f"**Not a usable image:** {html.escape(image)}")
+        # The photo as a plain value, not gr.skip(): an update makes Gradio rebuild the input
+        # component for the session, which would drop app.checked_image's preprocessing.
+        return (image, *(self.classify(image) if image else self.clear_results()))
 
     def clear_results(self) -> tuple[Any, ...]:
         return (self.header("scratch"), None, self.header("transfer"), None, "")
@@ -200,7 +215,9 @@ class AnimalApp:
     def report_frame(evaluation: dict[str, Any] | None) -> Any:
         import pandas as pd
 
-        return pd.DataFrame(report_rows(evaluation), columns=REPORT_HEADERS)
+        # Empty cells, not None: pandas turns None into NaN, which reaches the JSON as a bare NaN.
+        rows = [["" if cell is None else cell for cell in row] for row in report_rows(evaluation)]
+        return pd.DataFrame(rows, columns=REPORT_HEADERS)
 
     # ----- Fine-tune tab -----
     def finetune_data(self) -> Path | None:
@@ -271,10 +288,8 @@ class AnimalApp:
                 drawn, curves = snapshot.epochs_done, _curves(snapshot.history, name)
             yield (_status(name, snapshot, job.cancel_event.is_set()), curves, skip, skip, skip, skip, skip)
         if job.error is not None:
-            if isinstance(job.error, errors.Cancelled):  # stopped before anything was trained
-                yield ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
-                       "The features computed so far stay cached, so the next run starts faster.",
-                       skip, skip, skip, skip, skip, gr.update(interactive=False))
+            if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
+                yield (_cancelled_status(job.error), skip, skip, skip, skip, skip, gr.update(interactive=False))
                 return
             if isinstance(job.error, AnimalclsError):
                 raise _user_error(f"The fine-tune failed: {job.error}", "Fine-tune failed")
@@ -287,7 +302,7 @@ class AnimalApp:
 
     def cancel_finetune(self) -> str:
         if self.runner.cancel():
-            return "**Cancelling:** the fine-tune stops after the current batch and keeps what it trained."
+            return "**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs that finished."
         return "No fine-tune is running."
 
     def use_model(self) -> tuple[Any, ...]:
@@ -351,11 +366,20 @@ def _final_status(name: str, result: Any, source: Path) -> str:
     if before is not None and after is not None:
         accuracy += f" (the starting model: {before:.1%})"
     epochs = len((getattr(result, "history", None) or {}).get("loss", []))
-    head = f"**Cancelled** after {epochs} epoch(s); kept what was trained." if result.cancelled else "**Done.**"
+    head = f"**Cancelled**; kept the {epochs} finished epoch(s)." if result.cancelled else "**Done.**"
     return (
         f"{head} {name} fine-tuned in {result.seconds:.0f} s: {accuracy}. Saved as `{result.path}`. "
         "Press **Use this model** to classify with it."
     )
+
+
+def _cancelled_status(error: BaseException) -> str:
+    from animalcls.features import FeatureExtractionCancelled
+
+    if isinstance(error, FeatureExtractionCancelled):
+        return ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
+                "The features computed so far stay cached, so the next run starts faster.")
+    return "**Cancelled** before the first epoch finished: nothing was saved."
 
 
 def _result_confusion(result: Any) -> Any:

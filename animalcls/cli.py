@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_checks import PRESET_NAMES, check_arguments, resolve_checkpoint, train_out
 from .errors import AnimalclsError, Cancelled
 from .labels import DEFAULT_CLASSES
 
@@ -23,8 +24,15 @@ Typical use:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error: ...` line (exit status 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m animalcls", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,8 +61,8 @@ def _add_train(commands: Any) -> None:
                    "ImageNet weights are cached, else efficientnet_lite0)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help=f"classes in output order, English or Italian (default: {' '.join(DEFAULT_CLASSES)})")
-    p.add_argument("--preset", help="scratch, scratch-sgd, scratch-robust or transfer (default: the --model's "
-                   "preset); scratch-robust trains a scratch model that holds up on photos from elsewhere")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="default: the --model's preset; scratch-robust "
+                   "trains a scratch model that holds up on photos from elsewhere")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
     p.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
@@ -124,9 +132,13 @@ def _checkpoint_command(
 def _add_evaluate(commands: Any) -> None:
     p = _checkpoint_command(
         commands, "evaluate", "classification report and confusion matrix of a checkpoint",
-        "Evaluate a checkpoint on its recorded test split, or with --data on every image of its classes in "
-        "another folder.", "evaluate on all images of this folder instead of the recorded test split",
+        "Evaluate a checkpoint on its recorded test split, or with --data on the images of its classes in "
+        "a folder. Photos the checkpoint trained or validated on (named in its split.json) are left out of "
+        "--data unless --include-training-photos; the report says which photos it scored.",
+        "evaluate on the images of this folder instead of the recorded test split",
     )
+    p.add_argument("--include-training-photos", action="store_true",
+                   help="with --data: also score the checkpoint's own training/validation photos (not a test score)")
     p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
     _add_engine(p)
     p.set_defaults(handler=cmd_evaluate)
@@ -232,18 +244,6 @@ def resolve_data(arg: str) -> Path:
     return Path(arg).expanduser()
 
 
-def resolve_checkpoint(arg: str) -> Path:
-    """A checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind."""
-    from . import checkpoints, settings
-
-    if arg in checkpoints.KINDS and not Path(arg).exists():
-        pair = checkpoints.default_pair()
-        if arg not in pair:
-            raise checkpoints.CheckpointError(f"No bundled {arg} checkpoint in {settings.BUNDLED_DIR}.")
-        return pair[arg]
-    return Path(arg).expanduser()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distribute
 
@@ -252,10 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import progress, workflows
     from .train import PRESETS
 
-    preset = args.preset or args.model
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}': choose one of {', '.join(PRESETS)}.")
-    config = PRESETS[preset].replace(
+    config = PRESETS[args.preset or args.model].replace(
         model=args.model, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, image_size=args.image_size,
         weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
@@ -266,7 +263,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     config = workflows.resolve_config(config)
     data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output
-    out = Path(args.out or f"runs/{config.model}-{config.backbone}")
+    out = train_out(args)
     print(f"Training a {config.model} model on backbone {config.backbone} at {config.image_size}px "
           f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}"
           f"{' per replica' if config.distribute != 'none' else ''}, {config.epochs} epochs)")
@@ -288,7 +285,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     folder = resolve_checkpoint(args.checkpoint)
     with progress.bar("evaluating", unit="batch") as update:
         result = workflows.evaluate_checkpoint(
-            folder, resolve_data(args.data) if args.data else None, update, engine=args.engine
+            folder, resolve_data(args.data) if args.data else None, update, args.include_training_photos,
+            engine=args.engine,
         )
     print(format_report(result))
     if args.json:
@@ -409,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .logs import quiet_tensorflow, restore_stderr
 
     args = build_parser().parse_args(argv)
+    try:
+        check_arguments(args)  # before TensorFlow: a bad value fails in a fraction of a second
+    except (AnimalclsError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     quiet_tensorflow()
     try:
         return args.handler(args)

@@ -75,6 +75,10 @@ class Split:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Split:
         fields = dict(data)
+        version = fields.setdefault("version", SPLIT_VERSION)  # files written before versions were recorded
+        if not isinstance(version, int) or not 1 <= version <= SPLIT_VERSION:
+            raise DataError(f"split.json has version {version!r}; this animalcls reads versions 1 to {SPLIT_VERSION}: "
+                            "upgrade animalcls.")
         for part in ("train", "val", "test"):
             fields[part] = [(str(rel), int(label)) for rel, label in fields[part]]
         return cls(**fields)

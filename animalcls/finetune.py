@@ -10,7 +10,6 @@ which needs real images every epoch (slow). The source checkpoint is only ever r
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from . import checkpoints, data, distribute, evaluate, models
+from .atomic import work_dir
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
 from .hooks import TrainHooks
 from .settings import finetune_folder
-from .workflows import datasets_for, save_with_figures
+from .workflows import datasets_for, require_an_epoch, save_with_figures
 from .train import PRESETS, FitResult, TrainConfig, fit
 
 FEATURE_BATCH = 32
@@ -54,9 +54,10 @@ def finetune(
     """Continue training a transfer checkpoint on its recorded split and save the result as a
     new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
 
-    Cancelling (hooks.cancel) during training stops after the current batch and still saves
-    what was trained, marked cancelled; during feature extraction, before anything is trained,
-    it raises features.FeatureExtractionCancelled and saves nothing.
+    Cancelling (hooks.cancel) during training stops after the current batch and saves the
+    epochs that finished (the unfinished one is undone), marked cancelled. Before the first
+    epoch finished it raises errors.Cancelled and saves nothing (during feature extraction:
+    features.FeatureExtractionCancelled, a subclass).
 
     `distribute_kind` and `mixed_precision` (distribute.py) apply to `unfreeze_layers > 0`
     only: the head alone trains on cached features in seconds, with nothing to scale out.
@@ -80,9 +81,8 @@ def finetune(
     config = finetune_config(manifest, epochs, learning_rate, batch_size).replace(
         distribute=distribute_kind, mixed_precision=mixed_precision
     )
-    workdir = out_dir.parent / f".{out_dir.name}.work"
     split.root_relative = os.path.relpath(split.root, out_dir.resolve())
-    try:
+    with work_dir(out_dir) as workdir:
         if unfreeze_layers > 0:
             model, result, evaluation, extra = _train_images(source, split, config, unfreeze_layers, workdir, hooks)
         else:
@@ -92,8 +92,6 @@ def finetune(
         seconds = time.perf_counter() - start
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
         path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
 
 
@@ -185,6 +183,7 @@ def _train_features(
     val_ds = feature_dataset(val_x, val_labels, n, config.batch_size) if len(val_paths) else None
     steps = -(-len(train_paths) // config.batch_size)
     result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    require_an_epoch(result)
     test_ds = feature_dataset(test_x, test_labels, n, FEATURE_BATCH)
     probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_paths) // FEATURE_BATCH), hooks.on_eval)
     evaluation = evaluate.evaluation_report(test_labels, probabilities.argmax(axis=1).tolist(), split.class_names)
@@ -243,6 +242,7 @@ def _train_images(
         models.unfreeze(model, unfreeze_layers)
         train_ds, val_ds, steps = datasets_for(split, config, plan.replicas)
         result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    require_an_epoch(result)
     # Saved frozen again, like every transfer checkpoint: the next fine-tune starts from a
     # frozen backbone unless it asks to unfreeze.
     models.unfreeze(model, 0)

@@ -40,10 +40,16 @@ def load_image(source: ImageInput) -> Image.Image:
     if isinstance(source, Image.Image):
         return _sanitise(source)
     if isinstance(source, bytes):
+        if not source:
+            raise ImageError("The uploaded data is an empty file (0 bytes).")
         return _open(io.BytesIO(source), "the uploaded data")
     path = Path(source)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file.")
     if not path.is_file():
         raise ImageError(f"Image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path.name} is an empty file (0 bytes).")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ImageError(f"{path.name} is larger than {MAX_FILE_BYTES // 2**20} MB; use a smaller image.")
     return _open(path, path.name)

