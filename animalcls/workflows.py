@@ -155,21 +155,29 @@ def evaluate_checkpoint(
 
     predictor = load_predictor(checkpoint_dir, engine)
     checkpoint = predictor.checkpoint
+    paths, labels = evaluation_paths(checkpoint.path, data_dir, checkpoint.class_names)
+    return evaluate.evaluate_paths(
+        None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
+    )
+
+
+def evaluation_paths(
+    checkpoint_dir: str | Path, data_dir: str | Path | None = None, class_names: Sequence[str] | None = None,
+) -> tuple[list[str], list[int]]:
+    """(image files, labels) `evaluate_checkpoint` uses: the recorded test split, or every image
+    of the checkpoint's classes in `data_dir`."""
+    folder = Path(checkpoint_dir)
     if data_dir is None:
-        split = data.Split.load(_split_file(checkpoint.path))
-        root = split.locate_root(checkpoint.path)
+        split = data.Split.load(_split_file(folder))
+        root = split.locate_root(folder)
         if root is None:
             raise data.DataError(
                 f"The recorded dataset folder {split.root} is not on this machine: pass --data DIR to evaluate elsewhere."
             )
-        paths, labels = split.paths("test", root)
-    else:
-        scan = data.scan_folder(data_dir, checkpoint.class_names)
-        paths = [str(scan.root / s.rel) for s in scan.samples]
-        labels = [s.label for s in scan.samples]
-    return evaluate.evaluate_paths(
-        None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
-    )
+        return split.paths("test", root)
+    names = class_names or checkpoints.read_manifest(folder)["class_names"]
+    scan = data.scan_folder(data_dir, names)
+    return [str(scan.root / s.rel) for s in scan.samples], [s.label for s in scan.samples]
 
 
 def _split_file(folder: Path) -> Path:
