@@ -3,8 +3,9 @@ recorded test split, computed once and cached, and the photos where two models d
 
 Predictions are made as `evaluate` makes them (tf.data decoding, the checkpoint's forward pass),
 so each cell holds exactly the photos its eval.json count says. The cache file lives in the
-feature cache (`predictions/<model sha256>-<split sha256>.json`), keyed by the model and split
-files' contents, so it can never be stale, and holds file names relative to the dataset root.
+feature cache (`predictions/<model sha256>-<split sha256>.json`); a checkpoint may also ship one
+as `test_predictions.json` (the bundled ones do). Each records the sha256 of the model.keras and
+split.json it was made with, so a stale file is never used; file names are relative to the dataset root.
 """
 
 from __future__ import annotations
@@ -65,30 +66,54 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+PREDICTIONS_FILE = "test_predictions.json"  # optional, shipped next to a checkpoint (bundled ones)
+
+
+def _key(folder: Path) -> dict[str, str]:
+    return {"model_sha256": _digest(folder / MODEL_FILE), "split_sha256": _digest(folder / SPLIT_FILE)}
+
+
 def cache_file(folder: Path) -> Path:
-    folder = Path(folder)
-    key = f"{_digest(folder / MODEL_FILE)[:24]}-{_digest(folder / SPLIT_FILE)[:12]}"
-    return feature_cache_root() / "predictions" / f"{key}.json"
+    key = _key(Path(folder))
+    return feature_cache_root() / "predictions" / f"{key['model_sha256'][:24]}-{key['split_sha256'][:12]}.json"
+
+
+def _read(path: Path, key: dict[str, str]) -> SplitPredictions | None:
+    """The predictions in `path` when they were made by this model on this split, else None."""
+    try:
+        data = read_json(path)
+        if {k: data.pop(k, None) for k in key} != key:
+            return None
+        return SplitPredictions(**data)
+    except (TypeError, ValueError, OSError, AttributeError):
+        return None  # a damaged file is recomputed (and the cache entry replaced)
+
+
+def save_predictions(folder: Path, predictions: SplitPredictions, target: Path | None = None) -> Path:
+    """Write `predictions` with the model and split they belong to (default: the cache)."""
+    target = Path(target) if target else cache_file(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, {**_key(Path(folder)), **predictions.to_json()})
+    return target
 
 
 def split_predictions(folder: Path, on_batch: BatchHook | None = None, batch_size: int = 32) -> SplitPredictions:
-    """The checkpoint's predictions on its test split: read from the cache, else computed
-    (needs the dataset on this machine) and cached."""
+    """The checkpoint's predictions on its test split: read from its folder's
+    test_predictions.json or the cache when made by this model.keras on this split.json, else
+    computed (needs the dataset on this machine) and cached."""
     from .errors import DataError
 
     folder = Path(folder)
-    cached = cache_file(folder)
-    if cached.is_file():
-        try:
-            return SplitPredictions(**read_json(cached))
-        except (TypeError, ValueError, OSError):
-            pass  # a damaged cache entry is recomputed and replaced
+    key = _key(folder)
+    for candidate in (folder / PREDICTIONS_FILE, cache_file(folder)):
+        found = _read(candidate, key) if candidate.is_file() else None
+        if found is not None:
+            return found
     root = dataset_root_of(folder)
     if root is None:
         raise DataError(f"The test photos of {read_manifest(folder)['name']} are not on this machine.")
     result = compute_predictions(folder, root, on_batch, batch_size)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    write_json(cached, result.to_json())
+    save_predictions(folder, result)
     return result
 
 
