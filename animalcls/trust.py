@@ -1,8 +1,8 @@
 """When to trust an answer: from ONE forward pass per model, the class probabilities, the
 "none of the five" verdict (`scope`) and, on request, where the model looked (`cam`).
 
-The engine hands back `feature_map`, `pooled` and `probabilities` for a batch: ONNX Runtime's
-graph has the three outputs; with TensorFlow, `explain.feature_forward` is the same adapter. A
+The engine hands back `feature_map`, `pooled` and `probabilities` for a batch
+(`explain.feature_forward`: ONNX Runtime's graph has the three outputs; else a TensorFlow adapter). A
 scratch model's detector also needs the ImageNet Lite0's pooled features: a transfer model on the
 frozen ImageNet Lite0 at 224 px computes exactly those in its own pass, so `answer_all` reuses
 them; otherwise `imagenet_features` runs one (the bundled transfer model, else TensorFlow).
@@ -22,7 +22,8 @@ from PIL import Image
 
 from . import cam, scope
 from .errors import AnimalclsError
-from .inference import Predictor, load_image, load_predictor, to_model_input
+from .inference import Predictor, load_image, load_predictor
+from .preprocessing import to_model_input
 
 BATCH = 16  # photos per forward pass in the CLI: bounded memory whatever the number of files
 
@@ -47,10 +48,6 @@ class Answer:
 
 def forward_outputs(predictor: Predictor, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(feature_map, pooled, probabilities) of one forward pass, on the predictor's engine."""
-    engine = getattr(predictor, "onnx", None)
-    if engine is not None:
-        out = engine.run(batch)
-        return out["feature_map"], out["pooled"], out["probabilities"]
     from .explain import feature_forward
 
     return feature_forward(predictor)(batch)
