@@ -290,7 +290,8 @@ def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
                                         interactive=False, elem_id=f"cells-{kind}")
     disagree = gr.Button("Show the test photos where the two models disagree", elem_id="cells-disagree")
     caption = gr.Markdown(elem_id="cells-caption")
-    gallery = gr.Gallery(label="Test photos", columns=6, height="auto", elem_id="cells-gallery",
+    # Three columns: each caption (true class, both predictions) fits its tile without being cut.
+    gallery = gr.Gallery(label="Test photos", columns=3, height=760, elem_id="cells-gallery",
                          allow_preview=True, object_fit="contain")
     for kind in KINDS:
         tables[kind].select(view.select(kind), None, [caption, gallery], api_name=f"cell_photos_{kind}",
