@@ -257,9 +257,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from . import trust
 
     judge = trust.judge_for(resolve_checkpoint(args.checkpoint), args.engine)
-    if judge.scope_note:  # said once; the fields stay in the JSON, as null
-        print(f"note: {judge.scope_note}; \"out_of_scope\" and \"scope_score\" are null.", file=sys.stderr)
     answers = dict(zip(args.images, trust.answer_files(judge, args.images)))
+    if judge.scope_note:  # said once, after the answers (an error comes alone); the fields stay, as null
+        print(f"note: {judge.scope_note}; \"out_of_scope\" and \"scope_score\" are null.", file=sys.stderr)
     if args.json:
         print(json.dumps({image: a.to_json(args.top) for image, a in answers.items()}, indent=1))
         return 0

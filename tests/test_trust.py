@@ -229,3 +229,49 @@ def test_bundled_app_banner_on_noise_and_a_dog_not_on_a_cat(tmp_path) -> None:
         out = handlers.classify(str(photo), False)
         assert bool(out[5]) is flagged and out[6]["out_of_scope"] is flagged, photo
         assert ("Not to be trusted" in out[0]) is flagged and out[1]  # probabilities still shown
+
+
+# ------------------------------------------------------------------------------ browser
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.filterwarnings("ignore:::gradio.queueing")
+def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, monkeypatch) -> None:
+    import re
+
+    from conftest import launched_app
+    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, TIMEOUT_MS
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    matrix = json.loads((scoped["scratch"] / "eval.json").read_text())["confusion_matrix"]
+    with launched_app(scoped, tmp_path) as (url, _), playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.locator("#facts-scratch").get_by_text("backbone").wait_for(state="attached")  # the page load is done
+        page.locator("#known-classes").get_by_text("cat, spider, butterfly, elephant, chicken").wait_for()
+        page.locator("#classify-image input[type=file]").set_input_files(photos["purple"])
+        page.locator("#scope-banner").get_by_text(re.compile("may show none of the five")).wait_for()
+        assert "Not to be trusted" in page.locator("#info-transfer").inner_text()
+        assert page.locator("#heatmap-transfer img").count() == 0  # the toggle is off
+        page.locator("#heatmap-toggle input").check()
+        for kind in ("scratch", "transfer"):
+            page.locator(f"#heatmap-{kind} img").first.wait_for(state="visible")
+        page.screenshot(path=str(SHOTS / "trust-banner-heatmaps.png"), full_page=True)
+        page.locator("#classify-image input[type=file]").set_input_files(photos["red"])
+        # In scope: the banner and the warnings go (the verdict's "agree" was there already).
+        page.wait_for_function("() => !document.querySelector('#info-transfer').innerText.includes('trusted')"
+                               " && document.querySelector('#verdict').innerText.includes('agree')")
+        assert page.locator("#scope-banner").inner_text().strip() == ""
+        page.get_by_role("tab", name="Training").click()
+        page.locator("#cells-scratch [data-testid=cell-0-1]").click()  # true cat, predicted cat
+        page.locator("#cells-caption").get_by_text(re.compile(f"{matrix[0][0]} test photos")).wait_for()
+        page.locator("#cells-gallery img").first.wait_for(state="visible")
+        assert page.locator("#cells-gallery img").count() >= min(matrix[0][0], 1)
+        page.screenshot(path=str(SHOTS / "trust-cell.png"), full_page=True)
+        browser.close()
