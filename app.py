@@ -25,6 +25,7 @@ from animalcls.checkpoints import KINDS
 from animalcls.inference import MAX_FILE_BYTES
 from animalcls.reports import REPORT_HEADERS
 from app_handlers import AnimalApp, UnusableUpload, why_unusable
+from app_trust import build_cells_section
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # Passed to launch() by main() and the tests: uploads over the limit are refused before the
@@ -36,6 +37,7 @@ API_NAMES = (
     "classify", "clear_results", "classify_upload", "load_test_example", "classify_test_example", "load_user_example",
     "classify_user_example", "model_info", "finetune", "cancel_finetune", "use_model", "restore_models",
     "classify_after_use", "classify_after_restore",
+    "reclassify_heatmaps", "cell_tables", "cell_photos_scratch", "cell_photos_transfer", "disagreements",
 )
 
 
@@ -117,6 +119,7 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
                 classify_parts = _classify_tab(handlers)
             with gr.Tab("Training", id="training", elem_id="tab-training"):
                 training_parts = _training_tab()
+                build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 _finetune_tab(handlers, classify_parts, training_parts)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
@@ -127,7 +130,8 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
 
 
 def _classify_tab(handlers: AnimalApp) -> dict[str, Any]:
-    info, labels = {}, {}
+    info, labels, heatmaps = {}, {}, {}
+    gr.Markdown(handlers.known_classes(), elem_id="known-classes")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=280):
             image = checked_image(
@@ -135,19 +139,29 @@ def _classify_tab(handlers: AnimalApp) -> dict[str, Any]:
                 label="Photo (JPEG, PNG, GIF, BMP, WebP, TIFF; up to 50 MB)", elem_id="classify-image", height=320,
             )
             button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+            show_heatmaps = gr.Checkbox(False, label="Show where each model looked (Grad-CAM heatmaps)",
+                                        elem_id="heatmap-toggle")
         with gr.Column(scale=3):
+            banner = gr.Markdown(elem_id="scope-banner")
             with gr.Row(equal_height=False):
                 for kind in KINDS:
                     with gr.Column(min_width=240):
                         info[kind] = gr.Markdown(handlers.header(kind), elem_id=f"info-{kind}")
                         labels[kind] = gr.Label(num_top_classes=5, label=f"{kind} model: top 5",
                                                 elem_id=f"label-{kind}")
+                        heatmaps[kind] = gr.Image(type="filepath", visible=False, interactive=False,
+                                                  elem_id=f"heatmap-{kind}", buttons=["fullscreen"])
             verdict = gr.Markdown(elem_id="verdict")
-    outputs = [info["scratch"], labels["scratch"], info["transfer"], labels["transfer"], verdict]
-    events = dict(fn=handlers.classify, inputs=image, outputs=outputs, concurrency_id="classify", concurrency_limit=2)
-    # After an upload or a model swap: the photo (cleared when unusable) and its results, or none.
+            scope_verdict = gr.JSON(visible=False, label="none-of-the-five verdict", elem_id="scope-verdict")
+    outputs = [info["scratch"], labels["scratch"], info["transfer"], labels["transfer"], verdict,
+               banner, scope_verdict, heatmaps["scratch"], heatmaps["transfer"]]
+    events = dict(fn=handlers.classify, inputs=[image, show_heatmaps], outputs=outputs, concurrency_id="classify",
+                  concurrency_limit=2)
+    # After an upload, a model swap or the heatmap toggle: the photo (cleared when unusable) and its results, or none.
     refresh = {**events, "fn": handlers.classify_new, "outputs": [image, *outputs]}
     button.click(api_name="classify", **events)
+    # Turning the heatmaps on or off answers the photo on the page again.
+    show_heatmaps.change(api_name="reclassify_heatmaps", api_visibility="undocumented", **refresh)
     # A new photo first clears the previous answer (so an error never sits above stale
     # results), then is classified; removing the photo just clears.
     gr.on([image.upload, image.clear], handlers.clear_results, None, outputs, api_name="clear_results",
@@ -167,7 +181,8 @@ def _classify_tab(handlers: AnimalApp) -> dict[str, Any]:
             # Clicking a photo loads it, then classifies it (in the same concurrency group).
             examples.load_input_event.then(api_name=f"classify_{name}_example", api_visibility="undocumented",
                                            **events)
-    return {"image": image, "info": info, "labels": labels, "verdict": verdict, "refresh": refresh}
+    return {"image": image, "info": info, "labels": labels, "verdict": verdict, "banner": banner,
+            "heatmaps": heatmaps, "refresh": refresh}
 
 
 def _training_tab() -> list[Any]:

@@ -19,6 +19,8 @@ from animalcls.errors import AnimalclsError, ImageError
 from animalcls.inference import load_image, load_predictor, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
 from animalcls.settings import BUNDLED_DIR, finetune_folder
+from app_trust import CellView, TempImages, answer_sides, cleared_trust_outputs, known_classes_markdown
+from app_trust import trust_outputs, untrusted_note
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
@@ -138,14 +140,17 @@ class AnimalApp:
         # Classify answers before TensorFlow is imported.
         self.models_ready = threading.Event()
         self.models_ready.set()
+        self.images = TempImages()  # overlay and thumbnail files for the page
+        self.cells = CellView(self.registry, self._wait_ready, self.images)
 
     def _wait_ready(self, event: threading.Event | None = None) -> None:
         if not (event or self.ready).wait(timeout=300):
             raise _user_error("The server is still starting up; try again in a minute.", "Starting")
 
     # ----- Classify tab -----
-    def classify(self, image: str | None) -> tuple[Any, ...]:
-        """Top-5 of each model, a header per side with the time taken, and whether they agree."""
+    def classify(self, image: str | None, show_heatmaps: bool = False) -> tuple[Any, ...]:
+        """Top-5 of each model with its none-of-the-five verdict (one forward pass each), a
+        header per side with the time taken, whether they agree, the banner and the heatmaps."""
         if isinstance(image, UnusableUpload):
             raise image_error(str(image))
         if not image:
@@ -158,35 +163,51 @@ class AnimalApp:
         except ImageError as exc:
             raise image_error(str(exc)) from None
         self._wait_ready(self.models_ready)
+        answers = answer_sides({kind: folder for kind, (folder, _) in sides.items() if folder}, picture, bool(show_heatmaps))
         results: dict[str, tuple[dict[str, float], float] | None] = {}
         outputs: list[Any] = []
         for kind in KINDS:
             folder, swapped = sides[kind]
-            header = views.model_header(folder, kind, swapped=swapped)
-            result = None
-            if folder is not None:
-                try:
-                    result = load_predictor(folder).timed_predict(picture)
-                except AnimalclsError as exc:
-                    header += f"\n\n**This model could not be used:** {html.escape(str(exc))}"
-            results[kind] = result
-            if result is not None:
-                header += "\n\n" + views.timing_line(result[1])
-            outputs += [header, dict(top_k(result[0], 5)) if result else None]
-        return (*outputs, views.comparison_markdown(results))
+            header, answer = views.model_header(folder, kind, swapped=swapped), answers.get(kind)
+            if isinstance(answer, str):
+                header += f"\n\n**This model could not be used:** {html.escape(answer)}"
+                answer = None
+            if answer is not None:
+                header += "\n\n" + views.timing_line(answer.seconds) + untrusted_note(answer)
+            results[kind] = (answer.probabilities, answer.seconds) if answer else None
+            outputs += [header, dict(top_k(answer.probabilities, 5)) if answer else None]
+        extras = trust_outputs(answers, picture, bool(show_heatmaps), self.images, self.class_names())
+        comparison = views.comparison_markdown(results)
+        if extras[0] and comparison:
+            comparison = "*Not to be trusted (see the warning above):* " + comparison
+        return (*outputs, comparison, *extras)
 
-    def classify_new(self, image: str | None) -> tuple[Any, ...]:
+    def classify_new(self, image: str | None, show_heatmaps: bool = False) -> tuple[Any, ...]:
         """The photo input, then classify's outputs, after an upload (or a model swap): the
         photo's results; none without a photo; for an unusable upload, the input and results
         cleared and the reason shown once, where the comparison goes."""
         if isinstance(image, UnusableUpload):
-            return (None, *self.clear_results()[:-1], f"**Not a usable image:** {html.escape(image)}")
+            cleared = list(self.clear_results())
+            cleared[4] = f"**Not a usable image:** {html.escape(image)}"
+            return (None, *cleared)
         # The photo as a plain value, not gr.skip(): an update makes Gradio rebuild the input
         # component for the session, which would drop app.checked_image's preprocessing.
-        return (image, *(self.classify(image) if image else self.clear_results()))
+        return (image, *(self.classify(image, show_heatmaps) if image else self.clear_results()))
 
     def clear_results(self) -> tuple[Any, ...]:
-        return (self.header("scratch"), None, self.header("transfer"), None, "")
+        return (self.header("scratch"), None, self.header("transfer"), None, "", *cleared_trust_outputs())
+
+    def known_classes(self) -> str:
+        return known_classes_markdown(self.registry)
+
+    def class_names(self) -> list[str]:
+        for kind in ("transfer", "scratch"):
+            if self.registry.path(kind) is not None:
+                try:
+                    return list(read_manifest(self.registry.path(kind))["class_names"])
+                except AnimalclsError:
+                    continue
+        return []
 
     def header(self, kind: str) -> str:
         return views.model_header(self.registry.path(kind), kind, swapped=self.registry.is_swapped(kind))

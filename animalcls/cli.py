@@ -279,36 +279,53 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import atomic, progress, workflows
+    from . import atomic, progress, trust, workflows
     from .reports import format_report
 
     folder = resolve_checkpoint(args.checkpoint)
+    data_dir = resolve_data(args.data) if args.data else None
     with progress.bar("evaluating", unit="batch") as update:
-        result = workflows.evaluate_checkpoint(
-            folder, resolve_data(args.data) if args.data else None, update, args.include_training_photos,
-            engine=args.engine,
-        )
+        result = workflows.evaluate_checkpoint(folder, data_dir, update, engine=args.engine,
+                                               include_training=args.include_training_photos)
+    judge = trust.judge_for(folder, args.engine)
+    paths = workflows.evaluation_paths(folder, data_dir, args.include_training_photos)[0]
+    with progress.bar("none of the five?", unit="image") as update:
+        result["out_of_scope"] = trust.rejection_rate(judge, paths, update)
     print(format_report(result))
+    print(_rejection_line(result["out_of_scope"], judge.scope_note))
     if args.json:
         atomic.write_json(Path(args.json).resolve(), result)
         print(f"Wrote {args.json}")
     return 0
 
 
+def _rejection_line(rejection: dict[str, Any] | None, note: str) -> str:
+    if rejection is None:
+        return f"Rejection rate: unknown ({note})."
+    return (f"Rejection rate (flagged as none of the five): {rejection['rate']:.1%} "
+            f"({rejection['flagged']} of {rejection['n']} photos, threshold {rejection['threshold']:.3g})")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.format or args.output or any(Path(image).is_dir() for image in args.images):
         return _predict_rows(args)
-    from .inference import load_predictor, top_k
+    from . import trust
 
-    predictor = load_predictor(resolve_checkpoint(args.checkpoint), args.engine)
-    results = {image: predictor.predict([image])[0] for image in args.images}
+    judge = trust.judge_for(resolve_checkpoint(args.checkpoint), args.engine)
+    answers = dict(zip(args.images, trust.answer_files(judge, args.images)))
+    if judge.scope_note:  # said once, after the answers (an error comes alone); the fields stay, as null
+        print(f"note: {judge.scope_note}; \"out_of_scope\" and \"scope_score\" are null.", file=sys.stderr)
     if args.json:
-        print(json.dumps({image: dict(top_k(p, args.top)) for image, p in results.items()}, indent=1))
+        print(json.dumps({image: a.to_json(args.top) for image, a in answers.items()}, indent=1))
         return 0
-    print(f"Model: {predictor.manifest['name']} ({predictor.manifest['kind']}, {predictor.manifest['backbone']})")
-    for image, probabilities in results.items():
+    manifest = judge.predictor.manifest
+    print(f"Model: {manifest['name']} ({manifest['kind']}, {manifest['backbone']})")
+    for image, answer in answers.items():
         print(image)
-        for label, p in top_k(probabilities, args.top):
+        if answer.out_of_scope:
+            print(f"  {trust.none_of_line(judge.class_names)} (scope score {answer.scope_score:.2f} > "
+                  f"{judge.detector.threshold:.2f}); the probabilities below are not to be trusted")
+        for label, p in sorted(answer.probabilities.items(), key=lambda item: item[1], reverse=True)[: args.top]:
             print(f"  {label:<12} {p:7.2%}")
     return 0
 

@@ -1,6 +1,6 @@
 """Where a model looked: heatmaps for its predicted class, and overlays on the photo.
 
-The engine (today TensorFlow, later ONNX Runtime) only has to return, from one forward pass,
+The engine (ONNX Runtime, else TensorFlow) only has to return, from one forward pass,
 the backbone's last feature map, the pooled vector and the probabilities; the CAM itself is
 numpy (`cam`). Overlays are rendered with PIL and a matplotlib colour map.
 """
@@ -20,7 +20,8 @@ from PIL import Image
 
 from . import cam
 from .errors import CheckpointError, ImageError
-from .inference import ImageInput, Predictor, load_image, to_model_input
+from .inference import ImageInput, Predictor, load_image
+from .preprocessing import to_model_input
 
 DEFAULT_METHOD = "gradcam"
 COLOUR_MAP = "jet"
@@ -84,7 +85,7 @@ def _for_display(photo: Image.Image) -> Image.Image:
     return small
 
 
-# ------------------------------------------------------------------ the TensorFlow engine today
+# ------------------------------------------------------------------ the engines
 
 _FORWARDS: dict[int, tuple[Any, FeatureForward]] = {}
 _HEADS: dict[tuple[str, float], cam.HeadWeights] = {}
@@ -106,8 +107,12 @@ def head_weights(checkpoint: str | Path) -> cam.HeadWeights:
 
 
 def feature_forward(predictor: Predictor) -> FeatureForward:
-    """A compiled TF forward pass returning (feature_map, pooled, probabilities), built once per
-    loaded model; it shares the model's layers, so it costs one forward pass."""
+    """One forward pass returning (feature_map, pooled, probabilities): the predictor's ONNX
+    Runtime graph (it has the three outputs), else a compiled TF adapter built once per loaded
+    model, sharing the model's layers."""
+    engine = getattr(predictor, "onnx", None)
+    if engine is not None:
+        return lambda batch: _onnx_outputs(engine, batch)
     with _LOCK:
         cached = _FORWARDS.get(id(predictor.model))
         if cached is None or cached[0] is not predictor.model:
@@ -116,11 +121,16 @@ def feature_forward(predictor: Predictor) -> FeatureForward:
         return cached[1]
 
 
+def _onnx_outputs(engine: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = engine.run(batch)
+    return out["feature_map"], out["pooled"], out["probabilities"]
+
+
 def feature_model(model: Any) -> Any:
     """The Keras adapter: same input, outputs [feature_map, pooled, probabilities]."""
     import keras
 
-    from .models import POOL_LAYER
+    from .settings import POOL_LAYER
 
     # The pooling layer's input, not the nested backbone's `.output` (that one lives in the
     # backbone's own graph and would pull its input layer in twice).
@@ -215,7 +225,7 @@ def run_job(job: ExplainJob, method: str = DEFAULT_METHOD,
             update: Callable[[int, int | None], None] | None = None) -> dict[str, dict[str, Any]]:
     """Write the overlays (atomically, replacing files of the same name) and the JSON file;
     return {image: {"label", "probability", "heatmap", "overlay"}}."""
-    from .checkpoints import write_json
+    from .atomic import write_json
 
     if job.overlays:
         job.overlays[0].parent.mkdir(parents=True, exist_ok=True)

@@ -201,22 +201,31 @@ def evaluate_checkpoint(
 
     predictor = load_predictor(checkpoint_dir, engine)
     checkpoint = predictor.checkpoint
-    if data_dir is None:
-        split = data.Split.load(_split_file(checkpoint.path))
-        root = split.locate_root(checkpoint.path)
-        if root is None:
-            raise data.DataError(
-                f"The recorded dataset folder {split.root} is not on this machine: pass --data DIR to evaluate elsewhere."
-            )
-        paths, labels = split.paths("test", root)
-        photos = {"description": f"the recorded test split: {len(paths)} photos of {root}", "root": str(root),
-                  "test_split": len(paths), "outside_split": 0, "training": 0, "training_left_out": 0}
-    else:
-        paths, labels, photos = _photos_in(checkpoint.path, data_dir, include_training)
+    paths, labels, photos = evaluation_paths(checkpoint.path, data_dir, include_training)
     result = evaluate.evaluate_paths(
         None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
     )
     return {**result, "photos": photos}
+
+
+def evaluation_paths(
+    checkpoint_dir: str | Path, data_dir: str | Path | None = None, include_training: bool = False,
+) -> tuple[list[str], list[int], dict[str, Any]]:
+    """(image files, labels, what they are) that `evaluate_checkpoint` scores: the recorded test
+    split, or the images of the checkpoint's classes in `data_dir` (see `_photos_in`)."""
+    folder = Path(checkpoint_dir)
+    if data_dir is not None:
+        return _photos_in(folder, data_dir, include_training)
+    split = data.Split.load(_split_file(folder))
+    root = split.locate_root(folder)
+    if root is None:
+        raise data.DataError(
+            f"The recorded dataset folder {split.root} is not on this machine: pass --data DIR to evaluate elsewhere."
+        )
+    paths, labels = split.paths("test", root)
+    photos = {"description": f"the recorded test split: {len(paths)} photos of {root}", "root": str(root),
+              "test_split": len(paths), "outside_split": 0, "training": 0, "training_left_out": 0}
+    return paths, labels, photos
 
 
 def _photos_in(folder: Path, data_dir: str | Path, include_training: bool) -> tuple[list[str], list[int], dict]:

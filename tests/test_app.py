@@ -134,7 +134,7 @@ def test_a_busy_port_is_one_line():
 
 
 def test_classify_good_image(animal_app, test_photo):
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(test_photo)
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(test_photo)
     assert "### scratch-tiny" in scratch_info and "scratch · tiny · 32 px" in scratch_info
     assert "### transfer-tiny" in transfer_info and "test accuracy" in transfer_info
     assert "Inference (forward pass)" in scratch_info and " ms" in transfer_info
@@ -315,7 +315,7 @@ def test_one_side_missing(tiny_checkpoints, tmp_path):
     animal_app = app.AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
     assert animal_app.notices == [
         f"No transfer checkpoint found (looked in {tmp_path / 'empty'}): the transfer side is empty."]
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(
         str(make_image(tmp_path / "ok.png", (30, 200, 30))))
     assert scratch_label and transfer_label is None
     assert "No **transfer** checkpoint" in transfer_info

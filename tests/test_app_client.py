@@ -53,7 +53,7 @@ def test_api_lists_the_named_endpoints(client):
 def test_classify_round_trip(client, photo):
     from gradio_client import handle_file
 
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict = client.predict(
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = client.predict(
         handle_file(photo), api_name="/classify")
     assert "scratch-tiny" in scratch_info and "transfer-tiny" in transfer_info
     for label in (scratch_label, transfer_label):

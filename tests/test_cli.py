@@ -47,7 +47,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     code, stdout, _ = _run(capsys, "predict", out, image, "--json", "--top", "3")
     assert code == 0
     result = json.loads(stdout)
-    assert len(result[str(image)]) == 3
+    assert len(result[str(image)]["probabilities"]) == 3 and result[str(image)]["out_of_scope"] is None
 
 
 def test_transfer_with_a_local_weights_file(tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_predict_as_a_process_runs_through_onnx_without_importing_tensorflow(tmp
     modules = imported_modules(run.stderr)
     assert "onnxruntime" in modules and "animalcls" in modules
     assert not modules & set(HEAVY)
-    result = json.loads(run.stdout)[str(photo)]
+    result = json.loads(run.stdout)[str(photo)]["probabilities"]
     assert sorted(result) == sorted(checkpoints.read_manifest(pair["transfer"])["class_names"])
     assert abs(sum(result.values()) - 1) < 1e-4
 
