@@ -10,8 +10,10 @@ without launching them, and `python app.py` launches. See README.md, "The web ap
 from __future__ import annotations
 
 import argparse
+import errno
 import html
 import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +26,8 @@ from animalcls.app_views import example_caption
 from animalcls.checkpoints import KINDS
 from animalcls.inference import MAX_FILE_BYTES
 from animalcls.reports import REPORT_HEADERS
-from app_handlers import AnimalApp, image_error, why_unusable
+from app_handlers import AnimalApp, UnusableUpload, why_unusable
+from app_trust import build_cells_section
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # Passed to launch() by main() and the tests: uploads over the limit are refused before the
@@ -35,6 +38,8 @@ LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": F
 API_NAMES = (
     "classify", "clear_results", "classify_upload", "load_test_example", "classify_test_example", "load_user_example",
     "classify_user_example", "model_info", "finetune", "cancel_finetune", "use_model", "restore_models",
+    "classify_after_use", "classify_after_restore",
+    "reclassify_heatmaps", "cell_tables", "cell_photos_scratch", "cell_photos_transfer", "disagreements",
 )
 
 
@@ -50,12 +55,12 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
 
 
 def checked_image(**kwargs: Any) -> gr.Image:
-    """gr.Image whose uploads that Gradio cannot open raise a clear message.
+    """gr.Image that passes an upload Gradio cannot open on as an `UnusableUpload` (the reason).
 
-    A plain gr.Image fails in its own preprocessing on a non-image, and the user only sees
-    Gradio's generic "error" text. This instance's preprocess turns that failure into a
-    gr.Error with the reason from `inference.load_image`. (An instance attribute, not a
-    subclass: Gradio writes a .pyi file next to the module of every Component subclass.)
+    A plain gr.Image fails in its own preprocessing on a non-image: the user sees Gradio's
+    generic "error" text and red badges on every output. The handlers instead show the reason
+    from `inference.load_image` (and API callers get it as the error). (An instance attribute,
+    not a subclass: Gradio writes a .pyi file next to the module of every Component subclass.)
     """
     image = gr.Image(**kwargs)
     original = image.preprocess
@@ -66,10 +71,41 @@ def checked_image(**kwargs: Any) -> gr.Image:
         except gr.Error:
             raise
         except Exception:  # noqa: BLE001 - anything PIL or Gradio raises on a bad file
-            raise image_error(why_unusable(payload)) from None
+            return UnusableUpload(why_unusable(payload))
 
     image.preprocess = preprocess  # type: ignore[method-assign]
     return image
+
+
+def checked_number(**kwargs: Any) -> gr.Number:
+    """gr.Number that answers a non-numeric API value with a message, not Gradio's empty error."""
+    number = gr.Number(**kwargs)
+    original = number.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+            raise gr.Error(f"{number.label} must be a number, got {str(payload)[:40]!r}.", title="Bad settings",
+                           print_exception=False)
+        return original(payload)
+
+    number.preprocess = preprocess  # type: ignore[method-assign]
+    return number
+
+
+def checked_examples(examples: gr.Examples) -> gr.Examples:
+    """An example gallery whose load endpoint answers an index it does not have with a message."""
+    dataset = examples.dataset
+    original = dataset.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        count = len(dataset.raw_samples)
+        if payload is not None and (type(payload) is not int or not 0 <= payload < count):
+            raise gr.Error(f"No example {str(payload)[:40]!r}: choose a whole number from 0 to {count - 1}.",
+                           title="No such example", print_exception=False)
+        return original(payload)
+
+    dataset.preprocess = preprocess  # type: ignore[method-assign]
+    return examples
 
 
 def build_layout(handlers: AnimalApp) -> gr.Blocks:
@@ -88,6 +124,7 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
                 classify_parts = _classify_tab(handlers, session)
             with gr.Tab("Training", id="training", elem_id="tab-training"):
                 training_parts = _training_tab()
+                build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 _finetune_tab(handlers, session, classify_parts, training_parts)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
@@ -98,7 +135,8 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
 
 
 def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
-    info, labels = {}, {}
+    info, labels, heatmaps = {}, {}, {}
+    gr.Markdown(handlers.known_classes(), elem_id="known-classes")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=280):
             image = checked_image(
@@ -106,23 +144,34 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
                 label="Photo (JPEG, PNG, GIF, BMP, WebP, TIFF; up to 50 MB)", elem_id="classify-image", height=320,
             )
             button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+            show_heatmaps = gr.Checkbox(False, label="Show where each model looked (Grad-CAM heatmaps)",
+                                        elem_id="heatmap-toggle")
         with gr.Column(scale=3):
+            banner = gr.Markdown(elem_id="scope-banner")
             with gr.Row(equal_height=False):
                 for kind in KINDS:
                     with gr.Column(min_width=240):
                         info[kind] = gr.Markdown(handlers.header(kind), elem_id=f"info-{kind}")
                         labels[kind] = gr.Label(num_top_classes=5, label=f"{kind} model: top 5",
                                                 elem_id=f"label-{kind}")
+                        heatmaps[kind] = gr.Image(type="filepath", visible=False, interactive=False,
+                                                  elem_id=f"heatmap-{kind}", buttons=["fullscreen"])
             verdict = gr.Markdown(elem_id="verdict")
-    outputs = [info["scratch"], labels["scratch"], info["transfer"], labels["transfer"], verdict]
-    events = dict(fn=handlers.classify, inputs=[image, session], outputs=outputs, concurrency_id="classify",
+            scope_verdict = gr.JSON(visible=False, label="none-of-the-five verdict", elem_id="scope-verdict")
+    outputs = [info["scratch"], labels["scratch"], info["transfer"], labels["transfer"], verdict,
+               banner, scope_verdict, heatmaps["scratch"], heatmaps["transfer"]]
+    events = dict(fn=handlers.classify, inputs=[image, show_heatmaps, session], outputs=outputs, concurrency_id="classify",
                   concurrency_limit=2)
+    # After an upload, a model swap or the heatmap toggle: the photo (cleared when unusable) and its results, or none.
+    refresh = {**events, "fn": handlers.classify_new, "outputs": [image, *outputs]}
     button.click(api_name="classify", **events)
+    # Turning the heatmaps on or off answers the photo on the page again.
+    show_heatmaps.change(api_name="reclassify_heatmaps", api_visibility="undocumented", **refresh)
     # A new photo first clears the previous answer (so an error never sits above stale
     # results), then is classified; removing the photo just clears.
     gr.on([image.upload, image.clear], handlers.clear_results, session, outputs, api_name="clear_results",
           api_visibility="undocumented", queue=False, show_progress="hidden",
-          ).then(api_name="classify_upload", api_visibility="undocumented", **{**events, "fn": handlers.classify_new})
+          ).then(api_name="classify_upload", api_visibility="undocumented", **refresh)
     test_photos, user_photos = handlers.example_photos()
     galleries = (
         (test_photos, "test", "Photos from the test split of the models' dataset (never used in training)", None),
@@ -133,15 +182,16 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
     )
     for photos, name, label, captions in galleries:
         if photos:
-            examples = gr.Examples(
+            examples = checked_examples(gr.Examples(
                 [[p] for p in photos], inputs=image, label=label, examples_per_page=20, cache_examples=False,
                 api_name=f"load_{name}_example", api_visibility="undocumented", elem_id=f"examples-{name}",
                 example_labels=captions,
-            )
+            ))
             # Clicking a photo loads it, then classifies it (in the same concurrency group).
             examples.load_input_event.then(api_name=f"classify_{name}_example", api_visibility="undocumented",
                                            **events)
-    return {"image": image, "info": info, "labels": labels, "verdict": verdict}
+    return {"image": image, "info": info, "labels": labels, "verdict": verdict, "banner": banner,
+            "heatmaps": heatmaps, "refresh": refresh}
 
 
 def _caption_groups(photos: list[str]) -> list[str]:
@@ -181,12 +231,12 @@ def _finetune_tab(
 ) -> None:
     gr.Markdown(handlers.finetune_intro(), elem_id="ft-intro")
     with gr.Row():
-        epochs = gr.Number(min(3, handlers.max_epochs), label=f"Epochs (1-{handlers.max_epochs})", minimum=1,
-                           maximum=handlers.max_epochs, precision=0, elem_id="ft-epochs")
-        rate = gr.Number(1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
-        unfreeze = gr.Number(0, label=f"Unfreeze the top N backbone layers (0 = head only; at most "
-                             f"{handlers.max_unfreeze} here)", minimum=0, maximum=handlers.max_unfreeze, precision=0,
-                             interactive=handlers.max_unfreeze > 0, elem_id="ft-unfreeze")
+        epochs = checked_number(value=min(3, handlers.max_epochs), label=f"Epochs (1-{handlers.max_epochs})",
+                                minimum=1, maximum=handlers.max_epochs, precision=0, elem_id="ft-epochs")
+        rate = checked_number(value=1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
+        unfreeze = checked_number(value=0, label=f"Unfreeze the top N backbone layers (0 = head only; at most "
+                                  f"{handlers.max_unfreeze} here)", minimum=0, maximum=handlers.max_unfreeze,
+                                  precision=0, interactive=handlers.max_unfreeze > 0, elem_id="ft-unfreeze")
     with gr.Row():
         run = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
@@ -211,9 +261,11 @@ def _finetune_tab(
                  show_progress="hidden")
     views_out = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
     use.click(handlers.use_model, [result, session], [status, *views_out, session], api_name="use_model",
-              concurrency_limit=None)
+              concurrency_limit=None,
+              ).success(api_name="classify_after_use", api_visibility="undocumented", **classify_parts["refresh"])
     restore.click(handlers.restore_models, session, [status, *views_out, session], api_name="restore_models",
-                  concurrency_limit=None)
+                  concurrency_limit=None,
+                  ).success(api_name="classify_after_restore", api_visibility="undocumented", **classify_parts["refresh"])
 
 
 def build_demo(
@@ -235,12 +287,39 @@ def _env(*names: str, default: str | None = None) -> str | None:
     return default
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag or environment value is one `error: ...` line (exit status 2), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}\n")
+
+
+def _port(text: str) -> int:
+    """argparse also applies this to the environment default, so ANIMALCLS_PORT=abc is caught too."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"the port (--port, ANIMALCLS_PORT or GRADIO_SERVER_PORT) must be a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line, before any slow work, when the address cannot be listened on."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise SystemExit(f"error: cannot listen on {host}:{port}: {reason} (choose another with --port or "
+                         "ANIMALCLS_PORT, or --host).") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=_env("ANIMALCLS_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1"),
                         help="address to listen on (env ANIMALCLS_HOST or GRADIO_SERVER_NAME; default 127.0.0.1; "
                         "0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=int(_env("ANIMALCLS_PORT", "GRADIO_SERVER_PORT", default="7860")),
+    parser.add_argument("--port", type=_port, default=_env("ANIMALCLS_PORT", "GRADIO_SERVER_PORT", default="7860"),
                         help="port (env ANIMALCLS_PORT or GRADIO_SERVER_PORT; default 7860)")
     parser.add_argument("--scratch", default=_env("ANIMALCLS_SCRATCH"), metavar="DIR",
                         help="scratch checkpoint folder (env ANIMALCLS_SCRATCH; default: checkpoints/defaults.json)")
@@ -273,11 +352,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve first, then import TensorFlow and load the models: the page answers within a few
-    seconds, and a request that needs a model before it is ready waits for it."""
+    """Serve first, then load the models (through ONNX Runtime when installed), then import
+    TensorFlow for fine-tuning: a request that needs something before it is ready waits for it."""
     from animalcls import logs
 
     args = parse_args(argv)
+    _check_port_free(args.host, args.port)
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     demo = build_demo(args.scratch, args.transfer, args.data, finetune_root=args.finetune_out,
                       use_hub=not args.no_hub, hub_repo=args.hub_repo, max_epochs=args.max_epochs,
@@ -285,22 +365,28 @@ def main(argv: Sequence[str] | None = None) -> None:
                       limits=StoreLimits(args.max_finetunes, args.max_finetune_mb * 2**20))
     app = demo.animalcls_app
     app.ready.clear()
-    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    app.models_ready.clear()
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    except OSError as exc:  # taken between the check and now
+        logs.restore_stderr()
+        raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {exc}") from None
     started = time.perf_counter()
-    # Imported here, in one thread, before any handler may need them (see AnimalApp.ready).
+    if not args.no_warm_up:
+        app.registry.warm_up()  # through ONNX Runtime when installed: no TensorFlow needed
+        app.models_ready.set()
+        print(f"Models ready {time.perf_counter() - started:.1f} s after the server started.", flush=True)
+    # Imported here, in one thread, before a fine-tune may need them (see AnimalApp.ready).
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
 
     import animalcls.finetune  # noqa: F401
     app.ready.set()
-    if not args.no_warm_up:
-        app.registry.warm_up()
-    print(f"Models ready {time.perf_counter() - started:.1f} s after the server started.", flush=True)
+    app.models_ready.set()
     try:
         demo.block_thread()
     finally:
-        if hasattr(logs, "restore_stderr"):
-            logs.restore_stderr()
+        logs.restore_stderr()
 
 
 if __name__ == "__main__":

@@ -119,10 +119,8 @@ class FinetuneHandlers:
                 drawn, curves = snapshot.epochs_done, _curves(snapshot.history, name)
             yield (_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
         if job.error is not None:
-            if isinstance(job.error, errors.Cancelled):  # stopped before anything was trained
-                yield ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
-                       "The features computed so far stay cached, so the next run starts faster.",
-                       *[skip] * 6, gr.update(interactive=False), skip)
+            if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
+                yield (_cancelled_status(job.error), *[skip] * 6, gr.update(interactive=False), skip)
                 return
             detail = str(job.error) if isinstance(job.error, AnimalclsError) else f"{type(job.error).__name__}: {job.error}"
             raise user_error(f"The fine-tune failed: {detail}", "Fine-tune failed")
@@ -140,7 +138,8 @@ class FinetuneHandlers:
         if job is None or not job.running or job.meta.get("owner") != _owner(request):
             return "No fine-tune of yours is running."
         job.cancel()
-        return "**Cancelling:** the fine-tune stops after the current batch and keeps what it trained."
+        return ("**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs "
+                "that finished.")
 
 
 def _owner(request: gr.Request | None) -> str | None:
@@ -183,8 +182,17 @@ def _final_status(name: str, result: Any, source: Path) -> str:
     if before is not None and after is not None:
         accuracy += f" (the starting model: {before:.1%})"
     epochs = len((getattr(result, "history", None) or {}).get("loss", []))
-    head = f"**Cancelled** after {epochs} epoch(s); kept what was trained." if result.cancelled else "**Done.**"
+    head = f"**Cancelled**; kept the {epochs} finished epoch(s)." if result.cancelled else "**Done.**"
     return (
         f"{head} {name} fine-tuned in {result.seconds:.0f} s: {accuracy}. Saved as **{Path(result.path).name}** "
         "(yours only). Press **Use this model** to classify with it in this session."
     )
+
+
+def _cancelled_status(error: BaseException) -> str:
+    from animalcls.features import FeatureExtractionCancelled
+
+    if isinstance(error, FeatureExtractionCancelled):
+        return ("**Cancelled** while extracting backbone features, before any training: nothing was saved. "
+                "The features computed so far stay cached, so the next run starts faster.")
+    return "**Cancelled** before the first epoch finished: nothing was saved."

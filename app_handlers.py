@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,20 @@ from animalcls.app_state import FinetuneRunner, ModelRegistry
 from animalcls.atomic import clean_leftovers
 from animalcls.checkpoints import KINDS, default_pair, read_manifest
 from animalcls.errors import AnimalclsError, ImageError
-from animalcls.inference import load_image, load_predictor, top_k
+from animalcls.inference import load_image, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
 from animalcls.settings import BUNDLED_DIR, finetunes_root
 from app_finetune import FinetuneHandlers, user_error
+from app_trust import CellView, TempImages, answer_sides, cleared_trust_outputs, known_classes_markdown
+from app_trust import trust_outputs, untrusted_note
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+
+class UnusableUpload(str):
+    """What the photo input passes on, instead of a path, for an upload it cannot open: the
+    reason. Raising in preprocessing would mark every output with a red "Error" badge and
+    leave a broken image in the input; the handlers show the reason once and clear instead."""
 
 
 def why_unusable(payload: Any) -> str:
@@ -142,9 +149,15 @@ class AnimalApp(FinetuneHandlers):
         # same time can fail with importlib's _DeadlockError (seen here).
         self.ready = threading.Event()
         self.ready.set()
+        # Set once the models are loaded: through ONNX Runtime that needs no TensorFlow, so
+        # Classify answers before TensorFlow is imported.
+        self.models_ready = threading.Event()
+        self.models_ready.set()
+        self.images = TempImages()  # overlay and thumbnail files for the page
+        self.cells = CellView(self.registry, self._wait_ready, self.images)
 
-    def _wait_ready(self) -> None:
-        if not self.ready.wait(timeout=300):
+    def _wait_ready(self, event: threading.Event | None = None) -> None:
+        if not (event or self.ready).wait(timeout=300):
             raise user_error("The server is still starting up; try again in a minute.", "Starting")
 
     def paths(self, session: Any) -> dict[str, Path | None]:
@@ -152,39 +165,71 @@ class AnimalApp(FinetuneHandlers):
         return self.sessions.paths(session_of(session))
 
     # ----- Classify tab -----
-    def classify(self, image: str | None, session: Any = None) -> tuple[Any, ...]:
-        """Top-5 of each model, a header per side with the time taken, and whether they agree."""
+    def classify(self, image: str | None, show_heatmaps: bool = False, session: Any = None) -> tuple[Any, ...]:
+        """Top-5 of each model with its none-of-the-five verdict (one forward pass each), a
+        header per side with the time taken, whether they agree, the banner and the heatmaps."""
+        if isinstance(image, UnusableUpload):
+            raise image_error(str(image))
         if not image:
             raise user_error("Upload a photo first (or pick an example).", "No photo")
-        paths = self.paths(session)
-        if not any(paths.values()):
+        # read once: a swap meanwhile must not mix two models' answers
+        sides = self.sessions.snapshot(session_of(session), self.registry.snapshot())
+        if not any(folder for folder, _ in sides.values()):
             raise user_error("No checkpoints are available on this server: see the notice at the top.", "No models")
         try:  # decoded once, shrunk to what the largest model needs before any float conversion
-            picture = load_image(image, max_side=views.largest_input(paths.values()))
+            picture = load_image(image, max_side=views.largest_input([folder for folder, _ in sides.values()]))
         except ImageError as exc:
             raise image_error(str(exc)) from None
-        self._wait_ready()
+        self._wait_ready(self.models_ready)
+        answers = answer_sides({kind: folder for kind, (folder, _) in sides.items() if folder}, picture, bool(show_heatmaps))
         results: dict[str, tuple[dict[str, float], float] | None] = {}
         outputs: list[Any] = []
         for kind in KINDS:
-            header, result = self.header(kind, session), None
-            if paths[kind] is not None:
-                try:
-                    result = load_predictor(paths[kind]).timed_predict(picture)
-                except (AnimalclsError, OSError) as exc:
-                    header += f"\n\n**This model could not be used:** {html.escape(views.public(str(exc)))}"
-            results[kind] = result
-            if result is not None:
-                header += "\n\n" + views.timing_line(result[1])
-            outputs += [header, dict(top_k(result[0], 5)) if result else None]
-        return (*outputs, views.comparison_markdown(results))
+            folder, swapped = sides[kind]
+            header, answer = views.model_header(folder, kind, swapped=swapped), answers.get(kind)
+            if isinstance(answer, str):
+                header += f"\n\n**This model could not be used:** {html.escape(views.public(answer))}"
+                answer = None
+            if answer is not None:
+                header += "\n\n" + views.timing_line(answer.seconds) + untrusted_note(answer)
+            results[kind] = (answer.probabilities, answer.seconds) if answer else None
+            outputs += [header, dict(top_k(answer.probabilities, 5)) if answer else None]
+        extras = trust_outputs(answers, picture, bool(show_heatmaps), self.images, self.class_names(sides))
+        comparison = views.comparison_markdown(results)
+        if extras[0] and comparison:
+            comparison = "*Not to be trusted (see the warning above):* " + comparison
+        return (*outputs, comparison, *extras)
 
-    def classify_new(self, image: str | None, session: Any = None) -> tuple[Any, ...]:
-        """After an upload: classify; after the photo was removed: nothing to show."""
-        return self.classify(image, session) if image else self.clear_results(session)
+    def classify_new(self, image: str | None, show_heatmaps: bool = False, session: Any = None) -> tuple[Any, ...]:
+        """The photo input, then classify's outputs, after an upload (or a model swap): the
+        photo's results; none without a photo; for an unusable upload, the input and results
+        cleared and the reason shown once, where the comparison goes."""
+        if isinstance(image, UnusableUpload):
+            cleared = list(self.clear_results(session))
+            cleared[4] = f"**Not a usable image:** {html.escape(image)}"
+            return (None, *cleared)
+        # The photo as a plain value, not gr.skip(): an update makes Gradio rebuild the input
+        # component for the session, which would drop app.checked_image's preprocessing.
+        return (image, *(self.classify(image, show_heatmaps, session) if image else self.clear_results(session)))
 
     def clear_results(self, session: Any = None) -> tuple[Any, ...]:
-        return (self.header("scratch", session), None, self.header("transfer", session), None, "")
+        return (self.header("scratch", session), None, self.header("transfer", session), None, "",
+                *cleared_trust_outputs())
+
+    def known_classes(self) -> str:
+        return known_classes_markdown(self.registry)
+
+    def class_names(self, sides: dict[str, tuple[Path | None, bool]] | None = None) -> list[str]:
+        """The class names of the transfer (else scratch) model, from `sides` (one snapshot) when given."""
+        sides = sides if sides is not None else self.registry.snapshot()
+        for kind in ("transfer", "scratch"):
+            folder = sides.get(kind, (None, False))[0]
+            if folder is not None:
+                try:
+                    return list(read_manifest(folder)["class_names"])
+                except AnimalclsError:
+                    continue
+        return []
 
     def header(self, kind: str, session: Any = None) -> str:
         state = session_of(session)
@@ -217,7 +262,9 @@ class AnimalApp(FinetuneHandlers):
     def report_frame(evaluation: dict[str, Any] | None) -> Any:
         import pandas as pd
 
-        return pd.DataFrame(report_rows(evaluation), columns=REPORT_HEADERS)
+        # Empty cells, not None: pandas turns None into NaN, which reaches the JSON as a bare NaN.
+        rows = [["" if cell is None else cell for cell in row] for row in report_rows(evaluation)]
+        return pd.DataFrame(rows, columns=REPORT_HEADERS)
 
     # ----- Use / restore (this session only, unless the operator shares swaps) -----
     def use_model(self, name: str | None = None, session: Any = None) -> tuple[Any, ...]:

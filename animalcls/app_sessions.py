@@ -140,6 +140,18 @@ class SessionModels:
                 chosen[kind] = folder
         return chosen
 
+    def snapshot(
+        self, session: dict[str, Any], shared: dict[str, tuple[Path | None, bool]]
+    ) -> dict[str, tuple[Path | None, bool]]:
+        """kind -> (folder, swapped in) from one read of the server's sides (ModelRegistry.snapshot)
+        with this session's choices on top: one request never mixes two models."""
+        sides = dict(shared)
+        for kind, name in session["models"].items():
+            folder = self.folder_of(session, name)
+            if folder is not None and kind in sides and folder != sides[kind][0]:
+                sides[kind] = (folder, True)
+        return sides
+
     def swapped(self, session: dict[str, Any], kind: str) -> bool:
         folder = self.paths(session).get(kind)
         return folder is not None and folder != self.defaults.get(kind)

@@ -44,6 +44,12 @@ class ModelRegistry:
         with self._lock:
             return dict(self._paths)
 
+    def snapshot(self) -> dict[str, tuple[Path | None, bool]]:
+        """Each side's folder and whether it is swapped in, in one read: a request that uses
+        this never shows one model's header above another model's answer."""
+        with self._lock:
+            return {kind: (self._paths.get(kind), self._paths.get(kind) != self._original.get(kind)) for kind in KINDS}
+
     def available(self) -> list[str]:
         return [kind for kind, path in self.paths().items() if path is not None]
 

@@ -6,11 +6,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# Every temp or work folder holds this file, naming the process writing it ("pid host"), so a
+# later run can tell a crash leftover (its process is gone) from a folder still being written.
+OWNER_FILE = ".animalcls-owner"
+# A folder without an owner file is only taken for a leftover once it is this old: the owner
+# file is written right after the folder is created, and removed just before the final rename.
+UNOWNED_GRACE_S = 3600.0
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None], mode: int = 0o644) -> Path:
@@ -41,10 +50,13 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_leftovers(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         tmp.chmod(0o755)  # mkdtemp creates 0700
+        mark_owner(tmp)
         yield tmp
+        (tmp / OWNER_FILE).unlink(missing_ok=True)
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -62,78 +74,109 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-# Crash leftovers: `.<name>.work` (a training run's scratch folder), `.<name>.tmp-XXXX` (a
-# checkpoint folder being written) and `.<name>.old-PID` (a replaced folder being deleted).
-LEFTOVER_PATTERNS = (".*.work", ".*.tmp-*", ".*.old-*")
-OWNER_LOCK = ".owner.lock"
-# A leftover without a lock file is removed only when nothing in it changed for this long:
-# atomic_dir fills its temp folder within seconds, so a live writer is always younger.
-STALE_AFTER_SECONDS = 600.0
-
-
 @contextmanager
-def owner_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `folder/.owner.lock` while a long job writes in `folder`:
-    the kernel drops it when the process dies (even by SIGKILL), so `clean_leftovers` in
-    another process can tell a live folder from a crashed one without trusting pids, which a
-    restarted container reuses."""
-    import fcntl
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / OWNER_LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _owner_alive(folder: Path) -> bool | None:
-    """True when a live process holds the folder's lock, False when the lock is free, None
-    when there is no lock file."""
-    import fcntl
-
+def work_dir(target: Path) -> Iterator[Path]:
+    """Yield `.NAME.work` next to `target` for scratch files of a long job (training
+    checkpoints, history), removed afterwards. Crash leftovers of the same target are removed
+    first; a work folder that a live process still owns is refused."""
+    target = Path(target)
+    remove_stale_leftovers(target)
+    work = target.parent / f".{target.name}.work"
+    if work.exists():
+        raise FileExistsError(f"Another process ({_owner_text(work)}) is writing {target}: choose another folder.")
+    work.mkdir(parents=True)
+    mark_owner(work)
     try:
-        handle = open(folder / OWNER_LOCK)  # never created here: no file means no owner lock
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def mark_owner(folder: Path) -> None:
+    (Path(folder) / OWNER_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+
+
+def leftovers_of(target: Path) -> list[Path]:
+    """The temp, work and swap folders (`.NAME.tmp-*`, `.NAME.work`, `.NAME.old-*`) of `target`."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    patterns = (f".{target.name}.tmp-*", f".{target.name}.work", f".{target.name}.old-*")
+    return sorted({p for pattern in patterns for p in target.parent.glob(pattern) if p.is_dir()})
+
+
+def remove_stale_leftovers(target: Path) -> list[Path]:
+    """Remove the leftovers of `target` whose writing process is gone; returns what was removed."""
+    removed = []
+    for folder in leftovers_of(target):
+        if is_stale(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def is_stale(folder: Path) -> bool:
+    """True when the process that wrote `folder` is gone (same host, pid not running)."""
+    folder = Path(folder)
+    owner = _read_owner(folder)
+    if owner is None and ".old-" in folder.name:  # replace_dir names these after its pid
+        owner = (_int(folder.name.rsplit("-", 1)[-1]), socket.gethostname())
+    if owner is None or owner[0] is None:
+        try:
+            return time.time() - folder.stat().st_mtime > UNOWNED_GRACE_S
+        except FileNotFoundError:
+            return False
+    pid, host = owner
+    return host == socket.gethostname() and not _pid_alive(pid)
+
+
+def _read_owner(folder: Path) -> tuple[int | None, str] | None:
+    try:
+        pid, _, host = (folder / OWNER_FILE).read_text().strip().partition(" ")
     except OSError:
         return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    return _int(pid), host
+
+
+def _owner_text(folder: Path) -> str:
+    owner = _read_owner(folder)
+    return f"pid {owner[0]} on {owner[1]}" if owner else "unknown"
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
         return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
-def _newest_change(path: Path) -> float:
-    times = [path.lstat().st_mtime]
-    if path.is_dir():
-        times += [child.lstat().st_mtime for child in path.iterdir()]
-    return max(times)
+# Crash leftovers under a root: `.<name>.work` (a long job's scratch folder), `.<name>.tmp-XXXX`
+# (a folder being written) and `.<name>.old-PID` (a replaced folder being deleted).
+LEFTOVER_PATTERNS = (".*.work", ".*.tmp-*", ".*.old-*")
 
 
-def clean_leftovers(roots: list[Path], stale_after: float = STALE_AFTER_SECONDS) -> list[str]:
-    """Remove crash leftovers directly under each root; returns the names removed. A folder
-    whose lock a live process holds, or an unlocked one changed in the last `stale_after`
-    seconds, is left alone."""
-    import fnmatch
-    import time
-
+def clean_leftovers(roots: list[Path]) -> list[str]:
+    """Remove the stale leftovers (see `is_stale`) directly under each root, whatever their
+    target; returns the names removed. Called at app startup."""
     removed: list[str] = []
-    for root in roots:
-        if not Path(root).is_dir():
+    for root in map(Path, roots):
+        if not root.is_dir():
             continue
-        for entry in sorted(Path(root).iterdir()):
-            if not any(fnmatch.fnmatch(entry.name, pattern) for pattern in LEFTOVER_PATTERNS):
-                continue
-            try:
-                alive = _owner_alive(entry) if entry.is_dir() else None
-                if alive or (alive is None and time.time() - _newest_change(entry) < stale_after):
-                    continue
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-                removed.append(entry.name)
-            except OSError:
-                continue  # vanished meanwhile, or not ours to delete
-    return removed
+        for pattern in LEFTOVER_PATTERNS:
+            for folder in sorted(root.glob(pattern)):
+                if folder.is_dir() and not folder.is_symlink() and is_stale(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder.name)
+    return sorted(removed)

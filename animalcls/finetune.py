@@ -10,7 +10,6 @@ which needs real images every epoch (slow). The source checkpoint is only ever r
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoints, data, evaluate, models
+from . import checkpoints, data, distribute, evaluate, models
+from .atomic import work_dir
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
 from .hooks import TrainHooks
 from .stored_features import StoredFeatures
 from .settings import finetune_folder
-from .workflows import datasets_for, save_with_figures
+from .workflows import datasets_for, require_an_epoch, save_with_figures
 from .train import PRESETS, FitResult, TrainConfig, fit
 
 FEATURE_BATCH = 32
@@ -50,6 +50,8 @@ def finetune(
     hooks: TrainHooks | None = None,
     batch_size: int = 64,
     stored: StoredFeatures | None = None,
+    distribute_kind: str = "none",
+    mixed_precision: bool = False,
 ) -> FinetuneResult:
     """Continue training a transfer checkpoint on its recorded split and save the result as a
     new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
@@ -58,9 +60,13 @@ def finetune(
     features and is evaluated on the stored test features: no photo is read, so this works
     where the dataset is absent. No flip augmentation then (only unflipped features are stored).
 
-    Cancelling (hooks.cancel) during training stops after the current batch and still saves
-    what was trained, marked cancelled; during feature extraction, before anything is trained,
-    it raises features.FeatureExtractionCancelled and saves nothing.
+    Cancelling (hooks.cancel) during training stops after the current batch and saves the
+    epochs that finished (the unfinished one is undone), marked cancelled. Before the first
+    epoch finished it raises errors.Cancelled and saves nothing (during feature extraction:
+    features.FeatureExtractionCancelled, a subclass).
+
+    `distribute_kind` and `mixed_precision` (distribute.py) apply to `unfreeze_layers > 0`
+    only: the head alone trains on cached features in seconds, with nothing to scale out.
     """
     import keras
 
@@ -75,28 +81,30 @@ def finetune(
         )
     if epochs < 1 or unfreeze_layers < 0:
         raise ValueError(f"Need epochs >= 1 and unfreeze_layers >= 0, got {epochs} and {unfreeze_layers}.")
+    distribute.check_finetune_request(unfreeze_layers, distribute_kind, mixed_precision)
     out_dir = _output_folder(source, out_dir)
     if stored is not None and unfreeze_layers > 0:
         raise DataError("Unfreezing backbone layers needs the photos; stored features only train the head.")
     split = _load_split(source, manifest, data_dir, hooks) if stored is None else _recorded_split(source, manifest)
-    config = finetune_config(manifest, epochs, learning_rate, batch_size)
-    keras.utils.set_random_seed(config.seed)
-    model = checkpoints.load_checkpoint(source).model
-    workdir = out_dir.parent / f".{out_dir.name}.work"
+    config = finetune_config(manifest, epochs, learning_rate, batch_size).replace(
+        distribute=distribute_kind, mixed_precision=mixed_precision
+    )
     located = Path(split.root) if split.root else split.locate_root(source)
     split.root_relative = os.path.relpath(located, out_dir.parent.resolve() / out_dir.name) if located else None
-    try:
-        if stored is not None:
+    with work_dir(out_dir) as workdir:
+        if unfreeze_layers > 0:
+            model, result, evaluation, extra = _train_images(source, split, config, unfreeze_layers, workdir, hooks)
+        elif stored is not None:
+            keras.utils.set_random_seed(config.seed)
+            model = checkpoints.load_checkpoint(source).model
             result, evaluation, extra = _train_stored(model, stored, split, config, workdir, hooks)
-        elif unfreeze_layers > 0:
-            result, evaluation, extra = _train_images(model, split, config, unfreeze_layers, workdir, hooks)
         else:
+            keras.utils.set_random_seed(config.seed)
+            model = checkpoints.load_checkpoint(source).model
             result, evaluation, extra = _train_features(model, split, config, workdir, hooks)
         seconds = time.perf_counter() - start
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
         path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
 
 
@@ -178,6 +186,7 @@ def _train_stored(
     val_ds = feature_dataset(val_x, val_y.tolist(), n, config.batch_size) if len(val_y) else None
     steps = -(-len(train_y) // config.batch_size)
     result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    require_an_epoch(result)
     test_ds = feature_dataset(test_x, test_y.tolist(), n, FEATURE_BATCH)
     probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_y) // FEATURE_BATCH), hooks.on_eval)
     evaluation = evaluate.evaluation_report(test_y.tolist(), probabilities.argmax(axis=1).tolist(), split.class_names)
@@ -223,6 +232,7 @@ def _train_features(
     val_ds = feature_dataset(val_x, val_labels, n, config.batch_size) if len(val_paths) else None
     steps = -(-len(train_paths) // config.batch_size)
     result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    require_an_epoch(result)
     test_ds = feature_dataset(test_x, test_labels, n, FEATURE_BATCH)
     probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_paths) // FEATURE_BATCH), hooks.on_eval)
     evaluation = evaluate.evaluation_report(test_labels, probabilities.argmax(axis=1).tolist(), split.class_names)
@@ -259,20 +269,39 @@ def feature_dataset(
 
 
 def _train_images(
-    model: Any, split: data.Split, config: TrainConfig, unfreeze_layers: int, workdir: Path, hooks: TrainHooks
-) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
-    """Train the top backbone layers and the head on image pipelines; evaluate on images."""
-    models.unfreeze(model, unfreeze_layers)
-    train_ds, val_ds, steps = datasets_for(split, config)
-    result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    source: Path, split: data.Split, config: TrainConfig, unfreeze_layers: int, workdir: Path, hooks: TrainHooks
+) -> tuple[Any, FitResult, dict[str, Any], dict[str, Any]]:
+    """Train the top backbone layers and the head on image pipelines, on the configured
+    strategy and dtype policy; evaluate the (float32) result on images."""
+    import keras
+
+    n = len(split.class_names)
+
+    def build() -> Any:
+        return models.build_transfer(config.backbone, n, config.image_size, None, config.dropout)
+
+    plan = distribute.make_plan(config.distribute, config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    # Loaded outside the scope and copied into a model built inside it: the mixed policy
+    # needs a fresh build anyway, and only the trained model's variables become mirrored.
+    weights = checkpoints.load_checkpoint(source).model.get_weights()
+    with distribute.training_scope(plan):
+        model = build()
+        model.set_weights(weights)
+        models.unfreeze(model, unfreeze_layers)
+        train_ds, val_ds, steps = datasets_for(split, config, plan.replicas)
+        result = fit(model, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    require_an_epoch(result)
     # Saved frozen again, like every transfer checkpoint: the next fine-tune starts from a
     # frozen backbone unless it asks to unfreeze.
     models.unfreeze(model, 0)
+    if plan.kind != "none" or plan.policy != "float32":
+        model = distribute.float32_copy(model, build)
     test_paths, test_labels = split.paths("test")
     evaluation = evaluate.evaluate_paths(
         model, test_paths, test_labels, split.class_names, config.image_size, on_batch=hooks.on_eval
     )
-    return result, evaluation, {"method": "images"}
+    return model, result, evaluation, {"method": "images", "scale_out": plan.describe()}
 
 
 def _manifest(

@@ -1,8 +1,11 @@
-"""Inference: image sanitising, cached model loading and a compiled forward pass."""
+"""Inference: image sanitising, cached model loading and a forward pass through ONNX Runtime
+(TensorFlow as the fallback). Serving through ONNX imports neither TensorFlow nor Keras."""
 
 from __future__ import annotations
 
 import io
+import os
+import sys
 import threading
 import time
 import warnings
@@ -14,9 +17,10 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checkpoints import MODEL_FILE, Checkpoint, load_checkpoint
-from .errors import ImageError
+from .checkpoints import MODEL_FILE, Checkpoint, check_model_archive, load_checkpoint
+from .errors import AnimalclsError, ImageError
 from .preprocessing import to_model_input
+from .settings import ENGINE_ENV
 
 # Decompression-bomb cap: 40 MP covers any camera photo; larger inputs are refused before
 # decoding. PIL's own warning threshold is raised to an error at this size.
@@ -48,10 +52,16 @@ def load_image(source: ImageInput, max_side: int | None = None) -> Image.Image:
     if isinstance(source, Image.Image):
         return _sanitise(source, max_side)
     if isinstance(source, bytes):
+        if not source:
+            raise ImageError("The uploaded data is an empty file (0 bytes).")
         return _open(io.BytesIO(source), "the uploaded data", max_side)
     path = Path(source)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file.")
     if not path.is_file():
         raise ImageError(f"Image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path.name} is an empty file (0 bytes).")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ImageError(f"{path.name} is larger than {MAX_FILE_BYTES // 2**20} MB; use a smaller image.")
     return _open(path, path.name, max_side)
@@ -136,30 +146,53 @@ def _from_array(array: np.ndarray, max_side: int | None = None) -> Image.Image:
     return _sanitise(Image.fromarray(array), max_side)
 
 
+ENGINES = ("auto", "onnx", "tf")
+
+
+def requested_engine(engine: str | None = None) -> str:
+    """The engine asked for: `engine`, else $ANIMALCLS_ENGINE, else "auto" (ONNX Runtime when
+    it is installed, TensorFlow otherwise or when no ONNX graph can be had)."""
+    choice = (engine or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    if choice not in ENGINES:
+        raise ValueError(f"Unknown inference engine {choice!r}: choose one of {', '.join(ENGINES)}.")
+    return choice
+
+
 @dataclass
 class Predictor:
-    """A loaded `Checkpoint` with a compiled forward pass, safe to share between threads."""
+    """A `Checkpoint` with a forward pass through ONNX Runtime (`onnx` set) or a compiled
+    TensorFlow function (`onnx` None; the Keras model loads on first use). Thread-safe."""
 
     checkpoint: Checkpoint
+    onnx: Any = None
     _forward: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     path = property(lambda self: self.checkpoint.path)
     manifest = property(lambda self: self.checkpoint.manifest)
-    model = property(lambda self: self.checkpoint.model)
     class_names = property(lambda self: self.checkpoint.class_names)
     image_size = property(lambda self: self.checkpoint.image_size)
+    engine = property(lambda self: "tf" if self.onnx is None else "onnx")
+
+    @property
+    def model(self) -> Any:
+        """The Keras model (loads TensorFlow if this predictor serves through ONNX)."""
+        with self._lock:
+            if self.checkpoint.model is None:
+                self.checkpoint.model = load_checkpoint(self.path).model
+        return self.checkpoint.model
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.probabilities(batch)
         import tensorflow as tf
 
+        model = self.model
         with self._lock:
             if self._forward is None:
                 # A fixed signature traces once: eager calls were 5x slower at batch 1.
                 spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-                self._forward = tf.function(
-                    lambda x: self.model(x, training=False), input_signature=[spec], autograph=False
-                )
+                self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
         return self._forward(tf.constant(batch)).numpy()
 
     def predict(self, images: Sequence[ImageInput]) -> list[dict[str, float]]:
@@ -175,19 +208,47 @@ class Predictor:
         return dict(zip(self.class_names, map(float, probabilities))), time.perf_counter() - start
 
 
-_CACHE: dict[tuple[str, float], Predictor] = {}
+_CACHE: dict[tuple[str, float, str], Predictor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_predictor(path: str | Path) -> Predictor:
-    """Load a checkpoint once per process; a changed model file is reloaded."""
+def load_predictor(path: str | Path, engine: str | None = None) -> Predictor:
+    """Load a checkpoint once per process and engine; a changed model file is reloaded."""
     folder = Path(path).resolve()
+    choice = requested_engine(engine)
     model_file = folder / MODEL_FILE
-    key = (str(folder), model_file.stat().st_mtime if model_file.exists() else 0.0)
+    key = (str(folder), model_file.stat().st_mtime if model_file.exists() else 0.0, choice)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Predictor(load_checkpoint(folder))
+            checkpoint = load_checkpoint(folder, load_model=False)  # a broken folder fails here, any engine
+            check_model_archive(folder)
+            onnx = None if choice == "tf" else _onnx_engine(folder, required=choice == "onnx")
+            predictor = Predictor(checkpoint, onnx)
+            if onnx is None:
+                predictor.model  # noqa: B018 - load the Keras model now, so its errors surface here
+            _CACHE[key] = predictor
         return _CACHE[key]
+
+
+def _onnx_engine(folder: Path, required: bool) -> Any:
+    """The checkpoint's ONNX Runtime engine (its graph built once if need be), or None to
+    use TensorFlow; with `required` the reason is raised instead."""
+    from importlib.util import find_spec
+
+    from .onnx_engine import load_engine, onnxruntime_available
+
+    required = required or find_spec("tensorflow") is None  # no fallback: say why ONNX failed
+    if not onnxruntime_available():
+        if required:
+            raise AnimalclsError("onnxruntime is not installed (pip install onnxruntime).")
+        return None
+    try:
+        return load_engine(folder)
+    except Exception as exc:  # noqa: BLE001 - any failure here leaves TensorFlow to serve
+        if required:
+            raise
+        print(f"note: {folder.name} is served through TensorFlow ({exc})", file=sys.stderr)
+        return None
 
 
 def predict(images: ImageInput | Sequence[ImageInput], model: Predictor | str | Path) -> list[dict[str, float]]:

@@ -14,6 +14,12 @@ def _input(image_size: int) -> keras.KerasTensor:
     return keras.Input((image_size, image_size, 3), name=INPUT_LAYER)
 
 
+def _predictions(num_classes: int) -> layers.Dense:
+    # float32 whatever the dtype policy: a softmax in float16/bfloat16 rounds small
+    # probabilities to 0 and makes the cross-entropy unstable under mixed precision.
+    return layers.Dense(num_classes, activation="softmax", name=PREDICTIONS_LAYER, dtype="float32")
+
+
 def build_scratch(
     backbone: str,
     num_classes: int,
@@ -38,7 +44,7 @@ def build_scratch(
     x = layers.GlobalAveragePooling2D(name=POOL_LAYER)(base(inputs))
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name=PREDICTIONS_LAYER)(x)
+    outputs = _predictions(num_classes)(x)
     return keras.Model(inputs, outputs, name=f"scratch_{backbone}")
 
 
@@ -60,7 +66,7 @@ def build_transfer(
     x = layers.Dense(512, activation="relu", name="fc512")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name=PREDICTIONS_LAYER)(x)
+    outputs = _predictions(num_classes)(x)
     return keras.Model(inputs, outputs, name=f"transfer_{backbone}")
 
 

@@ -33,7 +33,9 @@ def format_report(evaluation: Mapping[str, Any]) -> str:
     """The study's text table, then the confusion matrix."""
     names = evaluation["class_names"]
     width = max(len(n) for n in [*names, "weighted avg"])
-    lines = [f"{'':>{width}}  precision    recall  f1-score   support", ""]
+    photos = (evaluation.get("photos") or {}).get("description")
+    lines = [f"Photos: {photos}", ""] if photos else []
+    lines += [f"{'':>{width}}  precision    recall  f1-score   support", ""]
     for label, *scores, support in report_rows(evaluation):
         if label == "accuracy":
             lines.append("")

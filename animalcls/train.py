@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from .atomic import owner_lock, write_json
+from .atomic import write_json
 from .hooks import BatchHook, EpochHook
 
 
@@ -31,12 +33,22 @@ class TrainConfig:
     keep_best: bool = False  # ModelCheckpoint on val_loss, best weights restored at the end
     flip: bool = True  # horizontal-flip augmentation on the training split
     strong_augment: bool = False  # also random crops and brightness/contrast jitter
+    # Wide crops, colour jitter, blur/downscale/JPEG/greyscale (augment.RobustAugment), fed from
+    # numpy/PIL so any Keras backend trains on the same batches; `mix` is the share of MixUp/CutMix batches.
+    robust_augment: bool = False
+    mix: float = 0.0
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0  # > 0 with "adam" gives AdamW (decoupled weight decay)
+    cosine: bool = False  # per-epoch cosine decay to zero after `warmup_epochs` of linear warm-up
+    warmup_epochs: int = 0
     dropout: float = 0.0
     bn_momentum: float | None = None  # scratch only: BatchNorm moving-average momentum
     seed: int = 42
     backbone: str | None = None  # None: backbones.default_backbone()
     image_size: int | None = None  # None: the backbone's default
     weights: str | None = "imagenet"  # transfer only: "imagenet" or a weights file path
+    distribute: str = "none"  # "none", "mirrored" or "multiworker" (distribute.py)
+    mixed_precision: bool = False  # mixed_float16 on GPU, mixed_bfloat16 on CPU
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -50,6 +62,13 @@ PRESETS: dict[str, TrainConfig] = {
     "scratch": TrainConfig(model="scratch", epochs=20, batch_size=15),
     # The study's alternative optimiser for the scratch model.
     "scratch-sgd": TrainConfig(model="scratch", epochs=20, batch_size=15, optimizer="sgd", learning_rate=1e-2),
+    # EfficientNet-Lite0 from scratch that learns animals rather than sources (README, "The
+    # bundled checkpoints"): robust augmentation, MixUp/CutMix, label smoothing, AdamW, cosine.
+    "scratch-robust": TrainConfig(
+        model="scratch", epochs=150, batch_size=128, learning_rate=2e-3, robust_augment=True, mix=0.5,
+        label_smoothing=0.1, weight_decay=0.05, cosine=True, warmup_epochs=5, dropout=0.2, bn_momentum=0.9,
+        image_size=160, backbone="efficientnet_lite0",
+    ),
     # Frozen ImageNet base + GAP/Dense 512/Dense N: Adam 1e-3, batch 64, 7 epochs (the study's 0.99).
     "transfer": TrainConfig(
         model="transfer",
@@ -63,6 +82,8 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "adam" and config.weight_decay > 0:
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(config.learning_rate)
     if config.optimizer == "sgd":
@@ -74,7 +95,7 @@ def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
     """Categorical cross-entropy with accuracy, precision and recall, as in the study."""
     model.compile(
         optimizer=make_optimizer(config),
-        loss="categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[
             "accuracy",
             keras.metrics.Precision(name="precision"),
@@ -82,6 +103,24 @@ def compile_model(model: keras.Model, config: TrainConfig) -> keras.Model:
         ],
     )
     return model
+
+
+class CosineWarmup(keras.callbacks.Callback):
+    """Sets the learning rate each epoch: linear warm-up, then cosine decay to zero at
+    `total_epochs` (an attribute, so a time-budgeted run can shorten the schedule mid-way)."""
+
+    def __init__(self, peak: float, total_epochs: int, warmup_epochs: int = 0) -> None:
+        super().__init__()
+        self.peak, self.total_epochs, self.warmup_epochs = peak, total_epochs, warmup_epochs
+
+    def rate(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return self.peak * (epoch + 1) / (self.warmup_epochs + 1)
+        span = max(1, self.total_epochs - self.warmup_epochs)
+        return 0.5 * self.peak * (1 + math.cos(math.pi * min(1.0, (epoch - self.warmup_epochs) / span)))
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.optimizer.learning_rate.assign(self.rate(epoch))
 
 
 class HistoryRecorder(keras.callbacks.Callback):
@@ -123,18 +162,29 @@ class ProgressHook(keras.callbacks.Callback):
         self.on_batch(self.epoch, batch + 1, self.steps, {k: float(v) for k, v in (logs or {}).items()})
 
 
+class CancelledMidEpoch(Exception):
+    """Raised by CancelHook to leave model.fit() before the unfinished epoch is recorded."""
+
+
 class CancelHook(keras.callbacks.Callback):
-    """Cooperative cancel: stops after the current batch once `event` is set."""
+    """Cooperative cancel: leaves fit() after the current batch once `event` is set. It raises
+    rather than setting `stop_training`, because Keras would then still end the epoch: the
+    unfinished epoch would be validated, recorded in the history and possibly saved by
+    ModelCheckpoint as the best. It keeps the weights of the last finished epoch for fit()."""
 
     def __init__(self, event: threading.Event) -> None:
         super().__init__()
         self.event = event
         self.cancelled = False
+        self.epoch_weights: list[Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_weights = self.model.get_weights()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.event.is_set():
             self.cancelled = True
-            self.model.stop_training = True
+            raise CancelledMidEpoch
 
 
 def study_callbacks(config: TrainConfig, workdir: Path) -> list[keras.callbacks.Callback]:
@@ -148,7 +198,7 @@ def study_callbacks(config: TrainConfig, workdir: Path) -> list[keras.callbacks.
                 str(workdir / "best.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True
             )
         )
-    if config.reduce_lr_patience:
+    if config.reduce_lr_patience and not config.cosine:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
                 "val_loss", factor=config.reduce_lr_factor, patience=config.reduce_lr_patience
@@ -176,19 +226,15 @@ def fit(
     on_epoch: EpochHook | None = None,
     cancel: threading.Event | None = None,
 ) -> FitResult:
-    """Compile and fit `model`; restores the best val_loss weights when `config.keep_best`."""
-    with owner_lock(workdir):  # tells clean_leftovers in another process that this run is alive
-        return _fit(model, config, train_ds, val_ds, workdir, steps_per_epoch, on_batch, on_epoch, cancel)
-
-
-def _fit(
-    model: keras.Model, config: TrainConfig, train_ds: Any, val_ds: Any | None, workdir: Path,
-    steps_per_epoch: int | None, on_batch: BatchHook | None, on_epoch: EpochHook | None,
-    cancel: threading.Event | None,
-) -> FitResult:
+    """Compile and fit `model`; restores the best val_loss weights when `config.keep_best`.
+    A cancel keeps only finished epochs: `history` lists them, and the weights are those of
+    the last one (or the best one); with none finished, the caller must not save the model."""
+    workdir.mkdir(parents=True, exist_ok=True)
     compile_model(model, config)
     recorder = HistoryRecorder(workdir / "history.json", on_epoch)
     callbacks: list[keras.callbacks.Callback] = [recorder]
+    if config.cosine:
+        callbacks.append(CosineWarmup(config.learning_rate, config.epochs, config.warmup_epochs))
     if val_ds is not None:
         callbacks += study_callbacks(config, workdir)
     if on_batch:
@@ -196,7 +242,16 @@ def _fit(
     canceller = CancelHook(cancel) if cancel is not None else None
     callbacks += [canceller] if canceller else []
     start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    # An endless generator (augment.batch_stream) needs the epoch length; a tf.data set knows its own.
+    endless = isinstance(train_ds, Iterator)
+    try:
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False,
+            steps_per_epoch=steps_per_epoch if endless else None,
+        )
+    except CancelledMidEpoch:
+        if canceller is not None and canceller.epoch_weights is not None:
+            model.set_weights(canceller.epoch_weights)  # undo the unfinished epoch's batches
     seconds = time.perf_counter() - start
     best = _restore_best(model, workdir, recorder.history) if config.keep_best and val_ds is not None else None
     return FitResult(recorder.history, seconds, bool(canceller and canceller.cancelled), best)

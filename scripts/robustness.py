@@ -65,13 +65,16 @@ def predict_all(predictor, images: list[Image.Image], batch: int = 64) -> np.nda
     return np.concatenate(out)
 
 
-def degraded_accuracy(predictor, paths: list[str], labels: list[int]) -> dict[str, float]:
+def degraded_accuracy(predictor, paths: list[str], labels: list[int]) -> tuple[dict[str, float], dict[str, dict]]:
+    """Accuracy under each degradation, and per class (the worst class shows what a mean hides)."""
     originals = [Image.open(p).convert("RGB") for p in paths]
     truth = np.asarray(labels)
-    return {
-        name: float((predict_all(predictor, [fn(im) for im in originals]).argmax(1) == truth).mean())
-        for name, fn in DEGRADATIONS.items()
-    }
+    overall, per_class = {}, {}
+    for name, fn in DEGRADATIONS.items():
+        predicted = predict_all(predictor, [fn(im) for im in originals]).argmax(1)
+        overall[name] = float((predicted == truth).mean())
+        per_class[name] = {c: float((predicted[truth == i] == i).mean()) for i, c in enumerate(predictor.class_names)}
+    return overall, per_class
 
 
 def unknown_class_spread(predictor, folder: Path) -> dict[str, object]:
@@ -87,10 +90,27 @@ def unknown_class_spread(predictor, folder: Path) -> dict[str, object]:
     }
 
 
+def cross_source_accuracy(predictor, folder: str) -> dict[str, object]:
+    """Accuracy on photos of the same classes from other sources, overall and per class."""
+    from animalcls import data
+
+    scan = data.scan_folder(folder, predictor.class_names)
+    truth = np.asarray([s.label for s in scan.samples])
+    predicted = predict_all(predictor, [Image.open(scan.root / s.rel).convert("RGB") for s in scan.samples]).argmax(1)
+    per_class = {name: float((predicted[truth == i] == i).mean()) for i, name in enumerate(predictor.class_names)}
+    return {"n": int(len(truth)), "accuracy": float((predicted == truth).mean()), "per_class": per_class}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the raw-img folder the checkpoints were trained on")
     parser.add_argument("--out", default=str(REPO / "checkpoints" / "robustness.json"))
+    parser.add_argument("--scratch", help="scratch checkpoint folder (default: the bundled one)")
+    parser.add_argument("--transfer", help="transfer checkpoint folder (default: the bundled one)")
+    parser.add_argument("--cross-source", metavar="DIR",
+                        help="also score photos of the five classes from other sources (e.g. "
+                        "../shared/data/cross-source-val/raw-img), overall and per class")
+    parser.add_argument("--kinds", nargs="+", choices=["scratch", "transfer"], default=["scratch", "transfer"])
     args = parser.parse_args()
     from animalcls.logs import quiet_tensorflow
 
@@ -100,19 +120,33 @@ def main() -> int:
 
     root = data.dataset_root(args.data)
     results = {}
-    for kind, folder in sorted(checkpoints.default_pair().items()):
+    pair = checkpoints.default_pair()
+    pair.update({kind: Path(getattr(args, kind)) for kind in ("scratch", "transfer") if getattr(args, kind)})
+    for kind, folder in sorted((k, f) for k, f in pair.items() if k in args.kinds):
         predictor = load_predictor(folder)
         split = data.Split.load(folder / checkpoints.SPLIT_FILE)
         paths, labels = split.paths("test", root)
+        overall, per_class = degraded_accuracy(predictor, paths, labels)
         results[kind] = {
             "checkpoint": folder.name,
-            "degraded_test_accuracy": degraded_accuracy(predictor, paths, labels),
+            "degraded_test_accuracy": overall,
+            "degraded_test_accuracy_per_class": per_class,
             "cane_dogs": unknown_class_spread(predictor, root / "cane") if (root / "cane").is_dir() else None,
         }
+        if args.cross_source:
+            results[kind]["cross_source"] = cross_source_accuracy(predictor, args.cross_source)
         print(f"{kind}: done", file=sys.stderr, flush=True)
     atomic.write_json(Path(args.out), results)
     print(markdown(results))
     return 0
+
+
+def _worst(result: dict) -> str:
+    per_class = result.get("degraded_test_accuracy_per_class")
+    if not per_class:
+        return "-"
+    value, cls, name = min((acc, c, d) for d, row in per_class.items() for c, acc in row.items())
+    return f"{value:.3f} ({cls}, {name})"
 
 
 def markdown(results: dict) -> str:
@@ -120,6 +154,13 @@ def markdown(results: dict) -> str:
     lines = ["| test photos | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for name in DEGRADATIONS:
         lines.append(f"| {name} | " + " | ".join(f"{results[k]['degraded_test_accuracy'][name]:.3f}" for k in kinds) + " |")
+    lines.append("| worst class, any of them | " + " | ".join(_worst(results[k]) for k in kinds) + " |")
+    if all(results[k].get("cross_source") for k in kinds):
+        lines += ["", "| cross-source photos | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        lines.append("| all | " + " | ".join(f"{results[k]['cross_source']['accuracy']:.3f}" for k in kinds) + " |")
+        for name in results[kinds[0]]["cross_source"]["per_class"]:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{results[k]['cross_source']['per_class'][name]:.3f}" for k in kinds) + " |")
     if all(results[k]["cane_dogs"] for k in kinds):
         names = list(results[kinds[0]]["cane_dogs"]["argmax_counts"])
         lines += ["", "| 300 dog photos predicted as | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]

@@ -1,6 +1,12 @@
 """Retrain the bundled pair: EfficientNet-Lite0 from scratch and by transfer from ImageNet.
 
     python scripts/train_bundled.py --data ../shared/data/animals10-offline/raw-img
+    python scripts/train_bundled.py --data ../shared/data/animals10-offline/raw-img \
+        --kinds scratch-robust transfer-robust --out runs/robust
+
+The "-robust" kinds continue from the bundled checkpoints of the same kind (see ROBUST below and
+README, "Models that hold up on photos from elsewhere"); they run on CPU here. On a GPU machine,
+scripts/train_scratch_device.py trains the scratch-robust recipe from random initialisation.
 
 Writes checkpoints/<kind>-efficientnet_lite0 folders (atomically; an existing folder is only
 replaced with --overwrite) and checkpoints/defaults.json. Same split (seed 42) for both.
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,10 +36,46 @@ CONFIGS = {
 }
 
 
+# kind -> (script, its arguments before --data/--out): each writes <out>/<kind>-efficientnet_lite0.
+# Both continue from the checkpoints/ folder of their kind; the bundled transfer model was made
+# from the transfer-efficientnet_lite0 folder of commit f62e07c.
+ROBUST = {
+    "scratch-robust": [
+        "train_scratch_device.py", "train", "--split", "checkpoints/scratch-efficientnet_lite0/split.json",
+        "--init", "checkpoints/scratch-efficientnet_lite0", "--variant", "robust", "--image-size", "128",
+        "--batch-size", "64", "--mix", "0.3", "--learning-rate", "1e-3", "--warmup-epochs", "1", "--epochs", "60",
+        "--budget", "2400", "--precision", "float32", "--workers", "2", "--save-every-epoch",
+    ],
+    "transfer-robust": ["train_transfer_robust.py", "--checkpoint", "checkpoints/transfer-efficientnet_lite0"],
+}
+
+
+def run_robust(kind: str, data: str, out_root: Path) -> Path:
+    """Run one "-robust" recipe through its script (a fresh process: it sets its own backend)."""
+    import subprocess
+
+    script, *rest = ROBUST[kind]
+    target = out_root / f"{kind}-efficientnet_lite0"
+    python = [sys.executable, str(REPO / "scripts" / script)]
+    if kind == "transfer-robust":
+        subprocess.run([*python, *rest, "--data", data, "--out", str(target)], check=True, cwd=REPO)
+        return target
+    work = out_root / f".{kind}.device"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    subprocess.run([*python, *rest, "--data", data, "--out", str(work)], check=True, cwd=REPO, env=env)
+    subprocess.run([
+        *[sys.executable, str(REPO / "scripts" / "adopt_device_weights.py")],
+        "--weights", str(work / "robust.weights.h5"), "--info", str(work / "robust.json"),
+        "--history", str(work / "robust.history.json"), "--data", data,
+        "--split", "checkpoints/scratch-efficientnet_lite0/split.json", "--out", str(target),
+    ], check=True, cwd=REPO)
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--kinds", nargs="+", default=["transfer", "scratch"], choices=sorted(CONFIGS))
+    parser.add_argument("--kinds", nargs="+", default=["transfer", "scratch"], choices=sorted([*CONFIGS, *ROBUST]))
     parser.add_argument("--out", default=str(REPO / "checkpoints"))
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--epochs", type=int, help="override both presets' epochs (for a quick try)")
@@ -44,7 +87,9 @@ def main() -> int:
     from animalcls.train import PRESETS
 
     out_root = Path(args.out)
-    for kind in args.kinds:
+    for kind in [k for k in args.kinds if k in ROBUST]:
+        print(f"{kind}: {run_robust(kind, args.data, out_root)}", flush=True)
+    for kind in [k for k in args.kinds if k in CONFIGS]:
         overrides = {**CONFIGS[kind], **({"epochs": args.epochs} if args.epochs else {})}
         overrides["strong_augment"] = args.strong_augment or overrides.get("strong_augment", False)
         config = PRESETS[kind].replace(backbone="efficientnet_lite0", **overrides)

@@ -99,18 +99,52 @@ def test_parse_args_flags_and_env(monkeypatch):
     assert app.parse_args(["--port", "9200", "--host", "127.0.0.1"]).port == 9200
 
 
+def _start_app(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith("ANIMALCLS_")},
+                   **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "app.py"), "--no-hub", "--no-warm-up", *args],
+                          capture_output=True, text=True, env=environment, timeout=120)
+
+
+@pytest.mark.parametrize("variable, value", [("ANIMALCLS_PORT", "abc"), ("GRADIO_SERVER_PORT", "70000")])
+def test_a_bad_port_setting_is_one_line(variable, value):
+    run = _start_app(env={variable: value})
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "error: argument --port: the port (--port, ANIMALCLS_PORT or GRADIO_SERVER_PORT) must be a number "
+        f"from 1 to 65535, got '{value}'"]
+
+
+@pytest.mark.slow  # starts the app up to its launch (Gradio import, Blocks built)
+def test_a_busy_port_is_one_line():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = _start_app(env={"ANIMALCLS_PORT": str(port)})
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: the port is already in use (choose another with --port or "
+        "ANIMALCLS_PORT, or --host)."]
+
+
 # ---------------------------------------------------------------- Classify tab
 
 
 def test_classify_good_image(animal_app, test_photo):
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(test_photo)
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(test_photo)
     assert "### scratch-tiny" in scratch_info and "scratch · tiny · 32 px" in scratch_info
     assert "### transfer-tiny" in transfer_info and "test accuracy" in transfer_info
     assert "Inference (forward pass)" in scratch_info and " ms" in transfer_info
     for label in (scratch_label, transfer_label):
         assert len(label) == 5 and abs(sum(label.values()) - 1) < 1e-3
     assert set(scratch_label) == set(transfer_label) == {"cat", "spider", "butterfly", "elephant", "chicken"}
-    assert "agree" in verdict
+    tops = [max(label, key=label.get) for label in (scratch_label, transfer_label)]
+    expected = (f"**Both models agree: {tops[0]}.**" if tops[0] == tops[1] else
+                f"**The models disagree:** scratch says **{tops[0]}**, transfer says **{tops[1]}**.")
+    assert verdict.startswith(expected)  # "agree" alone would also match "disagree"
     # The comparison table lists every class once, in the same order for both models.
     rows = [line.split("|")[1].strip() for line in verdict.splitlines()
             if line.startswith("| ") and "class" not in line]
@@ -149,7 +183,7 @@ def test_classify_bad_upload_gives_clear_message(animal_app, tmp_path, kind):
         expected = "larger than 50 MB"
     else:
         path.write_bytes(b"")
-        expected = "not an image"
+        expected = "upload.jpg is an empty file (0 bytes)"
     with pytest.raises(gr.Error) as error:
         animal_app.classify(str(path))
     assert expected in error.value.message
@@ -163,19 +197,73 @@ def test_classify_without_photo(animal_app):
         animal_app.classify(None)
 
 
-def test_image_input_rejects_non_image_with_clear_message(tmp_path):
-    """Gradio's own preprocessing fails on a non-image before the handler; ours says why."""
+def test_image_input_passes_the_reason_for_a_non_image(tmp_path):
+    """Gradio's own preprocessing fails on a non-image before the handler; ours passes the reason on."""
     from gradio.data_classes import ImageData
 
     with gr.Blocks():
         image = app.checked_image(type="filepath", image_mode=None)
     bad = tmp_path / "document.pdf"
     bad.write_bytes(b"%PDF-1.4 not an image")
-    with pytest.raises(gr.Error) as error:
-        image.preprocess(ImageData(path=str(bad), orig_name="document.pdf"))
-    assert "document.pdf is not an image" in error.value.message
+    reason = image.preprocess(ImageData(path=str(bad), orig_name="document.pdf"))
+    assert isinstance(reason, app.UnusableUpload) and "document.pdf is not an image" in reason
     good = make_image(tmp_path / "ok.png", (10, 20, 30))
     assert image.preprocess(ImageData(path=str(good), orig_name="ok.png")) == str(good)
+
+
+def test_an_unusable_upload_clears_the_photo_and_results_with_one_message(animal_app, test_photo):
+    with pytest.raises(gr.Error, match="notes.txt is not an image"):  # the API's /classify: an error
+        animal_app.classify(app.UnusableUpload("notes.txt is not an image"))
+    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify_new(
+        app.UnusableUpload("notes.txt is not an image"))
+    assert photo is None and scratch_label is None and transfer_label is None
+    assert "scratch-tiny" in scratch_info and "Inference" not in scratch_info
+    assert verdict == "**Not a usable image:** notes.txt is not an image"
+    photo, *results = animal_app.classify_new(test_photo)
+    assert photo == test_photo and results[1] and results[3]  # a good photo stays and is classified
+
+
+class CountingLock:
+    """A lock that counts how often it is taken, and calls `after_first` once it was."""
+
+    def __init__(self, after_first) -> None:
+        self.lock, self.count, self.after_first = threading.Lock(), 0, after_first
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.count += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        if self.count == 1:
+            self.after_first()
+
+
+def test_classify_reads_the_model_registry_once(animal_app, tiny_checkpoints, test_photo):
+    """A swap right after the request read the registry (here: the scratch model put on the
+    transfer side) must not show up in that request's answer."""
+    from animalcls.inference import load_predictor
+
+    registry = animal_app.registry
+    registry._lock = CountingLock(lambda: registry._paths.update(transfer=tiny_checkpoints["scratch"]))
+    _, _, transfer_info, transfer_label, *_ = animal_app.classify(test_photo)
+    assert registry._lock.count == 1
+    assert "transfer-tiny" in transfer_info and "swapped in" not in transfer_info
+    expected = load_predictor(tiny_checkpoints["transfer"]).predict([test_photo])[0]
+    assert transfer_label == pytest.approx(expected, abs=1e-5)
+    assert registry.path("transfer") == tiny_checkpoints["scratch"]  # the swap did happen, after the read
+
+
+def test_report_tables_hold_no_nan(animal_app):
+    """The accuracy row has no precision/recall: empty cells, not a bare NaN in the JSON."""
+    table = gr.Dataframe(headers=app.REPORT_HEADERS)
+    frames = [v for v in animal_app.model_views() if hasattr(v, "columns")]
+    assert len(frames) == 2
+    for frame in frames:
+        payload = json.dumps(table.postprocess(frame).model_dump(), allow_nan=False)  # raises on NaN
+        accuracy = next(row for row in frame.values.tolist() if row[0] == "accuracy")
+        assert accuracy[1:3] == ["", ""] and "NaN" not in payload
 
 
 def test_example_photos_come_from_the_test_split(animal_app, tiny_checkpoints, tmp_path):
@@ -227,7 +315,7 @@ def test_one_side_missing(tiny_checkpoints, tmp_path):
     animal_app = app.AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
     assert animal_app.notices == [
         "No transfer checkpoint found (looked in empty/): the transfer side is empty."]
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify(
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(
         str(make_image(tmp_path / "ok.png", (30, 200, 30))))
     assert scratch_label and transfer_label is None
     assert "No **transfer** checkpoint" in transfer_info
@@ -327,7 +415,7 @@ def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
     assert "already running" in busy.value.message and busy.value.title == "Busy"
     assert "Cancelling" in animal_app.cancel_finetune()
     final = drain(first)[-1]
-    assert final[0].startswith("**Cancelled** after 1 epoch(s)")
+    assert final[0].startswith("**Cancelled**; kept the 1 finished epoch(s).")
     assert animal_app.cancel_finetune() == "No fine-tune of yours is running."
     assert not animal_app.runner.busy
 
@@ -368,6 +456,21 @@ def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch)
         animal_app.use_model()
 
 
+def test_cancel_before_the_first_epoch_saves_nothing_and_offers_nothing(animal_app, tmp_path):
+    """A real fine-tune with unfrozen layers, cancelled as it starts: nothing saved, the status
+    says so, and "Use this model" stays off."""
+    animal_app.max_unfreeze = 2  # the operator's --max-unfreeze
+    run = animal_app.finetune(3, 1e-3, 2)
+    next(run)
+    assert animal_app.cancel_finetune().startswith("**Cancelling")
+    final = drain(run)[-1]
+    assert final[0] == "**Cancelled** before the first epoch finished: nothing was saved."
+    assert final[-2]["interactive"] is False  # "Use this model" (the last output is the session)
+    assert not (tmp_path / "finetunes").exists() or list((tmp_path / "finetunes").iterdir()) == []
+    with pytest.raises(gr.Error, match="No fine-tuned model yet"):
+        animal_app.use_model()
+
+
 def test_use_model_before_any_finetune(animal_app):
     with pytest.raises(gr.Error, match="No fine-tuned model yet"):
         animal_app.use_model()
@@ -396,8 +499,8 @@ def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, 
     assert animal_app.registry.path("transfer") == source  # the server default is unchanged
     assert name in views[1] and "swapped in" in views[1]
     assert "fine-tuned from" in views[6]  # the Training tab shows the new model's facts
-    assert name in animal_app.classify(test_photo, mine)[2]
-    assert name not in animal_app.classify(test_photo, None)[2]  # a fresh visitor
+    assert name in animal_app.classify(test_photo, session=mine)[2]
+    assert name not in animal_app.classify(test_photo, session=None)[2]  # a fresh visitor
 
     message, *views, mine = animal_app.restore_models(mine)
     assert mine["models"] == {} and name not in views[1]
@@ -409,7 +512,7 @@ def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, te
     *_, name, _, mine = drain(shared.finetune(1, 1e-3, 0, None))[-1]
     message, *_ = shared.use_model(name, mine)
     assert "every visitor" in message and shared.registry.path("transfer").name == name
-    assert name in shared.classify(test_photo, None)[2]  # a fresh visitor gets it too
+    assert name in shared.classify(test_photo, session=None)[2]  # a fresh visitor gets it too
     shared.restore_models(None)
     assert shared.registry.path("transfer") == tiny_checkpoints["transfer"]
 

@@ -37,6 +37,13 @@ def photo(tiny_checkpoints) -> str:
     return held_out_photos([tiny_checkpoints["transfer"]])[0]
 
 
+def expected_verdict(scratch_top: str, transfer_top: str) -> str:
+    """The start of the comparison for these two answers ("agree" alone also matches "disagree")."""
+    if scratch_top == transfer_top:
+        return f"**Both models agree: {scratch_top}.**"
+    return f"**The models disagree:** scratch says **{scratch_top}**, transfer says **{transfer_top}**."
+
+
 def test_api_lists_the_named_endpoints(client):
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for name in ("/classify", "/finetune", "/cancel_finetune", "/use_model", "/restore_models", "/model_info"):
@@ -46,13 +53,13 @@ def test_api_lists_the_named_endpoints(client):
 def test_classify_round_trip(client, photo):
     from gradio_client import handle_file
 
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict = client.predict(
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = client.predict(
         handle_file(photo), api_name="/classify")
     assert "scratch-tiny" in scratch_info and "transfer-tiny" in transfer_info
     for label in (scratch_label, transfer_label):
         assert len(label["confidences"]) == 5
         assert label["label"] == label["confidences"][0]["label"]
-    assert "agree" in verdict
+    assert verdict.startswith(expected_verdict(scratch_label["label"], transfer_label["label"]))
 
 
 def test_bad_upload_gets_a_clear_error_then_a_good_one_works(client, photo, tmp_path):
@@ -123,6 +130,56 @@ def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client
     assert started.wait(60), "the queued fine-tune never started"  # its turn came
     assert "Cancelling" in other.predict(api_name="/cancel_finetune")
     assert waiting.result(timeout=60)[0].startswith("**Cancelled**")
+
+
+@pytest.mark.slow
+def test_classify_stays_responsive_during_a_real_finetune(server, client, photo, monkeypatch):
+    """A real fine-tune (tiny backbone, top layers unfrozen, so it trains on images every epoch)
+    keeps a CPU busy; classification is still answered meanwhile (a second fine-tune would wait in
+    the queue: see the test above)."""
+    from gradio_client import handle_file
+
+    runner = server[1].runner
+    monkeypatch.setattr(server[1], "max_epochs", 100)  # the operator's caps (--max-epochs, --max-unfreeze)
+    monkeypatch.setattr(server[1], "max_unfreeze", 2)
+    job = client.submit(100, 1e-3, 2, api_name="/finetune")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (runner.current and runner.current.progress().epochs_done >= 1):
+        time.sleep(0.2)
+    assert runner.current.progress().epochs_done >= 1, "the fine-tune never finished an epoch"
+    start = time.perf_counter()
+    assert len(client.predict(handle_file(photo), api_name="/classify")[1]["confidences"]) == 5
+    elapsed = time.perf_counter() - start
+    assert runner.current.running and not job.done()  # it was training all along
+    assert elapsed < 10, f"classify took {elapsed:.1f} s during a fine-tune"
+    assert "Cancelling" in client.predict(api_name="/cancel_finetune")
+    status = job.result(timeout=120)[0]
+    assert status.startswith("**Cancelled**; kept the ") and "finished epoch(s)" in status
+
+
+@pytest.mark.parametrize("settings, message", [
+    (("three", 1e-3, 0), "Epochs must be a number"),
+    ((3, "fast", 0), "Learning rate must be a number"),
+    ((3, 1e-3, "all"), "must be a number"),
+])
+def test_non_numeric_finetune_settings_get_a_message(client, settings, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*settings, api_name="/finetune")
+
+
+@pytest.mark.parametrize("index", [999999, 1.5, "../../etc/passwd", -1])
+def test_a_bad_example_index_gets_a_message(client, index):
+    with pytest.raises(Exception, match="No example"):
+        client.predict(index, api_name="/load_test_example")
+
+
+def test_an_empty_upload_says_empty_file(client, tmp_path):
+    from gradio_client import handle_file
+
+    empty = tmp_path / "nothing.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(Exception, match="nothing.jpg is an empty file"):
+        client.predict(handle_file(str(empty)), api_name="/classify")
 
 
 def test_finetune_use_model_and_restore_stay_in_the_session(server, client, photo, tiny_checkpoints):

@@ -47,7 +47,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     code, stdout, _ = _run(capsys, "predict", out, image, "--json", "--top", "3")
     assert code == 0
     result = json.loads(stdout)
-    assert len(result[str(image)]) == 3
+    assert len(result[str(image)]["probabilities"]) == 3 and result[str(image)]["out_of_scope"] is None
 
 
 def test_transfer_with_a_local_weights_file(tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_transfer_with_a_local_weights_file(tmp_path, capsys):
         (["train", "--data", "{data}", "--model", "transfer", "--backbone", "tiny", "--weights", "{tmp}/w.h5"],
          "Weights file not found"),
         (["train", "--data", "{data}", "--model", "scratch", "--backbone", "nope"], "Unknown backbone 'nope'"),
-        (["train", "--data", "{data}", "--model", "scratch", "--classes", "zebra"], "Class 'zebra' has no folder"),
+        (["train", "--data", "{data}", "--model", "scratch", "--classes", "cat", "zebra"], "Class 'zebra' has no folder"),
         (["predict", "{tmp}/no-checkpoint", "{tmp}/x.jpg"], "Checkpoint folder not found"),
         (["predict", "{ckpt}", "{tmp}/bad.jpg"], "bad.jpg is not an image"),
         (["predict", "{ckpt}", "{tmp}/missing.jpg"], "Image file not found"),
@@ -92,3 +92,146 @@ def test_subprocess_error_is_one_line_without_tensorflow_noise(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"error: Missing manifest.json in {tmp_path}"]
+
+
+# Each bad command line, and the start of its one-line message. All are answered before TensorFlow.
+NONSENSE = [
+    (["train", "--data", "{data}", "--model", "scratch", "--classes", "dog"], "--classes needs at least two"),
+    (["train", "--data", "{data}", "--model", "scratch", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "--data", "{data}", "--model", "scratch", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["train", "--data", "{data}", "--model", "scratch", "--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "tiny", "--image-size", "4"],
+     "--image-size must be at least 8 for backbone tiny"),
+    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "efficientnet_lite0", "--image-size", "16"],
+     "--image-size must be at least 32"),
+    (["train", "--data", "{data}", "--model", "scratch", "--learning-rate", "0"], "--learning-rate must be a finite"),
+    (["train", "--data", "{data}", "--model", "scratch", "--learning-rate=-1e-3"], "--learning-rate must be"),
+    (["train", "--data", "{data}", "--model", "scratch", "--learning-rate", "nan"], "--learning-rate must be"),
+    (["train", "--data", "{data}", "--model", "scratch", "--learning-rate", "inf"], "--learning-rate must be"),
+    (["train", "--data", "{data}", "--model", "scratch", "--epochs", "two"], "argument --epochs: invalid int"),
+    (["train", "--data", "{data}", "--model", "scratch", "--preset", "fast"], "argument --preset: invalid choice"),
+    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "nope"], "Unknown backbone 'nope'"),
+    (["train", "--data", "{tmp}/nope", "--model", "scratch"], "Dataset folder not found"),
+    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "tiny", "--out", "{ckpt}"],
+     "Checkpoint folder already exists"),
+    (["predict", "{ckpt}", "{tmp}/x.jpg", "--top", "0"], "--top must be at least 1"),
+    (["predict", "{ckpt}", "{tmp}/x.jpg", "--top", "-1"], "--top must be at least 1"),
+    (["predict", "{ckpt}", "{tmp}/missing.jpg"], "Image file not found"),
+    (["predict", "{ckpt}", "{tmp}"], "{tmp} is a folder, not an image file"),
+    (["evaluate", "{ckpt}", "--data", "{tmp}/nope"], "Dataset folder not found"),
+    (["finetune", "{ckpt}", "--epochs", "0"], "--epochs must be at least 1"),
+    (["finetune", "{ckpt}", "--learning-rate", "0"], "--learning-rate must be"),
+    (["finetune", "{ckpt}", "--unfreeze", "-1"], "--unfreeze must be 0 or more"),
+    (["finetune", "{ckpt}", "--out", "{ckpt}"], "is the source checkpoint"),
+    (["finetune", "{ckpt}", "--out", "{data}"], "Checkpoint folder already exists"),
+    (["finetune", "{scratch}"], "only transfer checkpoints can be fine-tuned"),
+]
+
+
+def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_checkpoints):
+    """One subprocess runs every case (a fresh interpreter, so sys.modules is honest): each gets
+    one `error:` line and status 2, and TensorFlow and Keras are never imported."""
+    data_dir = make_dataset(tmp_path / "data", per_class=1)
+    make_image(tmp_path / "x.jpg", (200, 10, 10))
+    values = {"tmp": tmp_path, "data": data_dir, "ckpt": tiny_checkpoints["transfer"],
+              "scratch": tiny_checkpoints["scratch"]}
+    cases = [[a.format(**values) for a in argv] for argv, _ in NONSENSE]
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from animalcls.cli import main\n"
+        "out = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as exit:\n"
+        "            code = exit.code\n"
+        "    out.append([code, err.getvalue()])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print(json.dumps({'results': out, 'heavy': heavy}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ANIMALCLS_FILTER_STDERR": "0"}
+    run = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    for (argv, message), (code, err) in zip(NONSENSE, report["results"]):
+        assert code == 2, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
+        assert message.format(**values) in lines[0], (argv, err)
+    assert report["heavy"] == []
+
+
+def test_presets_named_by_the_parser_are_the_trainers():
+    from animalcls.cli_checks import PRESET_NAMES
+    from animalcls.train import PRESETS
+
+    assert tuple(PRESETS) == PRESET_NAMES
+
+
+def test_train_refuses_an_existing_out_before_training(tmp_path, capsys):
+    """Library side of the same check: train_checkpoint fails before building or fitting."""
+    from animalcls.errors import CheckpointError
+    from animalcls.train import PRESETS
+    from animalcls.workflows import train_checkpoint
+
+    out = tmp_path / "exists"
+    out.mkdir()
+    config = PRESETS["scratch"].replace(backbone="tiny", image_size=32, epochs=50, batch_size=8)
+    with pytest.raises(CheckpointError, match="already exists"):
+        train_checkpoint(tmp_path / "no-data-needed", config, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]  # no .exists.work left behind
+
+
+def test_evaluate_data_leaves_out_the_checkpoints_training_photos(tmp_path, capsys, tiny_checkpoints):
+    """A copy of the checkpoint's own dataset plus one new photo: by default only the 10 test-split
+    photos and the new one are scored, and the report says so; the flag scores all 51, plainly."""
+    import shutil
+
+    from animalcls.data import Split
+
+    checkpoint = tiny_checkpoints["transfer"]
+    split = Split.load(checkpoint / "split.json")
+    copy = tmp_path / "copy"
+    shutil.copytree(split.locate_root(checkpoint), copy)
+    make_image(copy / "gatto" / "new-cat.jpg", (220, 40, 40), seed=99)
+    code, out, err = _run(capsys, "evaluate", checkpoint, "--data", copy, "--json", tmp_path / "r.json")
+    assert code == 0, err
+    photos = json.loads((tmp_path / "r.json").read_text())["photos"]
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 11
+    assert (photos["test_split"], photos["outside_split"], photos["training_left_out"]) == (10, 1, 40)
+    assert "Photos: 11 photos of" in out and "left out 40 training/validation photos" in out
+
+    code, out, _ = _run(capsys, "evaluate", checkpoint, "--data", copy, "--include-training-photos")
+    assert code == 0
+    assert "51 photos of" in out and "40 TRAINING/VALIDATION photos" in out and "not a test score" in out
+
+    code, out, _ = _run(capsys, "evaluate", checkpoint)
+    assert code == 0 and "Photos: the recorded test split: 10 photos of" in out
+
+
+def test_predict_scratch_or_transfer_means_the_bundled_default(tmp_path, monkeypatch, tiny_checkpoints):
+    import shutil
+
+    from animalcls.checkpoints import default_pair
+    from animalcls.cli_checks import resolve_checkpoint
+    from animalcls.settings import BUNDLED_DIR
+
+    chosen = json.loads((BUNDLED_DIR / "defaults.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    for kind in ("scratch", "transfer"):
+        assert resolve_checkpoint(kind) == default_pair()[kind] == BUNDLED_DIR / chosen[kind]
+    shutil.copytree(tiny_checkpoints["transfer"], tmp_path / "transfer")  # a folder of that name wins
+    assert resolve_checkpoint("transfer").resolve() == tmp_path / "transfer"
+
+
+@pytest.mark.slow
+def test_predict_with_the_bundled_scratch_shortcut(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = make_image(tmp_path / "x.jpg", (200, 10, 10), size=64)
+    code, out, err = _run(capsys, "predict", "scratch", image, "--top", "2")
+    assert code == 0, err
+    assert out.startswith("Model: scratch-efficientnet_lite0 (scratch, efficientnet_lite0)")
+    assert len([line for line in out.splitlines() if line.strip().endswith("%")]) == 2

@@ -165,3 +165,22 @@ def test_bundled_checkpoints_record_no_absolute_path():
     for path in sorted((REPO / "checkpoints").glob("*/*.json")):
         text = path.read_text()
         assert '"/' not in text and "/work" not in text and "/home" not in text, path
+
+
+def test_split_version_is_checked_on_load(tmp_path):
+    import json
+
+    from animalcls.data import SPLIT_VERSION, Split
+    from animalcls.errors import DataError
+
+    split = Split("/data", ["cat", "dog"], 42, 0.2, 0.1, [("cat/a.jpg", 0)], [], [("dog/b.jpg", 1)])
+    split.save(tmp_path / "split.json")
+    assert Split.load(tmp_path / "split.json").version == SPLIT_VERSION
+    data = json.loads((tmp_path / "split.json").read_text())
+    del data["version"]  # written before versions were recorded: read as version 1
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert Split.load(tmp_path / "old.json").version == 1
+    for version in (SPLIT_VERSION + 1, "2", 0):
+        (tmp_path / "new.json").write_text(json.dumps({**data, "version": version}))
+        with pytest.raises(DataError, match="upgrade animalcls"):
+            Split.load(tmp_path / "new.json")

@@ -184,7 +184,9 @@ def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
     assert not np.allclose(before, after)  # the head trained on features is the saved one
 
 
-def test_cancel_mid_run_keeps_and_saves_what_was_trained(tiny_checkpoints, tmp_path):
+@pytest.mark.parametrize("unfreeze", [0, 2])
+def test_cancel_in_the_first_epoch_saves_nothing(tiny_checkpoints, tmp_path, unfreeze):
+    from animalcls.errors import Cancelled
     from animalcls.finetune import finetune
     from animalcls.hooks import TrainHooks
 
@@ -195,17 +197,36 @@ def test_cancel_mid_run_keeps_and_saves_what_was_trained(tiny_checkpoints, tmp_p
         batches.append(batch)
         event.set()
 
-    result = finetune(
-        tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8,
-        hooks=TrainHooks(on_batch=on_batch, cancel=event),
-    )
-    assert result.cancelled and batches == [1]
-    assert len(result.history["loss"]) == 1
-    assert json.loads((result.path / "manifest.json").read_text())["training"]["cancelled"] is True
+    with pytest.raises(Cancelled, match="before the first epoch finished: nothing was saved"):
+        finetune(tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8, unfreeze_layers=unfreeze,
+                 hooks=TrainHooks(on_batch=on_batch, cancel=event))
+    assert batches == [1]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ft", "ft"))) == []  # no folder, no leftover
+
+
+def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints, tmp_path):
+    """Cancelled at epoch 2, batch 1 with unfrozen layers: epoch 1 is kept, the unfinished one
+    is neither recorded nor saved (test_train checks that its batches are undone)."""
+    from animalcls.finetune import finetune
+    from animalcls.hooks import TrainHooks
+
+    event = threading.Event()
+
+    def on_batch(epoch, batch, steps, logs):
+        if epoch == 2:
+            event.set()
+
+    result = finetune(tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8,
+                      unfreeze_layers=2, hooks=TrainHooks(on_batch=on_batch, cancel=event))
+    assert result.cancelled and len(result.history["loss"]) == 1
+    training = json.loads((result.path / "manifest.json").read_text())["training"]
+    assert training["cancelled"] is True and training["epochs_run"] == 1
+    assert result.evaluation["n"] == 10  # evaluated (and saved): a usable model of one finished epoch
 
 
 def test_preset_cancel(tiny_checkpoints, tmp_path):
-    """Cold cache: cancelled during extraction, nothing saved. Warm cache: one batch, saved."""
+    """Cold cache: cancelled during extraction. Warm cache: cancelled at the first batch. Nothing saved."""
+    from animalcls.errors import Cancelled
     from animalcls.features import FeatureExtractionCancelled
     from animalcls.finetune import finetune
     from animalcls.hooks import TrainHooks
@@ -217,8 +238,9 @@ def test_preset_cancel(tiny_checkpoints, tmp_path):
     assert not (tmp_path / "cold").exists()
 
     finetune(tiny_checkpoints["transfer"], epochs=1, out_dir=tmp_path / "warm-up")
-    result = finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "warm", hooks=TrainHooks(cancel=event))
-    assert result.cancelled and (tmp_path / "warm" / "model.keras").is_file()
+    with pytest.raises(Cancelled):
+        finetune(tiny_checkpoints["transfer"], out_dir=tmp_path / "warm", hooks=TrainHooks(cancel=event))
+    assert not (tmp_path / "warm").exists()
 
 
 def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_path):
@@ -287,3 +309,28 @@ def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
     assert main(["finetune", str(tiny_checkpoints["transfer"]), "--epochs", "1", "--out", str(out)]) == 0
     assert (out / "model.keras").is_file() and "Fine-tuned checkpoint" in capsys.readouterr().out
     assert main(["finetune", str(tiny_checkpoints["scratch"]), "--out", str(tmp_path / "no")]) == 2
+
+
+def test_training_features_pick_the_flipped_copy_at_random_each_epoch():
+    """Each sample index i has features [i, 0] and flipped features [i, 1]: every epoch holds
+    every sample once with its own label, about half of them flipped, drawn anew per epoch."""
+    from animalcls.finetune import feature_dataset
+
+    n = 200
+    index = np.arange(n, dtype=np.float32)
+    plain = np.stack([index, np.zeros(n, np.float32)], axis=1)
+    flipped = np.stack([index, np.ones(n, np.float32)], axis=1)
+    labels = [i % 5 for i in range(n)]
+    ds = feature_dataset(plain, labels, 5, 32, training=True, flipped=flipped, seed=7)
+    epochs = []
+    for _ in range(2):
+        x, y = (np.concatenate(part) for part in zip(*[(a.numpy(), b.numpy()) for a, b in ds]))
+        order = x[:, 0].astype(int)
+        assert sorted(order) == list(range(n))  # every sample once
+        assert (y.argmax(axis=1) == order % 5).all()  # with its own label
+        epochs.append(x[np.argsort(order), 1])
+    for choice in epochs:
+        assert 0.35 < choice.mean() < 0.65
+    assert (epochs[0] != epochs[1]).mean() > 0.3  # a new draw every epoch
+    unflipped = feature_dataset(plain, labels, 5, 32, training=True, seed=7)
+    assert all((a.numpy()[:, 1] == 0).all() for a, _ in unflipped)

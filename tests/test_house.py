@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "animalcls"
-LIGHT = ("inference", "app_state", "progress", "features", "hooks", "settings", "atomic", "app_views")
+LIGHT = ("inference", "app_state", "progress", "features", "hooks", "settings", "atomic", "app_views", "distribute",
+         "batch_predict", "cli", "cli_checks")
 
 
 def test_serving_and_progress_modules_import_neither_tensorflow_nor_keras():
@@ -58,3 +59,17 @@ def test_no_module_is_much_over_400_lines():
     long = {p.name: n for p in [*PACKAGE.glob("*.py"), PACKAGE.parent / "app.py"]
             if (n := len(p.read_text().splitlines())) > 420}
     assert long == {}
+
+
+def test_gitignore_lists_no_committed_file():
+    """A committed file that .gitignore matches (e.g. checkpoints/defaults.json) is easy to lose."""
+    import shutil
+
+    import pytest
+
+    repo = PACKAGE.parent
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert listed == []

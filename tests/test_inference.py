@@ -63,7 +63,7 @@ def test_tiny_images_and_arrays_are_accepted():
     "payload, message",
     [
         (b"this is a text file", "not an image"),
-        (b"", "not an image"),
+        (b"", "empty file"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not an image|corrupt"),
     ],
 )
@@ -132,3 +132,25 @@ def test_bad_image_does_not_break_the_predictor(tiny_checkpoints, tmp_path):
         predictor.predict([tmp_path / "bad.jpg"])
     probabilities, seconds = predictor.timed_predict(_asymmetric_rgb())
     assert len(probabilities) == 5 and seconds > 0
+
+
+def test_a_changed_model_file_is_reloaded(tiny_checkpoints, tmp_path):
+    """load_predictor caches per (folder, model file time): replacing model.keras gives a new
+    predictor with the new weights; an unchanged file gives the cached one."""
+    import os
+    import shutil
+
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoints["scratch"], folder)
+    image = _asymmetric_rgb()
+    first = inference.load_predictor(folder)
+    assert inference.load_predictor(folder) is first
+    before = first.predict([image])[0]
+    shutil.copy(tiny_checkpoints["transfer"] / "model.keras", folder / "model.keras")  # same input and outputs
+    later = (folder / "model.keras").stat().st_mtime + 10
+    os.utime(folder / "model.keras", (later, later))
+    second = inference.load_predictor(folder)
+    assert second is not first
+    expected = inference.load_predictor(tiny_checkpoints["transfer"]).predict([image])[0]
+    assert second.predict([image])[0] == pytest.approx(expected, abs=1e-6)
+    assert second.predict([image])[0] != pytest.approx(before, abs=1e-6)

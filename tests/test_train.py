@@ -53,20 +53,50 @@ def test_fit_records_metrics_every_epoch_and_saves_history(tmp_path, synthetic_d
     assert result.best_epoch == int(np.argmin(losses)) + 1
 
 
-def test_cancel_stops_after_the_current_batch_and_keeps_history(tmp_path, synthetic_data):
+def test_cancel_keeps_only_finished_epochs(tmp_path, synthetic_data):
+    """Cancelled in epoch 2, batch 2: the history lists epoch 1 only and the weights are those
+    at the end of epoch 1 (the two batches of epoch 2 are undone)."""
     train_ds, val_ds, steps = _datasets(synthetic_data, batch_size=4)
     cancel = threading.Event()
-
-    def on_batch(epoch, batch, steps_, logs):
-        if batch == 2:
-            cancel.set()
-
     config = train.PRESETS["scratch"].replace(epochs=5, batch_size=4)
     model = models.build_scratch("tiny", 5, 32)
-    result = train.fit(model, config, train_ds, val_ds, tmp_path / "w", steps, on_batch=on_batch, cancel=cancel)
+    at_epoch_end: list[list[np.ndarray]] = []
+
+    def on_batch(epoch, batch, steps_, logs):
+        if (epoch, batch) == (2, 2):
+            cancel.set()
+
+    def on_epoch(epoch, history):
+        at_epoch_end.append(model.get_weights())
+
+    result = train.fit(model, config, train_ds, val_ds, tmp_path / "w", steps, on_batch, on_epoch, cancel)
     assert result.cancelled
-    assert len(result.history["loss"]) == 1
-    assert json.loads((tmp_path / "w" / "history.json").read_text())["loss"]
+    assert len(result.history["loss"]) == 1 and len(at_epoch_end) == 1
+    assert json.loads((tmp_path / "w" / "history.json").read_text())["loss"] == result.history["loss"]
+    for saved, now in zip(at_epoch_end[0], model.get_weights()):
+        np.testing.assert_array_equal(saved, now)
+
+
+def test_cancel_in_the_first_epoch_finishes_none(tmp_path, synthetic_data):
+    train_ds, val_ds, steps = _datasets(synthetic_data, batch_size=4)
+    cancel = threading.Event()
+    config = train.PRESETS["transfer"].replace(epochs=5, batch_size=4)  # keep_best: no best file yet
+    model = models.build_scratch("tiny", 5, 32)
+    result = train.fit(model, config, train_ds, val_ds, tmp_path / "w", steps,
+                       on_batch=lambda *_: cancel.set(), cancel=cancel)
+    assert result.cancelled and result.history == {} and result.best_epoch is None
+
+
+def test_train_checkpoint_cancelled_before_an_epoch_saves_nothing(tmp_path, synthetic_data):
+    from animalcls.errors import Cancelled
+    from animalcls.hooks import TrainHooks
+
+    cancel = threading.Event()
+    cancel.set()
+    config = train.PRESETS["scratch"].replace(backbone="tiny", image_size=32, epochs=3, batch_size=8)
+    with pytest.raises(Cancelled, match="nothing was saved"):
+        train_checkpoint(synthetic_data, config, tmp_path / "out", hooks=TrainHooks(cancel=cancel))
+    assert not [p for p in tmp_path.iterdir() if p.name != synthetic_data.name]  # no folder, no leftovers
 
 
 def test_seeded_runs_are_repeatable(tmp_path, synthetic_data):

@@ -1,0 +1,146 @@
+"""The command line's argument checks. They need no TensorFlow and load no model, so `main()`
+runs them before any slow work: a nonsense value or a bad path fails in a fraction of a second
+instead of after a TensorFlow import (4-8 s) or a whole training run."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import KINDS, default_pair, read_manifest
+from .errors import AnimalclsError
+from .labels import resolve_classes
+from .settings import BACKBONE_IMAGE_SIZES, BUNDLED_DIR, default_backbone
+
+PRESET_NAMES = ("scratch", "scratch-sgd", "scratch-robust", "transfer")  # train.PRESETS' keys (a test keeps them equal)
+
+
+class ArgumentError(AnimalclsError, ValueError):
+    """A command-line value that makes no sense (printed as one `error:` line, exit status 2)."""
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check every argument of `args.command` that can be checked without TensorFlow."""
+    checks = {"train": check_train, "evaluate": check_evaluate, "predict": check_predict,
+              "finetune": check_finetune, "push": check_push}
+    if args.command in checks:
+        checks[args.command](args)
+
+
+def resolve_checkpoint(arg: str) -> Path:
+    """A checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind."""
+    if arg in KINDS and not Path(arg).exists():
+        pair = default_pair()
+        if arg not in pair:
+            raise ArgumentError(f"No bundled {arg} checkpoint in {BUNDLED_DIR}.")
+        return pair[arg]
+    return Path(arg).expanduser()
+
+
+def train_out(args: argparse.Namespace) -> Path:
+    """The folder `train` writes: --out, else runs/<model>-<backbone>."""
+    return Path(args.out).expanduser() if args.out else Path(f"runs/{args.model}-{train_backbone(args)}")
+
+
+def train_backbone(args: argparse.Namespace) -> str:
+    return args.backbone or default_backbone()
+
+
+def check_train(args: argparse.Namespace) -> None:
+    if len(resolve_classes(args.classes)) < 2:
+        raise ArgumentError("--classes needs at least two classes (a one-class model always answers that class).")
+    _positive_int("--epochs", args.epochs)
+    _positive_int("--batch-size", args.batch_size)
+    _positive_finite("--learning-rate", args.learning_rate)
+    if args.bn_momentum is not None and not 0 <= args.bn_momentum < 1:
+        raise ArgumentError(f"--bn-momentum must be at least 0 and below 1, got {args.bn_momentum}.")
+    backbone = train_backbone(args)
+    if backbone not in BACKBONE_IMAGE_SIZES:
+        raise ArgumentError(f"Unknown backbone '{backbone}'. Choose one of: {', '.join(sorted(BACKBONE_IMAGE_SIZES))}.")
+    minimum = BACKBONE_IMAGE_SIZES[backbone][1]
+    if args.image_size is not None and args.image_size < minimum:
+        raise ArgumentError(f"--image-size must be at least {minimum} for backbone {backbone}, got {args.image_size}.")
+    if args.weights not in (None, "imagenet"):
+        if args.model != "transfer":
+            raise ArgumentError("--weights is for --model transfer only.")
+        _existing_file("Weights file", args.weights)
+    if not args.data.startswith("hf://"):
+        _existing_folder("Dataset folder", args.data)
+    out = train_out(args)
+    if out.exists():
+        raise ArgumentError(f"Checkpoint folder already exists: {out} (choose another --out).")
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    _checkpoint_manifest(args.checkpoint)
+    if args.data and not args.data.startswith("hf://"):
+        _existing_folder("Dataset folder", args.data)
+    if args.include_training_photos and not args.data:
+        raise ArgumentError("--include-training-photos needs --data DIR (the recorded test split has none).")
+    if args.json and Path(args.json).is_dir():
+        raise ArgumentError(f"--json {args.json} is a folder: give a file name.")
+
+
+def check_predict(args: argparse.Namespace) -> None:
+    if args.top < 1:
+        raise ArgumentError(f"--top must be at least 1, got {args.top}.")
+    _checkpoint_manifest(args.checkpoint)
+    for image in args.images:
+        path = Path(image).expanduser()
+        if path.is_dir():
+            raise ArgumentError(f"{path} is a folder, not an image file: give image files.")
+        if not path.is_file():
+            raise ArgumentError(f"Image file not found: {path}")
+
+
+def check_finetune(args: argparse.Namespace) -> None:
+    _positive_int("--epochs", args.epochs)
+    _positive_finite("--learning-rate", args.learning_rate)
+    if args.unfreeze < 0:
+        raise ArgumentError(f"--unfreeze must be 0 or more, got {args.unfreeze}.")
+    source, manifest = _checkpoint_manifest(args.checkpoint)
+    if manifest["kind"] != "transfer":
+        raise ArgumentError(f"{source} is a {manifest['kind']} checkpoint: only transfer checkpoints can be fine-tuned.")
+    if args.data and not args.data.startswith("hf://"):
+        _existing_folder("Dataset folder", args.data)
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.resolve() == source.resolve():
+            raise ArgumentError(f"--out {out} is the source checkpoint: fine-tuning writes a NEW folder.")
+        if out.exists():
+            raise ArgumentError(f"Checkpoint folder already exists: {out} (choose another --out).")
+
+
+def check_push(args: argparse.Namespace) -> None:
+    _checkpoint_manifest(args.checkpoint)
+
+
+def _checkpoint_manifest(arg: str) -> tuple[Path, dict[str, Any]]:
+    folder = resolve_checkpoint(arg)
+    return folder, read_manifest(folder)
+
+
+def _positive_int(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ArgumentError(f"{flag} must be at least 1, got {value}.")
+
+
+def _positive_finite(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ArgumentError(f"{flag} must be a finite number above 0, got {value}.")
+
+
+def _existing_folder(what: str, arg: str) -> None:
+    path = Path(arg).expanduser()
+    if not path.is_dir():
+        raise ArgumentError(f"{what} not found: {path}" + (" (it is a file)" if path.is_file() else ""))
+
+
+def _existing_file(what: str, arg: str) -> None:
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        raise ArgumentError(f"{what} {path} is a folder, not a file.")
+    if not path.is_file():
+        raise ArgumentError(f"{what} not found: {path}")

@@ -1,0 +1,114 @@
+"""Keras checkpoint -> ONNX serving graph (tf2onnx), stored next to `model.keras`.
+
+`model.keras` stays the source of truth. The ONNX file is derived from it and keyed by its
+sha256 in a sidecar (`onnx_store.SIDECAR_FILE`), so a retrained or edited model is never
+served through a stale graph. The serving graph runs ONE forward pass and returns three
+named outputs (see `onnx_store.OUTPUTS`):
+
+* `probabilities` (N, C): the model's softmax output, class order of the manifest;
+* `pooled` (N, D): the output of the pooling layer `models.POOL_LAYER`;
+* `feature_map` (N, h, w, D): the backbone's last feature map, the pooling layer's input.
+
+Its input `image` is (N, S, S, 3) float32 raw RGB 0-255: preprocessing stays in the graph.
+This module imports TensorFlow; serving does not (see `onnx_engine`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import onnx_store
+from .atomic import write_atomic
+from .errors import CheckpointError
+
+OPSET = 17
+
+
+def serving_model(model: Any) -> Any:
+    """A keras.Model sharing `model`'s layers whose outputs are the three serving outputs."""
+    import keras
+
+    from .settings import POOL_LAYER
+
+    try:
+        pool = model.get_layer(POOL_LAYER)
+    except ValueError:
+        raise CheckpointError(f"Model {model.name} has no '{POOL_LAYER}' layer; it cannot be served via ONNX.") from None
+    outputs = {"probabilities": model.output, "pooled": pool.output, "feature_map": pool.input}
+    return keras.Model(model.input, outputs, name=f"{model.name}_serving")
+
+
+def to_onnx_bytes(model: Any, image_size: int) -> bytes:
+    """Convert `model` (raw RGB 0-255 in, probabilities out) to a serialised ONNX graph with
+    input `image` (None, S, S, 3) float32 and the three named outputs."""
+    import tensorflow as tf
+    import tf2onnx
+
+    serving = serving_model(model)
+
+    @tf.function(autograph=False)
+    def serve(image: Any) -> dict[str, Any]:
+        return serving(image, training=False)
+
+    spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=onnx_store.INPUT_NAME)
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=(spec,), opset=OPSET)
+    names = sorted(output.name for output in proto.graph.output)
+    if names != sorted(onnx_store.OUTPUTS):
+        raise RuntimeError(f"tf2onnx produced outputs {names}, expected {sorted(onnx_store.OUTPUTS)}")
+    return proto.SerializeToString()
+
+
+def converter_version() -> str:
+    from importlib.metadata import version
+
+    return f"tf2onnx {version('tf2onnx')}, opset {OPSET}"
+
+
+def write_onnx(folder: str | Path, model: Any = None, target: Path | None = None) -> Path:
+    """Convert the checkpoint in `folder` and write the graph and its sidecar atomically to
+    `target` (default: `folder/model.onnx`). Pass `model` when it is already loaded."""
+    from .checkpoints import MODEL_FILE, load_checkpoint, read_manifest
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    keras_sha = onnx_store.file_sha256(folder / MODEL_FILE)  # hash first: what was converted
+    if model is None:
+        model = load_checkpoint(folder).model
+    data = to_onnx_bytes(model, int(manifest["image_size"]))
+    target = Path(target) if target else folder / onnx_store.ONNX_FILE
+    sidecar = onnx_store.sidecar_for(
+        keras_sha, onnx_store.bytes_sha256(data), int(manifest["image_size"]), converter_version()
+    )
+    write_atomic(target, lambda handle: handle.write(data))
+    # The sidecar goes last: a crash in between leaves a graph whose hash the old sidecar
+    # does not match, which is detected as stale.
+    onnx_store.write_sidecar(target, sidecar)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m animalcls.convert_onnx CKPT [CKPT ...]`: (re)write each folder's model.onnx."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m animalcls.convert_onnx", description=main.__doc__)
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT_DIR")
+    args = parser.parse_args(argv)
+    from .checkpoints import read_manifest
+
+    try:
+        folders = [Path(folder) for folder in args.checkpoints]
+        for folder in folders:
+            read_manifest(folder)  # every argument checked before TensorFlow is imported
+        for folder in folders:
+            path = write_onnx(folder)
+            print(f"{path} ({path.stat().st_size / 2**20:.1f} MB)")
+    except (CheckpointError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,391 @@
+""""None of the five": does a photo show one of a checkpoint's classes at all?
+
+NumPy only (no TensorFlow): a serving engine gives `ScopeDetector` the arrays of its own single
+forward pass, per photo:
+
+* `probabilities` (n, classes): the model's softmax output;
+* `features` (n, dim): the model's pooled backbone features (the `models.POOL_LAYER` output);
+* `imagenet_features` (n, 1280): the pooled features of the ImageNet EfficientNet-Lite0 at
+  224 px. For a transfer model on the frozen ImageNet Lite0 these ARE `features`
+  (`detector.imagenet_from_pool`); otherwise they take a second forward pass, needed only when
+  `detector.needs_imagenet_features`.
+
+Scores (higher = less like the training photos), combined by a logistic regression fitted on
+calibration photos (`scope_build.py`):
+
+* `imagenet`: log-odds, under the Lite0 ImageNet head, of ImageNet's OTHER animals (synsets
+  0-397 less the classes' own) against the synsets of the checkpoint's classes. A dog or a
+  lion puts its mass on other animals; an elephant statue that ImageNet cannot name puts it
+  on neither, so unlike the plain mass on the classes' synsets it is not flagged for that.
+  The log-sum-exp over all 1000 classes cancels, so only the 398 animal columns are stored;
+* `knn`: 1 - mean cosine similarity to the `k` nearest training photos, in a 64-dimensional
+  PCA of the ImageNet features (of the model's own features without ImageNet ones);
+* `maxprob`: 1 - the model's top probability.
+
+Files, next to the checkpoint's model (written atomically, no absolute paths):
+
+* `scope.npz`: `train_features` (float16, n x dim, the model's pooled features of the train
+  split in split.json order, unflipped), `train_labels` (int16, index into class_names),
+  `train_files` (str, paths relative to the split's dataset root, as in split.json),
+  `knn_mean` (float32, dim), `knn_projection` (float16, dim x 64) and `knn_reference`
+  (float16, n x 64, the train split projected), and `imagenet_kernel` (float16, 1280 x 398)
+  and `imagenet_bias` (float32, 398) when used. Fine-tuning without photos and few-shot
+  teaching reuse the train features.
+* `scope.json`: format, method, threshold, k, classes, the combiner's weights, the
+  sha256 of scope.npz (a torn or mismatched pair is refused) and the calibration figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_atomic, write_json
+from .errors import CheckpointError
+
+SCOPE_NPZ = "scope.npz"
+SCOPE_JSON = "scope.json"
+FORMAT_VERSION = 1
+IMAGENET_IMAGE_SIZE = 224
+SCORE_NAMES = ("imagenet", "knn", "maxprob")
+ANIMAL_SYNSETS = 398  # ImageNet-1k classes 0-397 are animals
+KNN_DIMENSIONS = 64
+METHODS = (*SCORE_NAMES, "combined")
+
+# ImageNet-1k synsets of each class a checkpoint may know (standard class order).
+IMAGENET_SYNSETS: dict[str, tuple[int, ...]] = {
+    "cat": tuple(range(281, 286)),
+    "spider": tuple(range(72, 78)),
+    "butterfly": tuple(range(321, 327)),
+    "elephant": (101, 385, 386),
+    "chicken": (7, 8),
+    "dog": tuple(range(151, 269)),
+    "horse": (339, 603),
+    "cow": (345, 346, 347),
+    "sheep": (348, 349),
+    "squirrel": (335, 336),
+}
+
+
+class ScopeError(CheckpointError):
+    """A checkpoint's scope files are missing, corrupt or do not match each other."""
+
+
+def maxprob_score(probabilities: np.ndarray) -> np.ndarray:
+    """1 - the top class probability."""
+    return 1.0 - np.asarray(probabilities, dtype=np.float64).max(axis=1)
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=1, keepdims=True)
+    return np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+
+
+def imagenet_log_odds(animal_logits: np.ndarray, synsets: Sequence[int]) -> np.ndarray:
+    """log P(another ImageNet animal) - log P(one of `synsets`), from the 398 animal logits."""
+    logits = np.asarray(animal_logits, dtype=np.float64)
+    inside = np.zeros(logits.shape[1], dtype=bool)
+    inside[list(synsets)] = True
+    return _logsumexp(logits[:, ~inside]) - _logsumexp(logits[:, inside])
+
+
+def imagenet_score(imagenet_features: np.ndarray, kernel: np.ndarray, bias: np.ndarray, synsets: Sequence[int]) -> np.ndarray:
+    """`imagenet_log_odds` from pooled Lite0 features and the head's animal columns."""
+    kernel = np.asarray(kernel, dtype=np.float32)[:, :ANIMAL_SYNSETS]
+    logits = np.asarray(imagenet_features, dtype=np.float32) @ kernel + np.asarray(bias, np.float32)[:ANIMAL_SYNSETS]
+    return imagenet_log_odds(logits, synsets)
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    array = np.asarray(features, dtype=np.float32)
+    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+
+def knn_score(features: np.ndarray, reference_unit: np.ndarray, k: int, skip_self: bool = False) -> np.ndarray:
+    """1 - mean cosine similarity to the `k` most similar reference rows (unit-normalised).
+    `skip_self` drops each row's best match, for scoring the reference photos themselves."""
+    similarity = unit_rows(features) @ reference_unit.T
+    take = min(k + int(skip_self), similarity.shape[1])
+    nearest = -np.sort(-similarity, axis=1)[:, int(skip_self) : take]
+    return 1.0 - nearest.mean(axis=1).astype(np.float64)
+
+
+@dataclass
+class KnnReference:
+    """Training photos for the kNN score, in a PCA of their features: x -> (x - mean) @ projection."""
+
+    mean: np.ndarray
+    projection: np.ndarray
+    reference: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray, dimensions: int = KNN_DIMENSIONS) -> KnnReference:
+        array = np.asarray(features, dtype=np.float32)
+        mean = array.mean(axis=0)
+        _, _, components = np.linalg.svd(array - mean, full_matrices=False)
+        projection = components[:dimensions].T.astype(np.float16)
+        return cls(mean, projection, ((array - mean) @ projection.astype(np.float32)).astype(np.float16))
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, dtype=np.float32) - self.mean) @ self.projection.astype(np.float32)
+
+    def score(self, features: np.ndarray, k: int) -> np.ndarray:
+        return knn_score(self.project(features), unit_rows(self.reference), k)
+
+
+@dataclass
+class Combiner:
+    """A logistic regression over standardised scores: z = sum(coef * (s - mean) / scale) + b."""
+
+    names: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    def __call__(self, scores: dict[str, np.ndarray]) -> np.ndarray:
+        stacked = np.stack([scores[n] for n in self.names], axis=1)
+        return ((stacked - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": self.names, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "coef": self.coef.tolist(), "intercept": float(self.intercept)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Combiner:
+        return cls(list(data["names"]), np.asarray(data["mean"], np.float64), np.asarray(data["scale"], np.float64),
+                   np.asarray(data["coef"], np.float64), float(data["intercept"]))
+
+
+@dataclass
+class ScopeDetector:
+    """Decides per photo whether it shows one of `class_names`; see the module docstring."""
+
+    class_names: list[str]
+    method: str
+    threshold: float
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    train_files: list[str]
+    k: int = 10
+    knn: KnnReference | None = None
+    knn_space: str = "model"  # or "imagenet": which features the kNN reference holds
+    imagenet_from_pool: bool = False
+    imagenet_kernel: np.ndarray | None = None
+    imagenet_bias: np.ndarray | None = None
+    combiner: Combiner | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score_names(self) -> list[str]:
+        return list(self.combiner.names) if self.method == "combined" and self.combiner else [self.method]
+
+    @property
+    def needs_imagenet_features(self) -> bool:
+        """Whether `decide` needs ImageNet Lite0 features that are not the model's own."""
+        uses = "imagenet" in self.score_names or ("knn" in self.score_names and self.knn_space == "imagenet")
+        return uses and not self.imagenet_from_pool
+
+    @property
+    def synsets(self) -> list[int]:
+        return sorted({s for name in self.class_names for s in IMAGENET_SYNSETS[name]})
+
+    def scores(self, probabilities: np.ndarray, features: np.ndarray,
+               imagenet_features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each score the method uses, per photo (higher = less like the training photos)."""
+        imagenet = features if self.imagenet_from_pool else imagenet_features
+        if self.needs_imagenet_features and imagenet is None:
+            raise ValueError("This detector needs imagenet_features (pooled ImageNet Lite0 features).")
+        out: dict[str, np.ndarray] = {}
+        for name in self.score_names:
+            if name == "maxprob":
+                out[name] = maxprob_score(probabilities)
+            elif name == "knn":
+                out[name] = self.knn.score(imagenet if self.knn_space == "imagenet" else features, self.k)
+            elif name == "imagenet":
+                out[name] = imagenet_score(imagenet, self.imagenet_kernel, self.imagenet_bias, self.synsets)
+        return out
+
+    def score(self, probabilities: np.ndarray, features: np.ndarray,
+              imagenet_features: np.ndarray | None = None) -> np.ndarray:
+        """The number compared with `threshold`: above it, a photo is out of scope."""
+        scores = self.scores(probabilities, features, imagenet_features)
+        return self.combiner(scores) if self.method == "combined" else scores[self.method]
+
+    def decide(self, probabilities: np.ndarray, features: np.ndarray,
+               imagenet_features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(out_of_scope booleans, scope scores), one per photo."""
+        score = self.score(probabilities, features, imagenet_features)
+        return score > self.threshold, score
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_scope(folder: str | Path, detector: ScopeDetector) -> None:
+    """Write scope.npz then scope.json into `folder`, each atomically; the json names the npz's
+    sha256, so a crash between the two leaves a pair that `load_scope` refuses, never a mix."""
+    folder = Path(folder)
+    arrays: dict[str, np.ndarray] = {
+        "train_features": np.asarray(detector.train_features, dtype=np.float16),
+        "train_labels": np.asarray(detector.train_labels, dtype=np.int16),
+        "train_files": np.asarray(detector.train_files, dtype=str),
+    }
+    if detector.knn is not None:
+        arrays["knn_mean"] = np.asarray(detector.knn.mean, dtype=np.float32)
+        arrays["knn_projection"] = np.asarray(detector.knn.projection, dtype=np.float16)
+        arrays["knn_reference"] = np.asarray(detector.knn.reference, dtype=np.float16)
+    if detector.imagenet_kernel is not None:
+        arrays["imagenet_kernel"] = np.asarray(detector.imagenet_kernel, dtype=np.float16)[:, :ANIMAL_SYNSETS]
+        arrays["imagenet_bias"] = np.asarray(detector.imagenet_bias, dtype=np.float32)[:ANIMAL_SYNSETS]
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    payload = buffer.getvalue()
+    write_atomic(folder / SCOPE_NPZ, lambda handle: handle.write(payload))
+    write_json(folder / SCOPE_JSON, {
+        "format": FORMAT_VERSION,
+        "class_names": detector.class_names,
+        "method": detector.method,
+        "threshold": float(detector.threshold),
+        "k": detector.k,
+        "knn_space": detector.knn_space,
+        "imagenet_features": _imagenet_source(detector),
+        "combiner": detector.combiner.to_json() if detector.combiner else None,
+        "npz_sha256": _sha256(payload),
+        **detector.info,
+    })
+
+
+def _imagenet_source(detector: ScopeDetector) -> str | None:
+    if detector.imagenet_kernel is None:
+        return None
+    return "pooled" if detector.imagenet_from_pool else "separate"
+
+
+def has_scope(folder: str | Path) -> bool:
+    return (Path(folder) / SCOPE_JSON).is_file()
+
+
+def load_scope(folder: str | Path) -> ScopeDetector:
+    """Read and validate a checkpoint folder's scope files; ScopeError says what is wrong."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    payload = _read_payload(folder, meta)
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged archive
+        raise ScopeError(f"Corrupt {SCOPE_NPZ} in {folder}: {exc}") from None
+    detector = _detector(meta, arrays, folder)
+    _check_detector(detector, folder)
+    return detector
+
+
+_META_KEYS = ("format", "class_names", "method", "threshold", "k", "knn_space", "imagenet_features", "npz_sha256")
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / SCOPE_JSON
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScopeError(f"No {SCOPE_JSON} in {folder}: build it with scripts/build_scope.py.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ScopeError(f"Corrupt {SCOPE_JSON} in {folder}: {exc}") from None
+    missing = [key for key in _META_KEYS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise ScopeError(f"{SCOPE_JSON} in {folder} lacks: {', '.join(missing)}.")
+    if meta["format"] != FORMAT_VERSION:
+        raise ScopeError(f"{SCOPE_JSON} in {folder} has format {meta['format']!r}; this version reads {FORMAT_VERSION}.")
+    if meta["method"] not in METHODS:
+        raise ScopeError(f"{SCOPE_JSON} in {folder}: method must be one of {METHODS}, got {meta['method']!r}.")
+    return meta
+
+
+def _read_payload(folder: Path, meta: dict[str, Any]) -> bytes:
+    try:
+        payload = (folder / SCOPE_NPZ).read_bytes()
+    except FileNotFoundError:
+        raise ScopeError(f"{SCOPE_JSON} in {folder} has no {SCOPE_NPZ} beside it.") from None
+    if _sha256(payload) != meta["npz_sha256"]:
+        raise ScopeError(f"{SCOPE_NPZ} in {folder} does not match {SCOPE_JSON} (torn or replaced); rebuild it.")
+    return payload
+
+
+def _detector(meta: dict[str, Any], arrays: dict[str, np.ndarray], folder: Path) -> ScopeDetector:
+    needed = ["train_features", "train_labels", "train_files"]
+    needed += ["imagenet_kernel", "imagenet_bias"] if meta["imagenet_features"] else []
+    uses_knn = meta["method"] == "knn" or "knn" in (meta.get("combiner") or {}).get("names", [])
+    needed += ["knn_mean", "knn_projection", "knn_reference"] if uses_knn else []
+    missing = [key for key in needed if key not in arrays]
+    if missing:
+        raise ScopeError(f"{SCOPE_NPZ} in {folder} lacks: {', '.join(missing)}.")
+    info = {key: value for key, value in meta.items() if key not in (*_META_KEYS, "combiner")}
+    return ScopeDetector(
+        class_names=list(meta["class_names"]),
+        method=meta["method"],
+        threshold=float(meta["threshold"]),
+        train_features=arrays["train_features"],
+        train_labels=arrays["train_labels"].astype(np.int64),
+        train_files=[str(f) for f in arrays["train_files"]],
+        k=int(meta["k"]),
+        knn=KnnReference(arrays["knn_mean"], arrays["knn_projection"], arrays["knn_reference"])
+        if "knn_mean" in arrays else None,
+        knn_space=str(meta["knn_space"]),
+        imagenet_from_pool=meta["imagenet_features"] == "pooled",
+        imagenet_kernel=arrays.get("imagenet_kernel"),
+        imagenet_bias=arrays.get("imagenet_bias"),
+        combiner=Combiner.from_json(meta["combiner"]) if meta.get("combiner") else None,
+        info=info,
+    )
+
+
+def _check_detector(detector: ScopeDetector, folder: Path) -> None:
+    features, labels = detector.train_features, detector.train_labels
+    if features.ndim != 2 or len(features) == 0 or len(labels) != len(features) or len(detector.train_files) != len(features):
+        raise ScopeError(f"{SCOPE_NPZ} in {folder}: train_features, train_labels and train_files disagree in length.")
+    if labels.min() < 0 or labels.max() >= len(detector.class_names):
+        raise ScopeError(f"{SCOPE_NPZ} in {folder}: train_labels outside 0..{len(detector.class_names) - 1}.")
+    if any(Path(f).is_absolute() or ".." in Path(f).parts for f in detector.train_files):
+        raise ScopeError(f"{SCOPE_NPZ} in {folder}: train_files must be relative to the dataset root.")
+    if "imagenet" in detector.score_names:
+        kernel = detector.imagenet_kernel
+        if kernel is None or kernel.ndim != 2 or kernel.shape[1] != len(detector.imagenet_bias):
+            raise ScopeError(f"{SCOPE_NPZ} in {folder}: the ImageNet head's kernel and bias do not match.")
+        unknown = [n for n in detector.class_names if n not in IMAGENET_SYNSETS]
+        if unknown:
+            raise ScopeError(f"{SCOPE_JSON} in {folder}: no ImageNet synsets known for {', '.join(unknown)}.")
+    if detector.knn is not None:
+        knn = detector.knn
+        if knn.projection.ndim != 2 or knn.projection.shape != (len(knn.mean), knn.reference.shape[1]):
+            raise ScopeError(f"{SCOPE_NPZ} in {folder}: the kNN mean, projection and reference do not match.")
+    if detector.combiner and len(detector.combiner.coef) != len(detector.combiner.names):
+        raise ScopeError(f"{SCOPE_JSON} in {folder}: the combiner's weights do not match its scores.")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_matches(detector: ScopeDetector, manifest: dict[str, Any], folder: str | Path) -> None:
+    """Refuse a scope built for other classes, or for another model.keras, than the checkpoint's."""
+    if list(manifest["class_names"]) != detector.class_names:
+        raise ScopeError(f"{SCOPE_JSON} in {folder} was built for {detector.class_names}, "
+                         f"the checkpoint has {list(manifest['class_names'])}.")
+    model = Path(folder) / "model.keras"
+    recorded = detector.info.get("model_sha256")
+    if recorded and model.is_file() and file_sha256(model) != recorded:
+        raise ScopeError(f"{SCOPE_JSON} in {folder} was built for another model.keras; rebuild it "
+                         "(scripts/build_scope.py --overwrite).")
