@@ -78,7 +78,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
 
 @contextmanager
-def launched_app(checkpoints: dict[str, Path], tmp: Path) -> Iterator[tuple[str, object]]:
+def launched_app(checkpoints: dict[str, Path], tmp: Path, **options: object) -> Iterator[tuple[str, object]]:
     """A running app on a free loopback port with the given checkpoints: (url, Blocks)."""
     import socket
     import sys
@@ -91,7 +91,7 @@ def launched_app(checkpoints: dict[str, Path], tmp: Path) -> Iterator[tuple[str,
         patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
         patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
         demo = app.build_demo(checkpoints["scratch"], checkpoints["transfer"], use_hub=False,
-                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples")
+                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples", **options)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

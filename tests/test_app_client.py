@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 @pytest.fixture(scope="module")
 def server(tiny_checkpoints, tmp_path_factory):
     """(url, AnimalApp) of a running server; closed after the module."""
-    with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-client")) as (url, demo):
+    with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-client"),
+                      max_epochs=100, max_unfreeze=2) as (url, demo):  # caps wide enough for a real fine-tune
         yield url, demo.animalcls_app
 
 
@@ -133,18 +134,13 @@ def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client
 
 
 @pytest.mark.slow
-def test_classify_stays_responsive_during_a_real_finetune(server, client, photo, monkeypatch):
+def test_classify_stays_responsive_during_a_real_finetune(server, client, photo):
     """A real fine-tune (tiny backbone, top layers unfrozen, so it trains on images every epoch)
     keeps a CPU busy; classification is still answered meanwhile (a second fine-tune would wait in
     the queue: see the test above)."""
     from gradio_client import handle_file
 
     runner = server[1].runner
-    # FIXME (merge of main into space): the page's Number components carry the caps the server was
-    # built with (max 20 epochs, 0 unfrozen layers), so this request is refused by Gradio itself;
-    # the module's server fixture needs building with max_epochs=100, max_unfreeze=2 for this test.
-    monkeypatch.setattr(server[1], "max_epochs", 100)  # the operator's caps (--max-epochs, --max-unfreeze)
-    monkeypatch.setattr(server[1], "max_unfreeze", 2)
     previous = runner.current  # an earlier test's finished job
     job = client.submit(100, 1e-3, 2, api_name="/finetune")
     deadline = time.monotonic() + 120
