@@ -12,6 +12,8 @@ from typing import Any
 from .errors import AnimalclsError, Cancelled
 from .labels import DEFAULT_CLASSES
 
+TEACH_EPOCHS = 10  # teach.DEFAULT_EPOCHS, without importing it for --help
+
 DESCRIPTION = """\
 Classify animal photos (cat, spider, butterfly, elephant, chicken) with a CNN trained from
 scratch and one trained by transfer learning from ImageNet weights, as in the study.
@@ -130,14 +132,22 @@ def _add_explain(commands: Any) -> None:
 
 def _add_finetune(commands: Any) -> None:
     p = _checkpoint_command(
-        commands, "finetune", "short fine-tune of a transfer checkpoint into a NEW checkpoint folder",
-        "Continue training a transfer checkpoint's head (optionally the top N backbone layers). The result is "
-        "written to a new folder; the source checkpoint is never modified.",
-        "dataset folder (default: the one recorded in the checkpoint)",
+        commands, "finetune", "fine-tune a checkpoint, or teach it your own photos, into a NEW checkpoint folder",
+        "Continue training a transfer checkpoint's head on its recorded dataset (optionally the top N backbone "
+        "layers). With --data pointing at your own photos (one sub-folder per class: new classes, more photos of "
+        "its classes, or both) or with --classes, it TEACHES the checkpoint instead, scratch or transfer: the "
+        "head is widened to the union of classes (its own first, then the new ones in --classes order, else "
+        "alphabetical) and trained on the stored features of its training photos plus your photos, in seconds. "
+        "The result is written to a new folder; the source checkpoint is never modified.",
+        "dataset folder (default: the one recorded in the checkpoint), or a folder of your own photos to teach",
     )
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="teach only these class folders of --data, new ones in this order")
+    p.add_argument("--epochs", type=int, help=f"default 5 (teaching: {TEACH_EPOCHS})")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--unfreeze", type=int, default=0, metavar="N", help="also train the top N backbone layers")
+    p.add_argument("--unfreeze", type=int, default=0, metavar="N",
+                   help="also train the top N backbone layers (recorded dataset only; not when teaching)")
+    p.add_argument("--seed", type=int, default=42, help="teaching: seed of the hold-out split and training")
     p.add_argument("--out", help="output folder (default: runs/finetunes/<name>-<time>)")
     p.set_defaults(handler=cmd_finetune)
 
@@ -276,13 +286,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import teach_cli
+
+    source = resolve_checkpoint(args.checkpoint)
+    data_dir = resolve_data(args.data) if args.data else None
+    if teach_cli.wants_teaching(source, data_dir, args.classes):
+        plan = teach_cli.checked_plan(source, data_dir, args)  # every check before TensorFlow
+        return teach_cli.run(plan)
     from . import finetune, progress
 
     with progress.TqdmHooks() as hooks:
         result = finetune.finetune(
-            resolve_checkpoint(args.checkpoint), resolve_data(args.data) if args.data else None,
-            epochs=args.epochs, learning_rate=args.learning_rate, unfreeze_layers=args.unfreeze,
-            out_dir=Path(args.out) if args.out else None, hooks=hooks,
+            source, data_dir, epochs=args.epochs or 5, learning_rate=args.learning_rate,
+            unfreeze_layers=args.unfreeze, out_dir=Path(args.out) if args.out else None, hooks=hooks,
         )
     print(f"Fine-tuned checkpoint: {result.path} (test accuracy {result.evaluation['accuracy']:.4f})")
     return 0
