@@ -172,3 +172,41 @@ def test_the_bundled_transfer_model_learns_dogs_from_ten_photos_and_keeps_its_cl
     scores = json.loads((run_teach(plan).path / "manifest.json").read_text())["dataset"]["scores"]
     assert scores["original_classes"]["n"] == 600 and scores["original_classes"]["accuracy"] >= 0.97
     assert scores["dog"]["n"] == 3
+
+
+def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
+    taught_pair: dict[str, Path], tmp_path: Path
+) -> None:
+    import gradio as gr
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import app
+    from animalcls.teach_session import TeachLimits, TeachSession
+
+    demo = app.build_demo(taught_pair["scratch"], taught_pair["transfer"], use_hub=False,
+                          finetune_root=tmp_path / "ft", examples_dir=tmp_path / "ex",
+                          teach_limits=TeachLimits(max_photos=12, max_mb=1))
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert len(states) == 1 and isinstance(states[0].value, TeachSession)  # Gradio copies it per session
+    panel = demo.animalcls_teach
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    dogs = [str(make_image(folder / f"dog{i}.png", (120, 120, 120), seed=800 + i)) for i in range(13)]
+    broken = folder / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    mine, theirs = TeachSession(), TeachSession()
+    session, table, notes, *_ = panel.add(mine, "Dog", [str(broken), *dogs], None)
+    assert table == [["dog", 12]] and "broken.jpg: skipped" in notes and "dog12.png: skipped, the session" in notes
+    assert theirs.count() == 0
+    panel.train(mine, progress=lambda *a, **k: None)
+    assert set(mine.taught) == {"scratch", "transfer"} and not theirs.taught
+    assert mine.taught["transfer"].class_names == [*BASE, "dog"]
+    scratch, transfer = panel.classify(mine, dogs[0])
+    assert set(scratch) == set(transfer) == {*BASE, "dog"} and sum(transfer.values()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(gr.Error, match="Train first"):
+        panel.classify(theirs, dogs[0])
+    one = TeachSession()
+    panel.add(one, "zebra", dogs[:1], None)
+    with pytest.raises(gr.Error, match="Class 'zebra' has one photo"):
+        panel.train(one, progress=lambda *a, **k: None)

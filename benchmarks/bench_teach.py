@@ -1,0 +1,120 @@
+"""Few-shot teaching of the bundled pair: a learning curve and the time from "Train" to a model.
+
+    python benchmarks/bench_teach.py [--draws 5] [--shots 1 3 5 10 20]
+
+New class: `cane` (dogs) from ../shared/data/animals10-offline. Its 300 photos are split once
+(seeded) into a pool of 150 that training photos are drawn from and 150 that only measure the
+dog accuracy. Each draw takes `shots` photos from the pool (and their mirror images), widens
+and trains the head exactly as `finetune --data` does (teach.teach_head, same settings), and
+scores the five original classes on their 600 stored test-split features (scope.npz).
+
+Timing: with the models loaded (as in the app), decode + resize 10 new photos, extract their
+pooled features (and mirrors') and train the head, for each model, then both one after the
+other; median of `--repeats`. The CPU is shared with other jobs: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "animals10-offline" / "raw-img"
+KINDS = ("scratch", "transfer")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Animals-10 raw-img folder (needs cane/)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5, 10, 20])
+    p.add_argument("--draws", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
+    p.add_argument("--epochs", type=int, default=10)
+    return p.parse_args(argv)
+
+
+def load(kind: str) -> dict:
+    from animalcls.checkpoints import default_pair, load_checkpoint
+    from animalcls.teach import keras_extractor, onnx_extractor, read_head, stored_features
+
+    folder = default_pair()[kind]
+    model = load_checkpoint(folder).model
+    onnx = onnx_extractor(folder)
+    return {"folder": folder, "model": model, "size": int(model.input_shape[1]), "head": read_head(model),
+            "stored": stored_features(folder), "extract": onnx or keras_extractor(model),
+            "engine": "onnxruntime" if onnx else "tensorflow"}
+
+
+def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int, epochs: int) -> dict:
+    from animalcls.teach import photo_batch, score, teach_head, with_mirrors
+    from animalcls.teach_head import TrainSettings
+
+    features = side["extract"](with_mirrors(photo_batch(dogs, side["size"])))
+    plain, mirrored = features[: len(dogs)], features[len(dogs):]
+    names = [*side["stored"].class_names, "dog"]
+    out = {}
+    for k in shots:
+        rows = []
+        for draw in range(draws):
+            chosen = np.random.default_rng(1000 * k + draw).choice(pool, k, replace=False)
+            train = {"dog": np.concatenate([plain[chosen], mirrored[chosen]])}
+            taught = teach_head(side["head"], side["stored"], names, train, TrainSettings(epochs=epochs, seed=draw))
+            score(taught, side["stored"], {"dog": plain[pool:]})
+            rows.append((taught.scores["dog"]["accuracy"], taught.scores["original_classes"]["accuracy"]))
+        out[k] = np.asarray(rows)
+    return out
+
+
+def time_teach(side: dict, photos: list[Path], epochs: int) -> float:
+    from animalcls.teach import photo_batch, teach_head, with_mirrors
+    from animalcls.teach_head import TrainSettings
+
+    start = time.perf_counter()
+    features = side["extract"](with_mirrors(photo_batch(photos, side["size"])))
+    names = [*side["stored"].class_names, "dog"]
+    teach_head(side["head"], side["stored"], names, {"dog": features}, TrainSettings(epochs=epochs))
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dogs = sorted((args.data / "cane").iterdir())
+    if len(dogs) < 40:
+        print(f"error: need the cane/ photos in {args.data}", file=sys.stderr)
+        return 2
+    dogs = [dogs[i] for i in np.random.default_rng(42).permutation(len(dogs))]
+    pool = len(dogs) // 2
+    sides = {kind: load(kind) for kind in KINDS}
+    print(f"Feature engines: {', '.join(k + ' ' + s['engine'] for k, s in sides.items())}; "
+          f"{args.draws} draws, {args.epochs} epochs, pool {pool} / held-out {len(dogs) - pool} dog photos\n")
+    curves = {kind: curve(side, dogs, pool, args.shots, args.draws, args.epochs) for kind, side in sides.items()}
+    print("| dog photos | scratch: dog | scratch: 5 old classes | transfer: dog | transfer: 5 old classes |")
+    print("|---|---|---|---|---|")
+    for k in args.shots:
+        cells = [f"{curves[kind][k][:, col].mean():.3f} ± {curves[kind][k][:, col].std():.3f}"
+                 for kind in KINDS for col in (0, 1)]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    before = {kind: float((s["head"].probabilities(s["stored"].test).argmax(1) == s["stored"].test_labels).mean())
+              for kind, s in sides.items()}
+    print(f"\nBefore teaching, on the same 600 test features: scratch {before['scratch']:.3f}, "
+          f"transfer {before['transfer']:.3f}\n")
+    ten = dogs[:10]
+    for side in sides.values():
+        time_teach(side, ten, args.epochs)  # warm-up: traces the forward pass once, as the app's first use does
+    times = {kind: [time_teach(side, ten, args.epochs) for _ in range(args.repeats)] for kind, side in sides.items()}
+    both = [sum(times[k][i] for k in KINDS) for i in range(args.repeats)]
+    print("| 10 new photos + 5 stored classes | median s | min s |")
+    print("|---|---|---|")
+    for label, values in (*((f"{k} ({sides[k]['engine']})", times[k]) for k in KINDS), ("both models", both)):
+        print(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
