@@ -297,7 +297,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     with progress.TqdmHooks() as hooks:
         result = finetune.finetune(
-            source, data_dir, epochs=args.epochs or 5, learning_rate=args.learning_rate,
+            source, data_dir, epochs=5 if args.epochs is None else args.epochs, learning_rate=args.learning_rate,
             unfreeze_layers=args.unfreeze, out_dir=Path(args.out) if args.out else None, hooks=hooks,
         )
     print(f"Fine-tuned checkpoint: {result.path} (test accuracy {result.evaluation['accuracy']:.4f})")

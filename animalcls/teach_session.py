@@ -58,7 +58,12 @@ class TeachSession:
             if self.count() + len(kept) >= limits.max_photos:
                 notes.append(f"{label}: skipped, the session holds at most {limits.max_photos} photos.")
                 continue
-            if Path(file).stat().st_size > limits.max_mb * 2**20:
+            try:
+                size = Path(file).stat().st_size
+            except OSError:
+                notes.append(f"{label}: skipped, the upload could not be read.")
+                continue
+            if size > limits.max_mb * 2**20:
                 notes.append(f"{label}: skipped, larger than {limits.max_mb:g} MB.")
                 continue
             try:
@@ -145,7 +150,7 @@ def teach_sides(
             continue
         step(i / len(sides), f"{kind}: reading {session.count()} photos")
         start = time.perf_counter()
-        names = union_classes(side["stored"].class_names, list(session.photos))
+        names = union_classes(side["stored"].class_names, list(session.photos), list(session.photos))
         train = {n: side["extract"](with_mirrors(model_input(p, side["size"]))) for n, p in session.photos.items()}
         step((i + 0.5) / len(sides), f"{kind}: training the head")
         taught = teach_head(side["head"], side["stored"], names, train, TrainSettings(epochs=epochs))

@@ -91,15 +91,26 @@ def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> 
     assert (taught.probabilities(test_new).argmax(1) == 3).mean() > 0.8
 
 
-def test_one_photo_is_refused_by_the_cli_before_tensorflow(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    root = photos(tmp_path / "mine" / "dog", 1)
-    code = ("import sys; from animalcls.cli import main; rc = main(sys.argv[1:]); "
-            "print('TF' if 'tensorflow' in sys.modules else 'no TF'); raise SystemExit(rc)")
-    run = subprocess.run([sys.executable, "-c", code, "finetune", str(tiny_checkpoints["transfer"]), "--data", str(root),
-                          "--classes", "dog"], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert run.returncode == 2 and run.stdout.strip() == "no TF"
+def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(
+    taught_pair: dict[str, Path], tmp_path: Path
+) -> None:
+    one = photos(tmp_path / "one" / "dog", 1)
+    ten = photos(tmp_path / "ten" / "dog", 10)
+    checkpoint = str(taught_pair["scratch"])
+    runs = [[checkpoint, "--data", str(one), "--classes", "dog"], [checkpoint, "--data", str(ten), "--unfreeze", "3"],
+            [checkpoint, "--data", str(ten), "--epochs", "0"], [checkpoint, "--data", str(ten), "--classes", "cow"]]
+    code = ("import json, sys; from animalcls.cli import main; "
+            "rcs = [main(['finetune', *args]) for args in json.loads(sys.argv[1])]; "
+            "print(rcs, 'tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert run.stdout.strip() == "[2, 2, 2, 2] False", run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Class 'dog' has one photo" in errors[0]
+    assert len(errors) == 4
+    assert "Class 'dog' has one photo" in errors[0]
+    assert "--unfreeze cannot be combined with teaching" in errors[1]
+    assert "epochs >= 1" in errors[2]
+    assert "No folder for class(es) cow" in errors[3]
 
 
 @pytest.fixture(scope="module")
