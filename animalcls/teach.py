@@ -175,6 +175,26 @@ def read_head(model: Any) -> Head:
                 float(dropout[0]) if dropout else 0.0, [d.name for d in dense[:-1]])
 
 
+def head_from_file(folder: str | Path) -> Head:
+    """`read_head` without TensorFlow: the Dense weights straight from model.keras (cam.py's
+    h5py reader) and the Dropout rate from its config, for serving through ONNX Runtime."""
+    import json
+    import zipfile
+
+    from .cam import load_head_weights
+
+    keras_file = Path(folder) / checkpoints.MODEL_FILE
+    weights = load_head_weights(keras_file)
+    with zipfile.ZipFile(keras_file) as archive:
+        layers = json.loads(archive.read("config.json"))["config"]["layers"]
+    names = [layer["config"]["name"] for layer in layers]
+    after = layers[names.index(POOL_LAYER) + 1:]
+    dense = [layer["config"]["name"] for layer in after if layer["class_name"] == "Dense"]
+    rate = float(after[-2]["config"]["rate"]) if len(after) > 1 and after[-2]["class_name"] == "Dropout" else 0.0
+    return Head([np.asarray(d.kernel, np.float32) for d in weights.layers],
+                [np.asarray(d.bias, np.float32) for d in weights.layers], rate, dense[:-1])
+
+
 def taught_model(model: Any, head: Head) -> Any:
     """`model` with its head replaced by `head` (a new output layer of `head.num_classes` units);
     the backbone layers are shared, not copied."""

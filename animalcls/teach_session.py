@@ -112,12 +112,14 @@ def base_side(folder: Path) -> dict[str, Any]:
 
 def _load_side(folder: Path) -> dict[str, Any]:
     from .inference import load_predictor
-    from .teach import keras_extractor, onnx_extractor, read_head, stored_features
+    from .teach import head_from_file, keras_extractor, stored_features
 
     stored = stored_features(folder)  # first: a side without stored features fails fast
-    model = load_predictor(folder).model
-    return {"extract": onnx_extractor(folder) or keras_extractor(model), "head": read_head(model),
-            "stored": stored, "size": int(model.input_shape[1]), "name": folder.name}
+    predictor = load_predictor(folder)  # the Classify tab's, shared: one ONNX session per model
+    engine = getattr(predictor, "onnx", None)
+    extract = (lambda batch: engine.run(batch, ("pooled",))["pooled"]) if engine else keras_extractor(predictor.model)
+    return {"extract": extract, "head": head_from_file(folder), "stored": stored, "size": predictor.image_size,
+            "name": folder.name}
 
 
 def model_input(photos: Sequence[np.ndarray], size: int) -> np.ndarray:

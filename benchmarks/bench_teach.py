@@ -9,8 +9,9 @@ and trains the head exactly as `finetune --data` does (teach.teach_head, same se
 scores the five original classes on their 600 stored test-split features (scope.npz).
 
 Timing: with the models loaded (as in the app), decode + resize 10 new photos, extract their
-pooled features (and mirrors') and train the head, for each model, then both one after the
-other; median of `--repeats`. The CPU is shared with other jobs: compare within one run.
+pooled features (and mirrors') through ONNX Runtime (the app's engine) and through TensorFlow,
+and train the head, for each model and for both one after the other; median of `--repeats`,
+engines interleaved. The CPU is shared with other jobs: compare within one run.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load(kind: str) -> dict:
     from animalcls.checkpoints import default_pair, load_checkpoint
-    from animalcls.teach import keras_extractor, onnx_extractor, read_head, stored_features
+    from animalcls.teach import head_from_file, keras_extractor, onnx_extractor, stored_features
 
     folder = default_pair()[kind]
     model = load_checkpoint(folder).model
     onnx = onnx_extractor(folder)
-    return {"folder": folder, "model": model, "size": int(model.input_shape[1]), "head": read_head(model),
-            "stored": stored_features(folder), "extract": onnx or keras_extractor(model),
+    return {"folder": folder, "model": model, "size": int(model.input_shape[1]), "head": head_from_file(folder),
+            "stored": stored_features(folder), "extract": onnx or keras_extractor(model), "tf": keras_extractor(model),
             "engine": "onnxruntime" if onnx else "tensorflow"}
 
 
@@ -71,15 +72,17 @@ def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int,
     return out
 
 
-def time_teach(side: dict, photos: list[Path], epochs: int) -> float:
+def time_teach(side: dict, photos: list[Path], epochs: int, engine: str) -> tuple[float, float]:
+    """(seconds to decode + extract, seconds to train) for `photos` as one new class."""
     from animalcls.teach import photo_batch, teach_head, with_mirrors
     from animalcls.teach_head import TrainSettings
 
     start = time.perf_counter()
-    features = side["extract"](with_mirrors(photo_batch(photos, side["size"])))
+    features = side["extract" if engine == "onnx" else "tf"](with_mirrors(photo_batch(photos, side["size"])))
+    extracted = time.perf_counter()
     names = [*side["stored"].class_names, "dog"]
     teach_head(side["head"], side["stored"], names, {"dog": features}, TrainSettings(epochs=epochs))
-    return time.perf_counter() - start
+    return extracted - start, time.perf_counter() - extracted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,14 +108,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nBefore teaching, on the same 600 test features: scratch {before['scratch']:.3f}, "
           f"transfer {before['transfer']:.3f}\n")
     ten = dogs[:10]
+    engines = ["onnx", "tf"] if all(s["engine"] == "onnxruntime" for s in sides.values()) else ["tf"]
     for side in sides.values():
-        time_teach(side, ten, args.epochs)  # warm-up: traces the forward pass once, as the app's first use does
-    times = {kind: [time_teach(side, ten, args.epochs) for _ in range(args.repeats)] for kind, side in sides.items()}
-    both = [sum(times[k][i] for k in KINDS) for i in range(args.repeats)]
-    print("| 10 new photos + 5 stored classes | median s | min s |")
-    print("|---|---|---|")
-    for label, values in (*((f"{k} ({sides[k]['engine']})", times[k]) for k in KINDS), ("both models", both)):
-        print(f"| {label} | {statistics.median(values):.2f} | {min(values):.2f} |")
+        for engine in engines:
+            time_teach(side, ten, args.epochs, engine)  # warm-up: traces/loads once, as the app's first use does
+    # Interleaved repeats, so both engines see the same load on the shared CPU.
+    runs = {(k, e): [] for k in KINDS for e in engines}
+    for _ in range(args.repeats):
+        for kind in KINDS:
+            for engine in engines:
+                runs[(kind, engine)].append(time_teach(sides[kind], ten, args.epochs, engine))
+    print("| 10 new photos (+ mirrors) + 5 stored classes | features s | head training s | total s (median) |")
+    print("|---|---|---|---|")
+    for engine in engines:
+        for kind in KINDS:
+            rows = np.asarray(runs[(kind, engine)])
+            print(f"| {kind}, {engine} | {np.median(rows[:, 0]):.2f} | {np.median(rows[:, 1]):.2f} | "
+                  f"{np.median(rows.sum(axis=1)):.2f} |")
+        totals = [sum(sum(runs[(k, engine)][i]) for k in KINDS) for i in range(args.repeats)]
+        print(f"| both models, {engine} | | | **{statistics.median(totals):.2f}** |")
     return 0
 
 

@@ -138,7 +138,7 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     taught_pair: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
     from animalcls.checkpoints import load_checkpoint
-    from animalcls.teach import photo_batch, plan_teach, read_head, run_teach, stored_features
+    from animalcls.teach import head_from_file, photo_batch, plan_teach, read_head, run_teach, stored_features
 
     root = tmp_path / "mine"
     for i, name in enumerate(["dog", "zebra"]):
@@ -162,6 +162,10 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     features = keras_extractor(loaded.model)(held)
     np.testing.assert_allclose(loaded.model(held, training=False), read_head(loaded.model).probabilities(features),
                                atol=1e-5)
+    from_file = head_from_file(result.path)  # the TF-free reader the app uses
+    assert from_file.dropout == read_head(loaded.model).dropout
+    np.testing.assert_allclose(from_file.probabilities(features), read_head(loaded.model).probabilities(features),
+                               atol=1e-6)
     stored = stored_features(taught_pair[kind])
     truth = stored.test_labels
     before = (read_head(load_checkpoint(taught_pair[kind]).model).probabilities(stored.test).argmax(1) == truth).mean()
