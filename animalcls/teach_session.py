@@ -112,12 +112,12 @@ def base_side(folder: Path) -> dict[str, Any]:
 
 def _load_side(folder: Path) -> dict[str, Any]:
     from .inference import load_predictor
-    from .teach import head_from_file, keras_extractor, stored_features
+    from .teach import chunked, head_from_file, keras_extractor, stored_features
 
     stored = stored_features(folder)  # first: a side without stored features fails fast
     predictor = load_predictor(folder)  # the Classify tab's, shared: one ONNX session per model
     engine = getattr(predictor, "onnx", None)
-    extract = (lambda batch: engine.run(batch, ("pooled",))["pooled"]) if engine else keras_extractor(predictor.model)
+    extract = chunked(lambda b: engine.run(b, ("pooled",))["pooled"]) if engine else keras_extractor(predictor.model)
     return {"extract": extract, "head": head_from_file(folder), "stored": stored, "size": predictor.image_size,
             "name": folder.name}
 
