@@ -48,15 +48,14 @@ class Head:
         return Head([k.copy() for k in self.kernels], [b.copy() for b in self.biases], self.dropout,
                     list(self.hidden_names))
 
-    def widened(self, num_classes: int, new_features: dict[int, np.ndarray], reference: np.ndarray) -> Head:
+    def widened(self, num_classes: int, new_features: dict[int, np.ndarray], centre: np.ndarray) -> Head:
         """A copy with `num_classes` outputs; columns beyond the old ones are imprinted from
-        `new_features` (output index -> that class's pooled features), relative to `reference`
-        (pooled features of the old classes' photos): see `_imprint`."""
+        `new_features` (output index -> that class's pooled features), relative to `centre`
+        (the old classes' photos' mean penultimate activation): see `_imprint`."""
         head = self.copy()
         old = self.num_classes
         if num_classes < old:
             raise ValueError(f"Cannot shrink a head from {old} to {num_classes} classes.")
-        centre = head.penultimate(reference).mean(axis=0)
         pairs = [self._imprint(head.penultimate(new_features[i]), centre) for i in range(old, num_classes)]
         if pairs:
             columns = np.stack([column for column, _ in pairs], axis=1)
@@ -114,10 +113,7 @@ def train_head(
     Without `settings.train_hidden` only the output layer trains, on activations computed once."""
     head = head.copy()
     if not settings.train_hidden and len(head.kernels) > 1:
-        last = Head(head.kernels[-1:], head.biases[-1:], head.dropout)
-        trained, history, cancelled = train_head(last, head.penultimate(features), labels, settings, on_epoch, cancel)
-        head.kernels[-1], head.biases[-1] = trained.kernels[0], trained.biases[0]
-        return head, history, cancelled
+        return train_output_layer(head, head.penultimate(features), labels, settings, on_epoch, cancel)
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
     weights = balanced_weights(y, head.num_classes)
@@ -140,6 +136,18 @@ def train_head(
         if on_epoch:
             on_epoch(epoch, history)
     return head, history, False
+
+
+def train_output_layer(
+    head: Head, hidden: np.ndarray, labels: np.ndarray, settings: TrainSettings,
+    on_epoch: EpochHook | None = None, cancel: threading.Event | None = None,
+) -> tuple[Head, dict[str, list[float]], bool]:
+    """`train_head` of the output layer only, given the penultimate activations `hidden`."""
+    last = Head(head.kernels[-1:], head.biases[-1:], head.dropout)
+    trained, history, cancelled = train_head(last, hidden, labels, settings, on_epoch, cancel)
+    head = head.copy()
+    head.kernels[-1], head.biases[-1] = trained.kernels[0], trained.biases[0]
+    return head, history, cancelled
 
 
 def _gradients(head: Head, x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator):

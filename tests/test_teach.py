@@ -80,7 +80,7 @@ def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> 
     head = Head([np.zeros((16, 3), np.float32)], [np.zeros(3, np.float32)])
     head, _, _ = train_head(head, old_x, old_y, TrainSettings(epochs=20, learning_rate=1e-2))
     new_x = (centres[3] + rng.normal(0, 1, (5, 16))).astype(np.float32)  # five photos of a new class
-    widened = head.widened(4, {3: new_x}, old_x)
+    widened = head.widened(4, {3: new_x}, head.penultimate(old_x).mean(axis=0))
     np.testing.assert_allclose(widened.kernels[-1][:, :3], head.kernels[-1])
     taught, history, cancelled = train_head(widened, np.concatenate([old_x, new_x]), np.concatenate([old_y, [3] * 5]),
                                             TrainSettings(epochs=10, learning_rate=1e-2))
