@@ -32,7 +32,8 @@ TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # handler runs; server-side rendering stays off (it needs Node and slows startup).
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": False}
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
-# cancel_finetune, use_model, restore_models; the others are UI plumbing, callable but undocumented.
+# cancel_finetune, use_model, restore_models and the Teach panel's teach_*; the others are UI
+# plumbing, callable but undocumented.
 API_NAMES = (
     "classify", "clear_results", "classify_upload", "load_test_example", "classify_test_example", "load_user_example",
     "classify_user_example", "model_info", "finetune", "cancel_finetune", "use_model", "restore_models",

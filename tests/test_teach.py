@@ -45,7 +45,7 @@ def test_split_rule_holds_out_a_fifth_keeps_tiny_classes_whole_and_refuses_one_p
     assert split.tiny == ["cat"] and split.test["cat"] == [] and len(split.train["cat"]) == 3
     assert plan_split(found, seed=1).test == split.test  # seeded
     photos(root / "zebra", 1, (0, 0, 0), seed=90)
-    with pytest.raises(DataError, match="Class 'zebra' has one photo"):
+    with pytest.raises(DataError, match="zebra.{0,6} has one photo"):
         scan_teach_folder(root)
     with pytest.raises(DataError, match="No folder for class"):
         scan_teach_folder(root, ["dog", "horse"])
@@ -223,5 +223,5 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
         panel.classify(theirs, dogs[0])
     one = TeachSession()
     panel.add(one, "zebra", dogs[:1], None)
-    with pytest.raises(gr.Error, match="Class 'zebra' has one photo"):
+    with pytest.raises(gr.Error, match="zebra.{0,6} has one photo"):
         panel.train(one, progress=lambda *a, **k: None)
