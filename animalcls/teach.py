@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoints, scope
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError
 from .hooks import TrainHooks
 from .settings import POOL_LAYER, finetune_folder
 from .teach_data import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
