@@ -24,7 +24,10 @@ import gradio as gr
 from animalcls.checkpoints import KINDS
 from animalcls.inference import MAX_FILE_BYTES
 from animalcls.reports import REPORT_HEADERS
+from animalcls.teach_session import TeachLimits
 from app_handlers import AnimalApp, UnusableUpload, why_unusable
+from app_teach import API_NAMES as TEACH_API_NAMES
+from app_teach import build_teach_section
 from app_trust import build_cells_section
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
@@ -32,12 +35,14 @@ TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # handler runs; server-side rendering stays off (it needs Node and slows startup).
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": False}
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
-# cancel_finetune, use_model, restore_models; the others are UI plumbing, callable but undocumented.
+# cancel_finetune, use_model, restore_models and the Teach panel's teach_*; the others are UI
+# plumbing, callable but undocumented.
 API_NAMES = (
     "classify", "clear_results", "classify_upload", "load_test_example", "classify_test_example", "load_user_example",
     "classify_user_example", "model_info", "finetune", "cancel_finetune", "use_model", "restore_models",
     "classify_after_use", "classify_after_restore",
     "reclassify_heatmaps", "cell_tables", "cell_photos_scratch", "cell_photos_transfer", "disagreements",
+    *TEACH_API_NAMES,
 )
 
 
@@ -106,7 +111,7 @@ def checked_examples(examples: gr.Examples) -> gr.Examples:
     return examples
 
 
-def build_layout(handlers: AnimalApp) -> gr.Blocks:
+def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -> gr.Blocks:
     """The Blocks: a notice, then the Classify, Training and Fine-tune tabs, wired to `handlers`."""
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}")
@@ -122,10 +127,12 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
                 build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 _finetune_tab(handlers, classify_parts, training_parts)
+                teach_panel = build_teach_section(handlers, teach_limits)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
         demo.load(handlers.model_views, None, view_outputs, api_name="model_info", concurrency_limit=None,
                   show_progress="hidden")
     demo.animalcls_app = handlers  # for tests and embedding
+    demo.animalcls_teach = teach_panel
     return demo
 
 
@@ -249,9 +256,10 @@ def build_demo(
     **options: Any,
 ) -> gr.Blocks:
     """Build the app without launching it. Options: checkpoints_root, finetune_root, use_hub,
-    hub_repo, examples_dir (see AnimalApp). Checkpoints not given come from the Hub when
-    ANIMALCLS_HUB_REPO is set, else from checkpoints/defaults.json."""
-    return build_layout(AnimalApp(scratch_dir, transfer_dir, data_dir, **options))
+    hub_repo, examples_dir (see AnimalApp), teach_limits (the Teach panel's caps). Checkpoints not
+    given come from the Hub when ANIMALCLS_HUB_REPO is set, else from checkpoints/defaults.json."""
+    teach_limits = options.pop("teach_limits", None)
+    return build_layout(AnimalApp(scratch_dir, transfer_dir, data_dir, **options), teach_limits)
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
@@ -307,9 +315,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hub-repo", default=None, metavar="ORG/NAME",
                         help="Hugging Face model repo to pull checkpoints from (default: env ANIMALCLS_HUB_REPO)")
     parser.add_argument("--no-hub", action="store_true", help="never contact the Hub; use local checkpoints only")
+    parser.add_argument("--teach-max-photos", type=int, default=TeachLimits.max_photos, metavar="N",
+                        help=f"Teach panel: photos per browser session (default {TeachLimits.max_photos})")
+    parser.add_argument("--teach-max-mb", type=float, default=TeachLimits.max_mb, metavar="MB",
+                        help=f"Teach panel: largest photo file accepted (default {TeachLimits.max_mb:g} MB)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="load the models on the first request instead of in the background at startup")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.teach_max_photos < 1 or not args.teach_max_mb > 0:
+        parser.error("--teach-max-photos must be at least 1 and --teach-max-mb above 0")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -321,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _check_port_free(args.host, args.port)
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     demo = build_demo(args.scratch, args.transfer, args.data, finetune_root=args.finetune_out,
-                      use_hub=not args.no_hub, hub_repo=args.hub_repo)
+                      use_hub=not args.no_hub, hub_repo=args.hub_repo,
+                      teach_limits=TeachLimits(args.teach_max_photos, args.teach_max_mb))
     app = demo.animalcls_app
     app.ready.clear()
     app.models_ready.clear()

@@ -13,6 +13,8 @@ from .cli_checks import PRESET_NAMES, check_arguments, resolve_checkpoint, train
 from .errors import AnimalclsError, Cancelled
 from .labels import DEFAULT_CLASSES
 
+TEACH_EPOCHS = 10  # teach.DEFAULT_EPOCHS, without importing it for --help
+
 DESCRIPTION = """\
 Classify animal photos (cat, spider, butterfly, elephant, chicken) with a CNN trained from
 scratch and one trained by transfer learning from ImageNet weights, as in the study.
@@ -185,14 +187,22 @@ def _add_explain(commands: Any) -> None:
 
 def _add_finetune(commands: Any) -> None:
     p = _checkpoint_command(
-        commands, "finetune", "short fine-tune of a transfer checkpoint into a NEW checkpoint folder",
-        "Continue training a transfer checkpoint's head (optionally the top N backbone layers). The result is "
-        "written to a new folder; the source checkpoint is never modified.",
-        "dataset folder (default: the one recorded in the checkpoint)",
+        commands, "finetune", "fine-tune a checkpoint, or teach it your own photos, into a NEW checkpoint folder",
+        "Continue training a transfer checkpoint's head on its recorded dataset (optionally the top N backbone "
+        "layers). With --data pointing at your own photos (one sub-folder per class: new classes, more photos of "
+        "its classes, or both) or with --classes, it TEACHES the checkpoint instead, scratch or transfer: the "
+        "head is widened to the union of classes (its own first, then the new ones in --classes order, else "
+        "alphabetical) and trained on the stored features of its training photos plus your photos, in seconds. "
+        "The result is written to a new folder; the source checkpoint is never modified.",
+        "dataset folder (default: the one recorded in the checkpoint), or a folder of your own photos to teach",
     )
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="teach only these class folders of --data, new ones in this order")
+    p.add_argument("--epochs", type=int, help=f"default 5 (teaching: {TEACH_EPOCHS})")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--unfreeze", type=int, default=0, metavar="N", help="also train the top N backbone layers")
+    p.add_argument("--unfreeze", type=int, default=0, metavar="N",
+                   help="also train the top N backbone layers (recorded dataset only; not when teaching)")
+    p.add_argument("--seed", type=int, default=42, help="teaching: seed of the hold-out split and training")
     p.add_argument("--out", help="output folder (default: runs/finetunes/<name>-<time>)")
     p.add_argument("--batch-size", type=int, default=64, help="per replica (default 64)")
     _add_scale_out(p)
@@ -370,6 +380,13 @@ def _predict_rows(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from . import teach_cli
+
+    source = resolve_checkpoint(args.checkpoint)
+    data_dir = resolve_data(args.data) if args.data else None
+    if teach_cli.wants_teaching(source, data_dir, args.classes):
+        plan = teach_cli.checked_plan(source, data_dir, args)  # every check before TensorFlow
+        return teach_cli.run(plan)
     from . import distribute
 
     distribute.check_finetune_request(args.unfreeze, args.distribute, args.mixed_precision)
@@ -378,10 +395,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     with progress.TqdmHooks() as hooks:
         result = finetune.finetune(
-            resolve_checkpoint(args.checkpoint), resolve_data(args.data) if args.data else None,
-            epochs=args.epochs, learning_rate=args.learning_rate, unfreeze_layers=args.unfreeze,
-            out_dir=Path(args.out) if args.out else None, hooks=hooks, batch_size=args.batch_size,
-            distribute_kind=args.distribute, mixed_precision=args.mixed_precision,
+            source, data_dir, epochs=5 if args.epochs is None else args.epochs, learning_rate=args.learning_rate,
+            unfreeze_layers=args.unfreeze, out_dir=Path(args.out) if args.out else None, hooks=hooks,
+            batch_size=args.batch_size, distribute_kind=args.distribute, mixed_precision=args.mixed_precision,
         )
     print(f"Fine-tuned checkpoint: {result.path} (test accuracy {result.evaluation['accuracy']:.4f})")
     return 0

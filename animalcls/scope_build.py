@@ -331,3 +331,27 @@ class ScopePredictor:
         flags, scores = self.detector.decide(probabilities, features, imagenet_features)
         return [{"probabilities": dict(zip(names, map(float, p))), "label": names[int(np.argmax(p))],
                  "out_of_scope": bool(f), "scope_score": float(s)} for p, f, s in zip(probabilities, flags, scores)]
+
+
+def add_test_features(folder: str | Path, batch_size: int = 32) -> int:
+    """Store the test split's pooled features in `folder`'s scope.npz (the detector is kept), so
+    teaching can score the original classes without their photos. Returns how many."""
+    from .checkpoints import SPLIT_FILE, load_checkpoint
+    from .data import Split
+    from .errors import DataError
+
+    folder = Path(folder)
+    detector = scope.load_scope(folder)
+    split = Split.load(folder / SPLIT_FILE)
+    root = split.locate_root(folder)
+    if root is None:
+        raise DataError(f"The dataset of {folder} is not on this machine (looked for {split.root_relative or split.root}).")
+    loaded = load_checkpoint(folder)
+    paths, labels = split.paths("test", root)
+    both = arrays_model(loaded.model)  # (probabilities, pooled), as for the stored train features
+    pooled = _run(lambda x, training: both(x, training=training)[1], paths, loaded.image_size, batch_size, None)[0]
+    detector.test_features = pooled.astype(np.float16)
+    detector.test_labels = np.asarray(labels)
+    detector.test_files = [rel for rel, _ in split.test]
+    scope.save_scope(folder, detector)
+    return len(paths)

@@ -77,7 +77,8 @@ def test_build_demo_has_stable_api_names(tiny_checkpoints, tmp_path):
     # Every event named explicitly: no auto-generated or de-duplicated ("_1") names.
     assert sorted(names) == sorted(app.API_NAMES)
     public = sorted(name for name, fn in names.items() if fn.api_visibility == "public")
-    assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models", "use_model"]
+    assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models",
+                      "teach_add", "teach_classify", "teach_clear", "teach_train", "use_model"]
     assert names["classify_test_example"].concurrency_id == names["classify"].concurrency_id
     # Classification never queues behind a fine-tune: separate concurrency groups, and the
     # fine-tune itself has no queue limit, so a second request reaches the handler and gets "busy".
