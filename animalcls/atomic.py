@@ -4,6 +4,7 @@ the old content or the complete new one, never a partial file. A leaf: standard 
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import shutil
 import socket
@@ -160,3 +161,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by another user
         return True
     return True
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks: what every cache and sidecar is keyed by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

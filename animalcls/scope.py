@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomic, write_json
+from .atomic import file_sha256, write_atomic, write_json
 from .errors import CheckpointError
 
 SCOPE_NPZ = "scope.npz"
@@ -383,12 +383,6 @@ def _check_detector(detector: ScopeDetector, folder: Path) -> None:
         raise ScopeError(f"{SCOPE_JSON} in {folder}: the combiner's weights do not match its scores.")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_matches(detector: ScopeDetector, manifest: dict[str, Any], folder: str | Path) -> None:
