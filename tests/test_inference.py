@@ -63,7 +63,7 @@ def test_tiny_images_and_arrays_are_accepted():
     "payload, message",
     [
         (b"this is a text file", "not an image"),
-        (b"", "not an image"),
+        (b"", "empty file"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not an image|corrupt"),
     ],
 )
