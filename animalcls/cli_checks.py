@@ -87,12 +87,16 @@ def check_predict(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1, got {args.top}.")
     _checkpoint_manifest(args.checkpoint)
-    for image in args.images:
-        path = Path(image).expanduser()
-        if path.is_dir():
-            raise ArgumentError(f"{path} is a folder, not an image file: give image files.")
-        if not path.is_file():
-            raise ArgumentError(f"Image file not found: {path}")
+    paths = [Path(image).expanduser() for image in args.images]
+    # Folders (and --format/--output) stream rows through batch_predict; explicit images print answers.
+    rows = bool(args.format or args.output or any(path.is_dir() for path in paths))
+    if rows and args.batch_size < 1:
+        raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if rows and args.json:
+        raise ArgumentError("--json is for explicit images; with folders use --format jsonl.")
+    for path in paths:
+        if not path.exists():
+            raise ArgumentError(f"No such file or folder: {path}" if rows else f"Image file not found: {path}")
 
 
 def check_finetune(args: argparse.Namespace) -> None:
