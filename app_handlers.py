@@ -176,7 +176,7 @@ class AnimalApp:
                 header += "\n\n" + views.timing_line(answer.seconds) + untrusted_note(answer)
             results[kind] = (answer.probabilities, answer.seconds) if answer else None
             outputs += [header, dict(top_k(answer.probabilities, 5)) if answer else None]
-        extras = trust_outputs(answers, picture, bool(show_heatmaps), self.images, self.class_names())
+        extras = trust_outputs(answers, picture, bool(show_heatmaps), self.images, self.class_names(sides))
         comparison = views.comparison_markdown(results)
         if extras[0] and comparison:
             comparison = "*Not to be trusted (see the warning above):* " + comparison
@@ -200,11 +200,14 @@ class AnimalApp:
     def known_classes(self) -> str:
         return known_classes_markdown(self.registry)
 
-    def class_names(self) -> list[str]:
+    def class_names(self, sides: dict[str, tuple[Path | None, bool]] | None = None) -> list[str]:
+        """The served classes, from one registry reading (`sides`, a snapshot) when given."""
+        sides = sides or self.registry.snapshot()
         for kind in ("transfer", "scratch"):
-            if self.registry.path(kind) is not None:
+            folder = sides[kind][0]
+            if folder is not None:
                 try:
-                    return list(read_manifest(self.registry.path(kind))["class_names"])
+                    return list(read_manifest(folder)["class_names"])
                 except AnimalclsError:
                     continue
         return []

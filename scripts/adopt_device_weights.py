@@ -65,7 +65,7 @@ def main() -> int:
         "training_photos": "the split's train/val photos"
         + (f", re-encoded at {info['pack']['size']} px, JPEG quality {info['pack']['jpeg_quality']}" if info.get("pack") else ""),
     }
-    checkpoints.save_checkpoint(out, model, manifest, history, evaluation, split)
+    workflows.save_with_figures(out, model, manifest, history, evaluation, split)
     print(f"{out}: test accuracy {evaluation['accuracy']:.4f}")
     return 0
 

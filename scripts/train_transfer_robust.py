@@ -123,7 +123,7 @@ def main() -> int:
         "augment": recipe.to_json(),
         "feature_seconds": round(fit_start - start, 1),
     }
-    checkpoints.save_checkpoint(out, model, manifest, recorder.history, evaluation, split)
+    workflows.save_with_figures(out, model, manifest, recorder.history, evaluation, split)
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)

@@ -215,9 +215,10 @@ def test_image_input_passes_the_reason_for_a_non_image(tmp_path):
 def test_an_unusable_upload_clears_the_photo_and_results_with_one_message(animal_app, test_photo):
     with pytest.raises(gr.Error, match="notes.txt is not an image"):  # the API's /classify: an error
         animal_app.classify(app.UnusableUpload("notes.txt is not an image"))
-    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict = animal_app.classify_new(
+    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, banner, *trust = animal_app.classify_new(
         app.UnusableUpload("notes.txt is not an image"))
     assert photo is None and scratch_label is None and transfer_label is None
+    assert not banner and trust[0] is None  # no verdict; the heatmaps are hidden
     assert "scratch-tiny" in scratch_info and "Inference" not in scratch_info
     assert verdict == "**Not a usable image:** notes.txt is not an image"
     photo, *results = animal_app.classify_new(test_photo)
@@ -248,7 +249,7 @@ def test_classify_reads_the_model_registry_once(animal_app, tiny_checkpoints, te
 
     registry = animal_app.registry
     registry._lock = CountingLock(lambda: registry._paths.update(transfer=tiny_checkpoints["scratch"]))
-    _, _, transfer_info, transfer_label, _ = animal_app.classify(test_photo)
+    _, _, transfer_info, transfer_label, *_ = animal_app.classify(test_photo)
     assert registry._lock.count == 1
     assert "transfer-tiny" in transfer_info and "swapped in" not in transfer_info
     expected = load_predictor(tiny_checkpoints["transfer"]).predict([test_photo])[0]
