@@ -104,9 +104,14 @@ def check_finetune(args: argparse.Namespace) -> None:
     _positive_finite("--learning-rate", args.learning_rate)
     if args.unfreeze < 0:
         raise ArgumentError(f"--unfreeze must be 0 or more, got {args.unfreeze}.")
+    from .distribute import check_finetune_request  # stdlib-only at import: no TF
+
+    check_finetune_request(args.unfreeze, args.distribute, args.mixed_precision)
     source, manifest = _checkpoint_manifest(args.checkpoint)
-    if manifest["kind"] != "transfer":
-        raise ArgumentError(f"{source} is a {manifest['kind']} checkpoint: only transfer checkpoints can be fine-tuned.")
+    teaching = bool(getattr(args, "classes", None) or args.data)  # teaching takes scratch checkpoints too
+    if manifest["kind"] != "transfer" and not teaching:
+        raise ArgumentError(f"{source} is a {manifest['kind']} checkpoint: only transfer checkpoints can be "
+                            "fine-tuned on their recorded dataset (teach it with --data MY_PHOTOS).")
     if args.data and not args.data.startswith("hf://"):
         _existing_folder("Dataset folder", args.data)
     if args.out:

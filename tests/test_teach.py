@@ -109,7 +109,7 @@ def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(
     assert len(errors) == 4
     assert "Class 'dog' has one photo" in errors[0]
     assert "--unfreeze cannot be combined with teaching" in errors[1]
-    assert "epochs >= 1" in errors[2]
+    assert "--epochs must be at least 1" in errors[2]
     assert "No folder for class(es) cow" in errors[3]
 
 
