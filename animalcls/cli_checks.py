@@ -25,6 +25,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Check every argument of `args.command` that can be checked without TensorFlow."""
     checks = {"train": check_train, "evaluate": check_evaluate, "predict": check_predict,
               "finetune": check_finetune, "push": check_push}
+    if hasattr(args, "engine"):  # --engine, else ANIMALCLS_ENGINE: a bad value is said first
+        from .inference import requested_engine  # TF-free module
+
+        requested_engine(args.engine)
     if args.command in checks:
         checks[args.command](args)
 
