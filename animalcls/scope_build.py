@@ -313,7 +313,8 @@ class ScopePredictor:
         return probabilities.numpy(), features.numpy()
 
     def imagenet_features(self, images: Sequence[Any]) -> np.ndarray:
-        from .inference import load_image, to_model_input
+        from .inference import load_image
+        from .preprocessing import to_model_input
 
         if self._imagenet is None:
             self._imagenet = imagenet_feature_model()
@@ -322,7 +323,8 @@ class ScopePredictor:
 
     def predict(self, images: Sequence[Any], imagenet_features: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Per photo: probabilities (class -> p), label, out_of_scope and scope_score."""
-        from .inference import load_image, to_model_input
+        from .inference import load_image
+        from .preprocessing import to_model_input
 
         size, names = self.predictor.image_size, self.predictor.class_names
         probabilities, features = self.arrays(np.stack([to_model_input(load_image(i), size) for i in images]))
