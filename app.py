@@ -26,7 +26,10 @@ from animalcls.app_views import example_caption
 from animalcls.checkpoints import KINDS
 from animalcls.inference import MAX_FILE_BYTES
 from animalcls.reports import REPORT_HEADERS
+from animalcls.teach_session import TeachLimits
 from app_handlers import AnimalApp, UnusableUpload, why_unusable
+from app_teach import API_NAMES as TEACH_API_NAMES
+from app_teach import build_teach_section
 from app_trust import build_cells_section
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
@@ -34,12 +37,14 @@ TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # handler runs; server-side rendering stays off (it needs Node and slows startup).
 LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": False}
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
-# cancel_finetune, use_model, restore_models; the others are UI plumbing, callable but undocumented.
+# cancel_finetune, use_model, restore_models and the Teach panel's teach_*; the others are UI
+# plumbing, callable but undocumented.
 API_NAMES = (
     "classify", "clear_results", "classify_upload", "load_test_example", "classify_test_example", "load_user_example",
     "classify_user_example", "model_info", "finetune", "cancel_finetune", "use_model", "restore_models",
     "classify_after_use", "classify_after_restore",
     "reclassify_heatmaps", "cell_tables", "cell_photos_scratch", "cell_photos_transfer", "disagreements",
+    *TEACH_API_NAMES,
 )
 
 
@@ -108,7 +113,7 @@ def checked_examples(examples: gr.Examples) -> gr.Examples:
     return examples
 
 
-def build_layout(handlers: AnimalApp) -> gr.Blocks:
+def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -> gr.Blocks:
     """The Blocks: a notice, then the Classify, Training and Fine-tune tabs, wired to `handlers`."""
     with gr.Blocks(title=TITLE) as demo:
         # This visitor's model choices and fine-tunes (animalcls.app_sessions): per browser
@@ -127,10 +132,12 @@ def build_layout(handlers: AnimalApp) -> gr.Blocks:
                 build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 _finetune_tab(handlers, session, classify_parts, training_parts)
+                teach_panel = build_teach_section(handlers, teach_limits)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
         demo.load(handlers.model_views, session, view_outputs, api_name="model_info", concurrency_limit=None,
                   show_progress="hidden")
     demo.animalcls_app = handlers  # for tests and embedding
+    demo.animalcls_teach = teach_panel
     return demo
 
 
@@ -275,9 +282,11 @@ def build_demo(
     **options: Any,
 ) -> gr.Blocks:
     """Build the app without launching it. Options: checkpoints_root, finetune_root, use_hub,
-    hub_repo, examples_dir, limits, max_epochs, max_unfreeze, use_for_everyone (see AnimalApp). Checkpoints not given come from the Hub when
-    ANIMALCLS_HUB_REPO is set, else from checkpoints/defaults.json."""
-    return build_layout(AnimalApp(scratch_dir, transfer_dir, data_dir, **options))
+    hub_repo, examples_dir, limits, max_epochs, max_unfreeze, use_for_everyone (see AnimalApp), teach_limits
+    (the Teach panel's caps). Checkpoints not given come from the Hub when ANIMALCLS_HUB_REPO is set, else from
+    checkpoints/defaults.json."""
+    teach_limits = options.pop("teach_limits", None)
+    return build_layout(AnimalApp(scratch_dir, transfer_dir, data_dir, **options), teach_limits)
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
@@ -333,22 +342,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hub-repo", default=None, metavar="ORG/NAME",
                         help="Hugging Face model repo to pull checkpoints from (default: env ANIMALCLS_HUB_REPO)")
     parser.add_argument("--no-hub", action="store_true", help="never contact the Hub; use local checkpoints only")
+    parser.add_argument("--teach-max-photos", type=int, default=TeachLimits.max_photos, metavar="N",
+                        help=f"Teach panel: photos per browser session (default {TeachLimits.max_photos})")
+    parser.add_argument("--teach-max-mb", type=float, default=TeachLimits.max_mb, metavar="MB",
+                        help=f"Teach panel: largest photo file accepted (default {TeachLimits.max_mb:g} MB)")
     parser.add_argument("--no-warm-up", action="store_true",
                         help="load the models on the first request instead of in the background at startup")
-    parser.add_argument("--max-epochs", type=int, default=int(_env("ANIMALCLS_MAX_EPOCHS", default="20")),
+    parser.add_argument("--max-epochs", type=int, default=_env("ANIMALCLS_MAX_EPOCHS", default="20"),
                         help="most epochs a visitor may fine-tune (env ANIMALCLS_MAX_EPOCHS; default 20)")
-    parser.add_argument("--max-unfreeze", type=int, default=int(_env("ANIMALCLS_MAX_UNFREEZE", default="0")),
+    parser.add_argument("--max-unfreeze", type=int, default=_env("ANIMALCLS_MAX_UNFREEZE", default="0"),
                         help="most backbone layers a visitor may unfreeze (env ANIMALCLS_MAX_UNFREEZE; default 0: "
                         "head only, which is what a CPU-basic Space can afford)")
-    parser.add_argument("--max-finetunes", type=int, default=int(_env("ANIMALCLS_MAX_FINETUNES", default="5")),
+    parser.add_argument("--max-finetunes", type=int, default=_env("ANIMALCLS_MAX_FINETUNES", default="5"),
                         help="fine-tunes kept on disk, the oldest removed first (env ANIMALCLS_MAX_FINETUNES; default 5)")
-    parser.add_argument("--max-finetune-mb", type=int, default=int(_env("ANIMALCLS_MAX_FINETUNE_MB", default="200")),
+    parser.add_argument("--max-finetune-mb", type=int, default=_env("ANIMALCLS_MAX_FINETUNE_MB", default="200"),
                         help="total MB of kept fine-tunes (env ANIMALCLS_MAX_FINETUNE_MB; default 200)")
     parser.add_argument("--use-for-everyone", action="store_true",
                         default=_env("ANIMALCLS_USE_FOR_EVERYONE", default="") in ("1", "true", "yes"),
                         help="'Use this model' changes the model for EVERY visitor (env ANIMALCLS_USE_FOR_EVERYONE=1; "
                         "default off: for that browser session only)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.teach_max_photos < 1 or not args.teach_max_mb > 0:
+        parser.error("--teach-max-photos must be at least 1 and --teach-max-mb above 0")
+    if args.max_epochs < 1 or args.max_unfreeze < 0 or args.max_finetunes < 1 or args.max_finetune_mb < 1:
+        parser.error("--max-epochs, --max-finetunes and --max-finetune-mb must be at least 1, --max-unfreeze at least 0")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -362,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo = build_demo(args.scratch, args.transfer, args.data, finetune_root=args.finetune_out,
                       use_hub=not args.no_hub, hub_repo=args.hub_repo, max_epochs=args.max_epochs,
                       max_unfreeze=args.max_unfreeze, use_for_everyone=args.use_for_everyone,
-                      limits=StoreLimits(args.max_finetunes, args.max_finetune_mb * 2**20))
+                      limits=StoreLimits(args.max_finetunes, args.max_finetune_mb * 2**20),
+                      teach_limits=TeachLimits(args.teach_max_photos, args.teach_max_mb))
     app = demo.animalcls_app
     app.ready.clear()
     app.models_ready.clear()

@@ -4,6 +4,7 @@ the old content or the complete new one, never a partial file. A leaf: standard 
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import shutil
 import socket
@@ -180,3 +181,12 @@ def clean_leftovers(roots: list[Path]) -> list[str]:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(folder.name)
     return sorted(removed)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks: what every cache and sidecar is keyed by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ split.json it was made with, so a stale file is never used; file names are relat
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .app_views import dataset_root_of
-from .atomic import write_json
+from .atomic import file_sha256, write_json
 from .checkpoints import EVAL_FILE, MODEL_FILE, SPLIT_FILE, read_json, read_manifest
 from .settings import feature_cache_root
 
@@ -58,19 +57,13 @@ class SplitPredictions:
         return matrix.tolist()
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 PREDICTIONS_FILE = "test_predictions.json"  # optional, shipped next to a checkpoint (bundled ones)
 
 
 def _key(folder: Path) -> dict[str, str]:
-    return {"model_sha256": _digest(folder / MODEL_FILE), "split_sha256": _digest(folder / SPLIT_FILE)}
+    return {"model_sha256": file_sha256(folder / MODEL_FILE), "split_sha256": file_sha256(folder / SPLIT_FILE)}
 
 
 def cache_file(folder: Path) -> Path:

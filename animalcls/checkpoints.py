@@ -27,15 +27,10 @@ REQUIRED_KEYS = ("name", "kind", "backbone", "image_size", "class_names")
 KINDS = ("scratch", "transfer")
 
 
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint folder."""
+class ManifestFacts:
+    """What every object holding a checkpoint's manifest (a Checkpoint, a serving engine) reads from it."""
 
-    path: Path
     manifest: dict[str, Any]
-    model: Any = None
-    history: dict[str, list[float]] = field(default_factory=dict)
-    evaluation: dict[str, Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -44,6 +39,17 @@ class Checkpoint:
     @property
     def image_size(self) -> int:
         return int(self.manifest["image_size"])
+
+
+@dataclass
+class Checkpoint(ManifestFacts):
+    """A loaded checkpoint folder."""
+
+    path: Path
+    manifest: dict[str, Any]
+    model: Any = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
 
     @property
     def title(self) -> str:

@@ -25,6 +25,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Check every argument of `args.command` that can be checked without TensorFlow."""
     checks = {"train": check_train, "evaluate": check_evaluate, "predict": check_predict,
               "finetune": check_finetune, "push": check_push}
+    if hasattr(args, "engine"):  # --engine, else ANIMALCLS_ENGINE: a bad value is said first
+        from .inference import requested_engine  # TF-free module
+
+        requested_engine(args.engine)
     if args.command in checks:
         checks[args.command](args)
 
@@ -87,12 +91,16 @@ def check_predict(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise ArgumentError(f"--top must be at least 1, got {args.top}.")
     _checkpoint_manifest(args.checkpoint)
-    for image in args.images:
-        path = Path(image).expanduser()
-        if path.is_dir():
-            raise ArgumentError(f"{path} is a folder, not an image file: give image files.")
-        if not path.is_file():
-            raise ArgumentError(f"Image file not found: {path}")
+    paths = [Path(image).expanduser() for image in args.images]
+    # Folders (and --format/--output) stream rows through batch_predict; explicit images print answers.
+    rows = bool(args.format or args.output or any(path.is_dir() for path in paths))
+    if rows and args.batch_size < 1:
+        raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if rows and args.json:
+        raise ArgumentError("--json is for explicit images; with folders use --format jsonl.")
+    for path in paths:
+        if not path.exists():
+            raise ArgumentError(f"No such file or folder: {path}" if rows else f"Image file not found: {path}")
 
 
 def check_finetune(args: argparse.Namespace) -> None:
@@ -100,9 +108,14 @@ def check_finetune(args: argparse.Namespace) -> None:
     _positive_finite("--learning-rate", args.learning_rate)
     if args.unfreeze < 0:
         raise ArgumentError(f"--unfreeze must be 0 or more, got {args.unfreeze}.")
+    from .distribute import check_finetune_request  # stdlib-only at import: no TF
+
+    check_finetune_request(args.unfreeze, args.distribute, args.mixed_precision)
     source, manifest = _checkpoint_manifest(args.checkpoint)
-    if manifest["kind"] != "transfer":
-        raise ArgumentError(f"{source} is a {manifest['kind']} checkpoint: only transfer checkpoints can be fine-tuned.")
+    teaching = bool(getattr(args, "classes", None) or args.data)  # teaching takes scratch checkpoints too
+    if manifest["kind"] != "transfer" and not teaching:
+        raise ArgumentError(f"{source} is a {manifest['kind']} checkpoint: only transfer checkpoints can be "
+                            "fine-tuned on their recorded dataset (teach it with --data MY_PHOTOS).")
     if args.data and not args.data.startswith("hf://"):
         _existing_folder("Dataset folder", args.data)
     if args.out:

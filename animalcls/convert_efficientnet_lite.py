@@ -5,7 +5,6 @@ $KERAS_HOME/models/animalcls/. Also the builders that load those weights."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .atomic import write_atomic
+from .atomic import file_sha256, write_atomic
 from .efficientnet_lite import IMAGE_SIZE, add_classifier_head, block_configs, build_architecture
 from .errors import WeightsUnavailableError
 from .settings import PREDICTIONS_LAYER, keras_models_dir
@@ -132,18 +131,12 @@ def package_weights_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_path(source: Path, digest: str | None = None) -> Path:
     """Cache file for converted weights of `source`; the content hash in the name means a changed
     .pth never reuses a stale conversion."""
-    digest = digest or _sha256(source)
+    digest = digest or file_sha256(source)
     return keras_models_dir() / "animalcls" / f"efficientnet_lite0_imagenet_{digest[:16]}.npz"
 
 
@@ -179,7 +172,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
 def imagenet_arrays(source: Path | None = None) -> dict[str, np.ndarray]:
     """Converted ImageNet weights, from the cache or (first time) from the package's .pth."""
     source = source or package_weights_path()
-    digest = _sha256(source)
+    digest = file_sha256(source)
     _check_hash(source, digest)
     path = cache_path(source, digest)
     arrays = _read_cache(path)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import onnx_store
+from .checkpoints import ManifestFacts
 from .errors import AnimalclsError, CheckpointError
 from .settings import ORT_THREADS_ENV
 
@@ -49,21 +50,13 @@ def default_threads() -> int:
 
 
 @dataclass
-class OnnxEngine:
+class OnnxEngine(ManifestFacts):
     """An onnxruntime session over one checkpoint's serving graph; `run` is thread-safe."""
 
     path: Path
     manifest: dict[str, Any]
     session: Any = field(repr=False)
     _names: tuple[str, ...] = field(default=(), repr=False)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.manifest["image_size"])
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json
+from .atomic import file_sha256, write_json
 from .settings import ONNX_CACHE_ENV
 
 ONNX_FILE = "model.onnx"
@@ -39,12 +39,6 @@ class OnnxStatus:
     reason: str = ""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def bytes_sha256(data: bytes) -> str:

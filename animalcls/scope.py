@@ -30,7 +30,9 @@ Files, next to the checkpoint's model (written atomically, no absolute paths):
   `knn_mean` (float32, dim), `knn_projection` (float16, dim x 64) and `knn_reference`
   (float16, n x 64, the train split projected), and `imagenet_kernel` (float16, 1280 x 398)
   and `imagenet_bias` (float32, 398) when used. Fine-tuning without photos and few-shot
-  teaching reuse the train features.
+  teaching reuse the train features. Optionally `test_features`, `test_labels`, `test_files`
+  (same dtypes, the split's test part): `teach` scores the original classes on them when the
+  photos are absent (`scripts/add_test_features.py` adds them; 1.4 MB per bundled model).
 * `scope.json`: format, method, threshold, k, classes, the combiner's weights, the
   sha256 of scope.npz (a torn or mismatched pair is refused) and the calibration figures.
 """
@@ -47,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomic, write_json
+from .atomic import file_sha256, write_atomic, write_json
 from .errors import CheckpointError
 
 SCOPE_NPZ = "scope.npz"
@@ -182,6 +184,9 @@ class ScopeDetector:
     imagenet_bias: np.ndarray | None = None
     combiner: Combiner | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    test_features: np.ndarray | None = None  # optional: the test split's pooled features
+    test_labels: np.ndarray | None = None
+    test_files: list[str] | None = None
 
     @property
     def score_names(self) -> list[str]:
@@ -246,6 +251,10 @@ def save_scope(folder: str | Path, detector: ScopeDetector) -> None:
     if detector.imagenet_kernel is not None:
         arrays["imagenet_kernel"] = np.asarray(detector.imagenet_kernel, dtype=np.float16)[:, :ANIMAL_SYNSETS]
         arrays["imagenet_bias"] = np.asarray(detector.imagenet_bias, dtype=np.float32)[:ANIMAL_SYNSETS]
+    if detector.test_features is not None:
+        arrays["test_features"] = np.asarray(detector.test_features, dtype=np.float16)
+        arrays["test_labels"] = np.asarray(detector.test_labels, dtype=np.int16)
+        arrays["test_files"] = np.asarray(detector.test_files, dtype=str)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     payload = buffer.getvalue()
@@ -345,6 +354,9 @@ def _detector(meta: dict[str, Any], arrays: dict[str, np.ndarray], folder: Path)
         imagenet_bias=arrays.get("imagenet_bias"),
         combiner=Combiner.from_json(meta["combiner"]) if meta.get("combiner") else None,
         info=info,
+        test_features=arrays.get("test_features"),
+        test_labels=arrays["test_labels"].astype(np.int64) if "test_labels" in arrays else None,
+        test_files=[str(f) for f in arrays["test_files"]] if "test_files" in arrays else None,
     )
 
 
@@ -371,12 +383,6 @@ def _check_detector(detector: ScopeDetector, folder: Path) -> None:
         raise ScopeError(f"{SCOPE_JSON} in {folder}: the combiner's weights do not match its scores.")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_matches(detector: ScopeDetector, manifest: dict[str, Any], folder: str | Path) -> None:

@@ -313,7 +313,8 @@ class ScopePredictor:
         return probabilities.numpy(), features.numpy()
 
     def imagenet_features(self, images: Sequence[Any]) -> np.ndarray:
-        from .inference import load_image, to_model_input
+        from .inference import load_image
+        from .preprocessing import to_model_input
 
         if self._imagenet is None:
             self._imagenet = imagenet_feature_model()
@@ -322,7 +323,8 @@ class ScopePredictor:
 
     def predict(self, images: Sequence[Any], imagenet_features: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Per photo: probabilities (class -> p), label, out_of_scope and scope_score."""
-        from .inference import load_image, to_model_input
+        from .inference import load_image
+        from .preprocessing import to_model_input
 
         size, names = self.predictor.image_size, self.predictor.class_names
         probabilities, features = self.arrays(np.stack([to_model_input(load_image(i), size) for i in images]))
@@ -331,3 +333,27 @@ class ScopePredictor:
         flags, scores = self.detector.decide(probabilities, features, imagenet_features)
         return [{"probabilities": dict(zip(names, map(float, p))), "label": names[int(np.argmax(p))],
                  "out_of_scope": bool(f), "scope_score": float(s)} for p, f, s in zip(probabilities, flags, scores)]
+
+
+def add_test_features(folder: str | Path, batch_size: int = 32) -> int:
+    """Store the test split's pooled features in `folder`'s scope.npz (the detector is kept), so
+    teaching can score the original classes without their photos. Returns how many."""
+    from .checkpoints import SPLIT_FILE, load_checkpoint
+    from .data import Split
+    from .errors import DataError
+
+    folder = Path(folder)
+    detector = scope.load_scope(folder)
+    split = Split.load(folder / SPLIT_FILE)
+    root = split.locate_root(folder)
+    if root is None:
+        raise DataError(f"The dataset of {folder} is not on this machine (looked for {split.root_relative or split.root}).")
+    loaded = load_checkpoint(folder)
+    paths, labels = split.paths("test", root)
+    both = arrays_model(loaded.model)  # (probabilities, pooled), as for the stored train features
+    pooled = _run(lambda x, training: both(x, training=training)[1], paths, loaded.image_size, batch_size, None)[0]
+    detector.test_features = pooled.astype(np.float16)
+    detector.test_labels = np.asarray(labels)
+    detector.test_files = [rel for rel, _ in split.test]
+    scope.save_scope(folder, detector)
+    return len(paths)

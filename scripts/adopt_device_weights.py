@@ -32,7 +32,7 @@ def main() -> int:
     from animalcls.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    from animalcls import checkpoints, data, evaluate, models, pipeline
+    from animalcls import checkpoints, data, evaluate, models, workflows
     from animalcls.train import FitResult, TrainConfig
 
     info = json.loads(Path(args.info).read_text())
@@ -51,7 +51,7 @@ def main() -> int:
     evaluation = evaluate.evaluate_paths(model, paths, labels, scan.class_names, config.image_size)
     history = json.loads(Path(args.history).read_text())
     result = FitResult(history, float(info["fit_seconds"]), False, None)
-    manifest = pipeline.make_manifest(args.name or out.name, config, scan, split, result)
+    manifest = workflows.make_manifest(args.name or out.name, config, scan, split, result)
     manifest["training"]["where"] = {
         "script": "scripts/train_scratch_device.py (see README, 'The bundled checkpoints')",
         "device": info["device"],
@@ -65,7 +65,7 @@ def main() -> int:
         "training_photos": "the split's train/val photos"
         + (f", re-encoded at {info['pack']['size']} px, JPEG quality {info['pack']['jpeg_quality']}" if info.get("pack") else ""),
     }
-    checkpoints.save_checkpoint(out, model, manifest, history, evaluation, split)
+    workflows.save_with_figures(out, model, manifest, history, evaluation, split)
     print(f"{out}: test accuracy {evaluation['accuracy']:.4f}")
     return 0
 

@@ -46,7 +46,7 @@ def main() -> int:
     import keras
     from PIL import Image
 
-    from animalcls import augment, checkpoints, data, evaluate, models, pipeline
+    from animalcls import augment, checkpoints, data, evaluate, models, workflows
     from animalcls.features import feature_model
     from animalcls.inference import to_model_input
     from animalcls.train import FitResult, HistoryRecorder, TrainConfig
@@ -114,7 +114,7 @@ def main() -> int:
     config = config.replace(epochs=args.epochs, learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
                             robust_augment=True, keep_best=True)
     result = FitResult(recorder.history, time.perf_counter() - fit_start, False, best_epoch)
-    manifest = pipeline.make_manifest(out.name, config, scan, split, result)
+    manifest = workflows.make_manifest(out.name, config, scan, split, result)
     manifest["training"]["where"] = {
         "script": "scripts/train_transfer_robust.py",
         "started_from": Path(args.checkpoint).name,
@@ -123,7 +123,7 @@ def main() -> int:
         "augment": recipe.to_json(),
         "feature_seconds": round(fit_start - start, 1),
     }
-    checkpoints.save_checkpoint(out, model, manifest, recorder.history, evaluation, split)
+    workflows.save_with_figures(out, model, manifest, recorder.history, evaluation, split)
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)

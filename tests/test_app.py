@@ -77,7 +77,8 @@ def test_build_demo_has_stable_api_names(tiny_checkpoints, tmp_path):
     # Every event named explicitly: no auto-generated or de-duplicated ("_1") names.
     assert sorted(names) == sorted(app.API_NAMES)
     public = sorted(name for name, fn in names.items() if fn.api_visibility == "public")
-    assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models", "use_model"]
+    assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models",
+                      "teach_add", "teach_classify", "teach_clear", "teach_train", "use_model"]
     assert names["classify_test_example"].concurrency_id == names["classify"].concurrency_id
     # Classification never queues behind a fine-tune: separate concurrency groups; fine-tunes
     # run one at a time, the others wait in Gradio's queue (which shows their place).
@@ -214,9 +215,10 @@ def test_image_input_passes_the_reason_for_a_non_image(tmp_path):
 def test_an_unusable_upload_clears_the_photo_and_results_with_one_message(animal_app, test_photo):
     with pytest.raises(gr.Error, match="notes.txt is not an image"):  # the API's /classify: an error
         animal_app.classify(app.UnusableUpload("notes.txt is not an image"))
-    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify_new(
+    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, banner, *trust = animal_app.classify_new(
         app.UnusableUpload("notes.txt is not an image"))
     assert photo is None and scratch_label is None and transfer_label is None
+    assert not banner and trust[0] is None  # no verdict; the heatmaps are hidden
     assert "scratch-tiny" in scratch_info and "Inference" not in scratch_info
     assert verdict == "**Not a usable image:** notes.txt is not an image"
     photo, *results = animal_app.classify_new(test_photo)

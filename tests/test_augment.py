@@ -87,7 +87,7 @@ def test_cosine_warmup_rises_then_falls_to_zero():
 
 @pytest.mark.slow
 def test_robust_recipe_trains_a_checkpoint(tmp_path, synthetic_data):
-    from animalcls.pipeline import train_checkpoint
+    from animalcls.workflows import train_checkpoint
     from animalcls.train import PRESETS
 
     config = PRESETS["scratch-robust"].replace(backbone="tiny", image_size=32, epochs=3, batch_size=8, warmup_epochs=1)

@@ -13,6 +13,7 @@ import pytest
 import keras
 from keras import layers
 
+from animalcls.atomic import file_sha256
 from animalcls import convert_efficientnet_lite as convert
 from animalcls import efficientnet_lite as effl
 from animalcls import torch_legacy
@@ -93,7 +94,7 @@ def test_conversion_maps_all_tensors(state, classifier_arch):
 
 def test_package_file_hash_matches_its_name():
     path = convert.package_weights_path()
-    assert convert._sha256(path).startswith("57934424")
+    assert file_sha256(path).startswith("57934424")
 
 
 def _copy_pth(tmp_path: Path, name: str = "lite.pth") -> Path:

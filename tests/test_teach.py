@@ -1,0 +1,227 @@
+"""Teaching a checkpoint new classes from a few photos (teach_data, teach_head, teach, the CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animalcls.errors import DataError
+from animalcls.teach_data import plan_split, scan_teach_folder, union_classes
+from animalcls.teach_head import Head, TrainSettings, _gradients, train_head
+from conftest import REPO, make_image
+
+BASE = ["cat", "spider", "butterfly", "elephant", "chicken"]
+
+
+def photos(folder: Path, n: int, colour: tuple[int, int, int] = (120, 120, 120), seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_image(folder / f"{folder.name}_{i}.jpg", colour, seed=seed + i)
+    return folder.parent
+
+
+def test_union_keeps_the_checkpoint_order_then_new_classes_alphabetical_or_as_given() -> None:
+    assert union_classes(BASE, ["dog", "cat", "bird"]) == [*BASE, "bird", "dog"]
+    assert union_classes(BASE, ["dog", "cat", "bird"], ["dog", "bird"]) == [*BASE, "dog", "bird"]
+    assert union_classes(BASE, ["cat"]) == BASE
+
+
+def test_split_rule_holds_out_a_fifth_keeps_tiny_classes_whole_and_refuses_one_photo(tmp_path: Path) -> None:
+    root = photos(tmp_path / "teach" / "dog", 10)
+    photos(root / "gatto", 3, (220, 40, 40), seed=50)  # Italian folder: more photos of "cat"
+    (root / "dog" / "notes.txt").write_text("not a photo")
+    found = scan_teach_folder(root)
+    assert found.counts() == {"cat": 3, "dog": 10}
+    assert found.skipped == [("dog/notes.txt", "not an image file extension")]
+    split = plan_split(found, seed=1)
+    assert len(split.test["dog"]) == 2 and len(split.train["dog"]) == 8
+    assert not set(split.test["dog"]) & set(split.train["dog"])
+    assert split.tiny == ["cat"] and split.test["cat"] == [] and len(split.train["cat"]) == 3
+    assert plan_split(found, seed=1).test == split.test  # seeded
+    photos(root / "zebra", 1, (0, 0, 0), seed=90)
+    with pytest.raises(DataError, match="zebra.{0,6} has one photo"):
+        scan_teach_folder(root)
+    with pytest.raises(DataError, match="No folder for class"):
+        scan_teach_folder(root, ["dog", "horse"])
+
+
+def test_head_gradients_match_finite_differences() -> None:
+    rng = np.random.default_rng(0)
+    head = Head([rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)],
+                [rng.normal(size=5).astype(np.float32), rng.normal(size=3).astype(np.float32)])
+    x, y, w = rng.normal(size=(7, 6)).astype(np.float32), rng.integers(0, 3, 7), np.ones(7, np.float32)
+    _, _, grads = _gradients(head, x, y, w, rng)
+
+    def loss() -> float:
+        return float(_gradients(head, x, y, w, rng)[0]) / 7.0
+
+    for param, grad in zip([*head.kernels, *head.biases], grads):
+        index = (0,) * param.ndim
+        saved = param[index]
+        param[index] = saved + 1e-2
+        up = loss()
+        param[index] = saved - 1e-2
+        down = loss()
+        param[index] = saved
+        assert (up - down) / 2e-2 == pytest.approx(float(grad[index]), rel=2e-2, abs=1e-3)
+
+
+def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 3, (4, 16))
+    old_x = np.concatenate([c + rng.normal(0, 1, (200, 16)) for c in centres[:3]]).astype(np.float32)
+    old_y = np.repeat(np.arange(3), 200)
+    head = Head([np.zeros((16, 3), np.float32)], [np.zeros(3, np.float32)])
+    head, _, _ = train_head(head, old_x, old_y, TrainSettings(epochs=20, learning_rate=1e-2))
+    new_x = (centres[3] + rng.normal(0, 1, (5, 16))).astype(np.float32)  # five photos of a new class
+    widened = head.widened(4, {3: new_x}, head.penultimate(old_x).mean(axis=0))
+    np.testing.assert_allclose(widened.kernels[-1][:, :3], head.kernels[-1])
+    taught, history, cancelled = train_head(widened, np.concatenate([old_x, new_x]), np.concatenate([old_y, [3] * 5]),
+                                            TrainSettings(epochs=10, learning_rate=1e-2))
+    assert not cancelled and len(history["loss"]) == 10
+    test_old = np.concatenate([c + rng.normal(0, 1, (50, 16)) for c in centres[:3]]).astype(np.float32)
+    test_new = (centres[3] + rng.normal(0, 1, (50, 16))).astype(np.float32)
+    assert (taught.probabilities(test_old).argmax(1) == np.repeat(np.arange(3), 50)).mean() > 0.9
+    assert (taught.probabilities(test_new).argmax(1) == 3).mean() > 0.8
+
+
+def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(
+    taught_pair: dict[str, Path], tmp_path: Path
+) -> None:
+    one = photos(tmp_path / "one" / "dog", 1)
+    ten = photos(tmp_path / "ten" / "dog", 10)
+    checkpoint = str(taught_pair["scratch"])
+    runs = [[checkpoint, "--data", str(one), "--classes", "dog"], [checkpoint, "--data", str(ten), "--unfreeze", "3"],
+            [checkpoint, "--data", str(ten), "--epochs", "0"], [checkpoint, "--data", str(ten), "--classes", "cow"]]
+    code = ("import json, sys; from animalcls.cli import main; "
+            "rcs = [main(['finetune', *args]) for args in json.loads(sys.argv[1])]; "
+            "print(rcs, 'tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
+    assert run.stdout.strip() == "[2, 2, 2, 2] False", run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4
+    assert "Class 'dog' has one photo" in errors[0]
+    assert "--unfreeze cannot be combined with teaching" in errors[1]
+    assert "--epochs must be at least 1" in errors[2]
+    assert "No folder for class(es) cow" in errors[3]
+
+
+@pytest.fixture(scope="module")
+def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Copies of the tiny checkpoints with stored features (scope.npz, test split included)."""
+    from animalcls.data import Split
+    from animalcls.scope_build import add_test_features, build_scope
+
+    tmp = tmp_path_factory.mktemp("teach")
+    out = {}
+    for kind, source in tiny_checkpoints.items():
+        folder = tmp / source.name
+        shutil.copytree(source, folder)
+        root = Split.load(folder / "split.json").locate_root(folder)
+        others = [str(make_image(tmp / f"{kind}-other-{i}.png", (128, 0, 128), seed=9000 + i)) for i in range(6)]
+        build_scope(folder, others + sorted(str(p) for p in (root / "cane").iterdir()), method="combined",
+                    imagenet=False)
+        add_test_features(folder)
+        out[kind] = folder
+    return out
+
+
+@pytest.mark.parametrize("kind", ["scratch", "transfer"])
+def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
+    taught_pair: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    from animalcls.checkpoints import load_checkpoint
+    from animalcls.teach import head_from_file, photo_batch, plan_teach, read_head, run_teach, stored_features
+
+    root = tmp_path / "mine"
+    for i, name in enumerate(["dog", "zebra"]):
+        photos(root / name, 10 if name == "dog" else 3, (120, 120, 120) if name == "dog" else (0, 0, 0), seed=500 * i)
+    plan = plan_teach(taught_pair[kind], root, ["zebra", "dog"], tmp_path / "out", epochs=5)
+    result = run_teach(plan)
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["class_names"] == [*BASE, "zebra", "dog"]
+    assert manifest["dataset"]["new_classes"] == ["zebra", "dog"]
+    split = manifest["dataset"]["split"]
+    assert split["tiny"] == ["zebra"] and len(split["train"]["dog"]) == 8 and len(split["test"]["dog"]) == 2
+    assert manifest["dataset"]["stored_features"]["train"] > 0 and manifest["dataset"]["stored_features"]["test"] > 0
+    assert set(manifest["dataset"]["scores"]) == {"original_classes", "dog"}
+    assert str(tmp_path) not in (result.path / "manifest.json").read_text()  # no absolute paths
+    loaded = load_checkpoint(result.path)
+    assert loaded.model.output_shape[-1] == 7
+    # The saved Keras model and the NumPy head agree, and the old classes did not collapse.
+    held = photo_batch([root / rel for rel in split["test"]["dog"]], loaded.image_size)
+    from animalcls.teach import keras_extractor
+
+    features = keras_extractor(loaded.model)(held)
+    np.testing.assert_allclose(loaded.model(held, training=False), read_head(loaded.model).probabilities(features),
+                               atol=1e-5)
+    from_file = head_from_file(result.path)  # the TF-free reader the app uses
+    assert from_file.dropout == read_head(loaded.model).dropout
+    np.testing.assert_allclose(from_file.probabilities(features), read_head(loaded.model).probabilities(features),
+                               atol=1e-6)
+    stored = stored_features(taught_pair[kind])
+    truth = stored.test_labels
+    before = (read_head(load_checkpoint(taught_pair[kind]).model).probabilities(stored.test).argmax(1) == truth).mean()
+    after = manifest["dataset"]["scores"]["original_classes"]["accuracy"]
+    assert after >= before - 0.2, (before, after)
+
+
+@pytest.mark.slow
+def test_the_bundled_transfer_model_learns_dogs_from_ten_photos_and_keeps_its_classes(
+    shared_raw: Path, tmp_path: Path
+) -> None:
+    from animalcls.teach import plan_teach, run_teach
+
+    mine = tmp_path / "mine" / "dog"
+    mine.mkdir(parents=True)
+    for photo in sorted((shared_raw / "cane").iterdir())[:13]:
+        (mine / photo.name).symlink_to(photo)
+    plan = plan_teach(REPO / "checkpoints" / "transfer-efficientnet_lite0", mine.parent, out_dir=tmp_path / "out")
+    scores = json.loads((run_teach(plan).path / "manifest.json").read_text())["dataset"]["scores"]
+    assert scores["original_classes"]["n"] == 600 and scores["original_classes"]["accuracy"] >= 0.97
+    assert scores["dog"]["n"] == 3
+
+
+def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
+    taught_pair: dict[str, Path], tmp_path: Path
+) -> None:
+    import gradio as gr
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import app
+    from animalcls.teach_session import TeachLimits, TeachSession
+
+    demo = app.build_demo(taught_pair["scratch"], taught_pair["transfer"], use_hub=False,
+                          finetune_root=tmp_path / "ft", examples_dir=tmp_path / "ex",
+                          teach_limits=TeachLimits(max_photos=12, max_mb=1))
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert len(states) == 1 and isinstance(states[0].value, TeachSession)  # Gradio copies it per session
+    panel = demo.animalcls_teach
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    dogs = [str(make_image(folder / f"dog{i}.png", (120, 120, 120), seed=800 + i)) for i in range(13)]
+    broken = folder / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    mine, theirs = TeachSession(), TeachSession()
+    session, table, notes, *_ = panel.add(mine, "Dog", [str(broken), *dogs], None)
+    assert table == [["dog", 12]] and "broken.jpg: skipped" in notes and "dog12.png: skipped, the session" in notes
+    assert theirs.count() == 0
+    panel.train(mine, progress=lambda *a, **k: None)
+    assert set(mine.taught) == {"scratch", "transfer"} and not theirs.taught
+    assert mine.taught["transfer"].class_names == [*BASE, "dog"]
+    scratch, transfer = panel.classify(mine, dogs[0])
+    assert set(scratch) == set(transfer) == {*BASE, "dog"} and sum(transfer.values()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(gr.Error, match="Train first"):
+        panel.classify(theirs, dogs[0])
+    one = TeachSession()
+    panel.add(one, "zebra", dogs[:1], None)
+    with pytest.raises(gr.Error, match="zebra.{0,6} has one photo"):
+        panel.train(one, progress=lambda *a, **k: None)
