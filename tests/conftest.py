@@ -27,6 +27,22 @@ COLOURS = {"gatto": (220, 40, 40), "ragno": (40, 220, 40), "farfalla": (40, 40, 
            "elefante": (220, 220, 40), "gallina": (40, 220, 220), "cane": (120, 120, 120)}
 
 
+def copy_checkpoint(source: Path, target: Path) -> Path:
+    """Copy a checkpoint folder and re-point its split's relative dataset root, as a user moving a
+    checkpoint would pass --data: the copy reads the same photos from its new place."""
+    import shutil
+
+    from animalcls.data import Split
+
+    shutil.copytree(source, target)
+    split = Split.load(source / "split.json")
+    root = split.locate_root(source)
+    if root is not None:
+        split.root_relative = os.path.relpath(root, target)
+        split.save(target / "split.json")
+    return target
+
+
 def make_image(path: Path, colour: tuple[int, int, int], size: int = 24, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     noise = rng.normal(0, 20, (size, size, 3))

@@ -12,7 +12,7 @@ import pytest
 from animalcls import scope
 from animalcls.scope_build import ScopeArrays, choose_threshold, half_split
 
-from conftest import make_image
+from conftest import copy_checkpoint, make_image
 
 
 def test_knn_score_is_zero_for_a_training_photo_and_grows_with_distance() -> None:
@@ -144,9 +144,7 @@ def test_absolute_train_paths_are_refused(tmp_path: Path) -> None:
 
 
 def _copy_checkpoint(source: Path, tmp_path: Path) -> Path:
-    target = tmp_path / source.name
-    shutil.copytree(source, target)
-    return target
+    return copy_checkpoint(source, tmp_path / source.name)
 
 
 def test_build_scope_on_a_tiny_checkpoint(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from animalcls.errors import DataError
 from animalcls.teach_data import plan_split, scan_teach_folder, union_classes
 from animalcls.teach_head import Head, TrainSettings, _gradients, train_head
-from conftest import REPO, make_image
+from conftest import REPO, copy_checkpoint, make_image
 
 BASE = ["cat", "spider", "butterfly", "elephant", "chicken"]
 
@@ -123,7 +123,7 @@ def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
     out = {}
     for kind, source in tiny_checkpoints.items():
         folder = tmp / source.name
-        shutil.copytree(source, folder)
+        copy_checkpoint(source, folder)
         root = Split.load(folder / "split.json").locate_root(folder)
         others = [str(make_image(tmp / f"{kind}-other-{i}.png", (128, 0, 128), seed=9000 + i)) for i in range(6)]
         build_scope(folder, others + sorted(str(p) for p in (root / "cane").iterdir()), method="combined",
@@ -203,7 +203,8 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
                           finetune_root=tmp_path / "ft", examples_dir=tmp_path / "ex",
                           teach_limits=TeachLimits(max_photos=12, max_mb=1))
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
-    assert len(states) == 1 and isinstance(states[0].value, TeachSession)  # Gradio copies it per session
+    # Gradio copies each State per session: one for the Teach panel, one for the visitor's model choice.
+    assert sum(isinstance(state.value, TeachSession) for state in states) == 1
     panel = demo.animalcls_teach
     folder = tmp_path / "uploads"
     folder.mkdir()

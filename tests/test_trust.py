@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_image
+from conftest import REPO, copy_checkpoint, make_image
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # app.py lives at the repository root
@@ -39,7 +39,7 @@ def scoped(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     folders = {}
     for kind, source in tiny_checkpoints.items():
         folders[kind] = root / source.name
-        shutil.copytree(source, folders[kind])
+        copy_checkpoint(source, folders[kind])
         build_scope(folders[kind], out, cross, method="combined", imagenet=False)
     return folders
 
