@@ -4,7 +4,6 @@ tables, plot images and the side-by-side comparison. No Gradio here, so tests ca
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path

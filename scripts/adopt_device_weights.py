@@ -32,7 +32,7 @@ def main() -> int:
     from animalcls.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    from animalcls import checkpoints, data, evaluate, models, workflows
+    from animalcls import data, evaluate, models, workflows
     from animalcls.train import FitResult, TrainConfig
 
     info = json.loads(Path(args.info).read_text())

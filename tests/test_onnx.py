@@ -39,12 +39,7 @@ def copy_checkpoint(source: Path, tmp_path: Path) -> Path:
 
 
 def test_importing_the_engine_imports_neither_tensorflow_nor_keras():
-    code = (
-        "import sys, animalcls.onnx_engine, animalcls.onnx_store\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert _heavy_modules_after("import animalcls.onnx_engine, animalcls.onnx_store\n") == "[]"
 
 
 def test_serving_the_bundled_graphs_imports_neither_tensorflow_nor_keras():
@@ -52,15 +47,20 @@ def test_serving_the_bundled_graphs_imports_neither_tensorflow_nor_keras():
     if not pair:
         pytest.skip("no bundled checkpoints")
     code = (
-        "import sys, numpy as np\n"
+        "import numpy as np\n"
         "from animalcls.onnx_engine import load_engine\n"
         f"for folder in {[str(p) for p in pair.values()]!r}:\n"
         "    engine = load_engine(folder, build=False)\n"
         "    engine.run(np.zeros((1, engine.image_size, engine.image_size, 3), np.float32))\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
     )
+    assert _heavy_modules_after(code) == "[]"
+
+
+def _heavy_modules_after(code: str) -> str:
+    """Run `code` in a fresh interpreter; the TensorFlow, Keras and tf2onnx modules it imported."""
+    code = "import sys\n" + code + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip()
 
 
 def test_bundled_graphs_are_fresh_and_the_folder_fits_100_mb():

@@ -8,7 +8,6 @@ import os
 import shutil
 import time
 
-import numpy as np
 import pytest
 
 from animalcls import data
