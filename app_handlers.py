@@ -59,16 +59,9 @@ def resolve_checkpoints(
     notices: list[str] = []
     given = {"scratch": scratch_dir, "transfer": transfer_dir}
     for kind, folder in given.items():
-        if folder is None:
-            continue
-        try:
-            manifest = read_manifest(folder)
-        except AnimalclsError as exc:
-            notices.append(f"The {kind} checkpoint given cannot be used, so the {kind} side is empty: {exc}")
-            continue
-        if manifest["kind"] != kind:
-            notices.append(f"{folder} is a {manifest['kind']} checkpoint, shown on the {kind} side as asked.")
-        paths[kind] = Path(folder)
+        if folder is not None:
+            paths[kind], notice = _given_side(kind, Path(folder))
+            notices += [notice] if notice else []
     missing = [kind for kind in KINDS if given[kind] is None]
     if missing and use_hub:
         pulled, error = _pull_from_hub(hub_repo)
@@ -90,6 +83,18 @@ def resolve_checkpoints(
         if paths[kind] is None:
             notices.append(f"No {kind} checkpoint found (looked in {checkpoints_root.name}/): the {kind} side is empty.")
     return paths, notices
+
+
+def _given_side(kind: str, folder: Path) -> tuple[Path | None, str | None]:
+    """A checkpoint folder given for one side: (folder, None), (folder, a note when it is of the
+    other kind), or (None, why it cannot be used)."""
+    try:
+        recorded = read_manifest(folder)["kind"]
+    except AnimalclsError as exc:
+        return None, f"The {kind} checkpoint given cannot be used, so the {kind} side is empty: {exc}"
+    if recorded != kind:
+        return folder, f"{folder} is a {recorded} checkpoint, shown on the {kind} side as asked."
+    return folder, None
 
 
 def _pull_from_hub(repo_id: str | None) -> tuple[dict[str, Path], str | None]:
