@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import json
-import platform
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_dir, write_json
 from .errors import CheckpointError
+from .manifest import KINDS as KINDS, Manifest, library_versions as library_versions, now_iso
 from .settings import BUNDLED_DIR
 
 MODEL_FILE = "model.keras"
@@ -23,8 +22,6 @@ EVAL_FILE = "eval.json"
 SPLIT_FILE = "split.json"
 HISTORY_PLOT = "history.png"
 CONFUSION_PLOT = "confusion_matrix.png"
-REQUIRED_KEYS = ("name", "kind", "backbone", "image_size", "class_names")
-KINDS = ("scratch", "transfer")
 
 
 class ManifestFacts:
@@ -54,22 +51,6 @@ class Checkpoint(ManifestFacts):
     @property
     def title(self) -> str:
         return f"{self.manifest['name']} ({self.manifest['kind']}, {self.manifest['backbone']})"
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for package in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "scikit-learn", "pillow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return versions
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read_json(path: Path) -> Any:
@@ -137,16 +118,7 @@ def _file_list(history: Any, evaluation: Any, split: Any, figures: Mapping[str, 
 
 
 def _validate_manifest(manifest: Any, where: Path) -> None:
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"manifest.json in {where} is not a JSON object.")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise CheckpointError(f"manifest.json in {where} lacks: {', '.join(missing)}.")
-    if manifest["kind"] not in KINDS:
-        raise CheckpointError(f"manifest.json in {where}: kind must be one of {KINDS}, got {manifest['kind']!r}.")
-    names = manifest["class_names"]
-    if not isinstance(names, list) or not names or len(set(names)) != len(names):
-        raise CheckpointError(f"manifest.json in {where}: class_names must be a non-empty list of unique names.")
+    Manifest.from_json(manifest, where)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from .atomic import work_dir
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups
 from .hooks import TrainHooks
+from .manifest import Manifest
 from .stored_features import StoredFeatures
 from .settings import finetune_folder
 from .workflows import datasets_for, require_an_epoch, save_with_figures
@@ -316,26 +317,17 @@ def _manifest(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """The source manifest with this run's name, provenance, training and dataset."""
-    manifest = {k: v for k, v in source_manifest.items() if k != "files"}
     dataset = {k: v for k, v in (source_manifest.get("dataset") or {}).items() if k != "root"}
     dataset.update(split.summary(), split_file=checkpoints.SPLIT_FILE)
-    manifest.update(
-        name=out_dir.name,
-        finetuned_from={"name": source_manifest["name"]},
-        training={
-            **config.to_json(),
-            "finetune": True,
-            "unfreeze_layers": unfreeze_layers,
-            "seconds": round(seconds, 1),
-            "fit_seconds": round(result.seconds, 1),
-            "epochs_run": len(result.history.get("loss", [])),
-            "best_epoch": result.best_epoch,
-            "cancelled": result.cancelled,
-            **extra,
-            "source_training": source_manifest.get("training"),
-        },
-        dataset=dataset,
-        created=checkpoints.now_iso(),
-        versions=checkpoints.library_versions(),
-    )
-    return manifest
+    training = {
+        **config.to_json(),
+        "finetune": True,
+        "unfreeze_layers": unfreeze_layers,
+        "seconds": round(seconds, 1),
+        "fit_seconds": round(result.seconds, 1),
+        "epochs_run": len(result.history.get("loss", [])),
+        "best_epoch": result.best_epoch,
+        "cancelled": result.cancelled,
+        **extra,
+    }
+    return Manifest.from_json(source_manifest, source).derive(out_dir.name, training, dataset).to_json()

@@ -29,6 +29,7 @@ import numpy as np
 from . import checkpoints, scope
 from .errors import CheckpointError
 from .hooks import TrainHooks
+from .manifest import Manifest
 from .settings import POOL_LAYER, finetune_folder
 from .teach_data import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
 from .teach_head import Head, TrainSettings, train_head, train_output_layer
@@ -358,39 +359,33 @@ def run_teach(plan: TeachPlan, hooks: TrainHooks | None = None) -> Any:
 def taught_manifest(plan: TeachPlan, taught: Taught, stored: StoredFeatures, engine: str) -> dict[str, Any]:
     """The source manifest with the new classes, provenance, training and exactly what trained."""
     source = plan.manifest
-    manifest = {k: v for k, v in source.items() if k not in ("files", "dataset")}
     photos = plan.photos
-    manifest.update(
-        name=plan.out_dir.name,
-        class_names=list(plan.class_names),
-        finetuned_from={"name": source["name"], "class_names": list(source["class_names"])},
-        training={
-            "method": "teach: head on stored + new pooled features (backbone frozen)",
-            "finetune": True, "teach": True, "unfreeze_layers": 0,
-            "epochs": plan.settings.epochs, "epochs_run": len(taught.history["loss"]),
-            "learning_rate": plan.settings.learning_rate, "batch_size": plan.settings.batch_size,
-            "optimizer": "adam", "loss": "class-balanced cross-entropy", "seed": plan.settings.seed,
-            "new_columns": "imprinted (centred mean penultimate activation)", "mirrored_new_photos": True,
-            "feature_engine": engine, "cancelled": taught.cancelled,
-            "seconds": {k: round(v, 2) for k, v in taught.seconds.items()},
-            "source_training": source.get("training"),
-        },
-        dataset={
-            "teach_folder": photos.root.name,
-            "class_folders": photos.folders,
-            "new_classes": plan.new_classes,
-            "skipped": [{"path": rel, "reason": why} for rel, why in photos.skipped],
-            "split": plan.split.summary(),
-            "stored_features": {"file": scope.SCOPE_NPZ, "train": len(stored.train),
-                                "test": 0 if stored.test is None else len(stored.test),
-                                "classes": stored.class_names},
-            "scores": taught.scores,
-            "source_dataset": _dataset_name(source.get("dataset") or {}),
-        },
-        created=checkpoints.now_iso(),
-        versions=checkpoints.library_versions(),
-    )
-    return manifest
+    training = {
+        "method": "teach: head on stored + new pooled features (backbone frozen)",
+        "finetune": True, "teach": True, "unfreeze_layers": 0,
+        "epochs": plan.settings.epochs, "epochs_run": len(taught.history["loss"]),
+        "learning_rate": plan.settings.learning_rate, "batch_size": plan.settings.batch_size,
+        "optimizer": "adam", "loss": "class-balanced cross-entropy", "seed": plan.settings.seed,
+        "new_columns": "imprinted (centred mean penultimate activation)", "mirrored_new_photos": True,
+        "feature_engine": engine, "cancelled": taught.cancelled,
+        "seconds": {k: round(v, 2) for k, v in taught.seconds.items()},
+    }
+    dataset = {
+        "teach_folder": photos.root.name,
+        "class_folders": photos.folders,
+        "new_classes": plan.new_classes,
+        "skipped": [{"path": rel, "reason": why} for rel, why in photos.skipped],
+        "split": plan.split.summary(),
+        "stored_features": {"file": scope.SCOPE_NPZ, "train": len(stored.train),
+                            "test": 0 if stored.test is None else len(stored.test),
+                            "classes": stored.class_names},
+        "scores": taught.scores,
+        "source_dataset": _dataset_name(source.get("dataset") or {}),
+    }
+    return Manifest.from_json(source, plan.source).derive(
+        plan.out_dir.name, training, dataset, class_names=list(plan.class_names),
+        finetuned_from={"class_names": list(source["class_names"])},
+    ).to_json()
 
 
 def _dataset_name(dataset: dict[str, Any]) -> str | None:

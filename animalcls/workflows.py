@@ -17,6 +17,7 @@ from .atomic import work_dir
 from .errors import Cancelled
 from .hooks import TrainHooks
 from .labels import resolve_classes
+from .manifest import Manifest
 from .train import FitResult, TrainConfig, fit
 
 
@@ -150,15 +151,11 @@ def make_manifest(
     scale_out: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     spec = backbones.get_backbone(config.backbone)
-    return {
-        "name": name,
-        "kind": config.model,
-        "backbone": config.backbone,
-        "image_size": config.image_size,
-        "class_names": list(scan.class_names),
-        "preprocessing": spec.preprocessing.describe(),
-        "weights": config.weights if config.model == "transfer" else None,
-        "training": {
+    return Manifest.new(
+        name, config.model, config.backbone, config.image_size, list(scan.class_names),
+        preprocessing=spec.preprocessing.describe(),
+        weights=config.weights if config.model == "transfer" else None,
+        training={
             **config.to_json(),
             "seconds": round(result.seconds, 1),
             "epochs_run": len(result.history.get("loss", [])),
@@ -166,15 +163,13 @@ def make_manifest(
             "cancelled": result.cancelled,
             **({"scale_out": scale_out} if scale_out else {}),
         },
-        "dataset": {
+        dataset={
             **split.summary(),
             "class_folders": scan.class_folders,
             "skipped": [{"path": rel, "reason": why} for rel, why in scan.skipped],
             "split_file": checkpoints.SPLIT_FILE,
         },
-        "created": checkpoints.now_iso(),
-        "versions": checkpoints.library_versions(),
-    }
+    ).to_json()
 
 
 def save_with_figures(

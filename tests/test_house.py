@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "animalcls"
 LIGHT = ("inference", "app_state", "progress", "features", "hooks", "settings", "atomic", "app_views", "distribute",
-         "batch_predict", "cli", "cli_checks", "cli_parser", "teach", "teach_cli", "teach_data", "teach_head", "teach_session")
+         "batch_predict", "cli", "cli_checks", "cli_parser", "teach", "teach_cli", "teach_data", "teach_head", "teach_session", "manifest", "checkpoints")
 
 
 def test_serving_and_progress_modules_import_neither_tensorflow_nor_keras():
