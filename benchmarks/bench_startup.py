@@ -77,8 +77,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float]:
-    """Seconds from spawning the app until "Models ready", and its RSS (MB) at that moment."""
+def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float, float]:
+    """Seconds from spawning the app until "Models ready", its RSS (MB) at that moment, and the
+    seconds from the server starting until the models were ready (as the app reports them)."""
     command = [sys.executable, "app.py", "--no-hub", "--port", str(free_port())]
     start = time.perf_counter()
     process = subprocess.Popen(command, env=engine_env(engine), cwd=REPO, stdout=subprocess.PIPE,
@@ -89,13 +90,21 @@ def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float]:
                 seconds = time.perf_counter() - start
                 status = Path(f"/proc/{process.pid}/status").read_text()
                 rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
-                return seconds, rss
+                after_server = float(re.search(r"Models ready ([\d.]+) s", line).group(1))
+                return seconds, rss, after_server
             if time.perf_counter() - start > timeout:
                 break
         raise RuntimeError(f"app.py ({engine}) never reported its models ready")
     finally:
         process.kill()
         process.wait()
+
+
+def gradio_import_seconds() -> float:
+    """A fresh `import gradio`: the floor under any Gradio app's start-up on this machine."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import gradio"], env=engine_env("onnx"), cwd=REPO, check=True)
+    return time.perf_counter() - start
 
 
 def test_photo(folder: Path) -> Path:
@@ -121,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         for run in range(args.runs):
             for engine in ENGINES:
                 forward, whole = in_process_ms(engine, photo)
-                ready, rss = app_ready(engine)
+                ready, rss, after_server = app_ready(engine)
                 for key, value in (("forward", forward), ("whole", whole), ("predict", predict_seconds(engine, photo)),
-                                   ("ready", ready), ("rss", rss)):
+                                   ("ready", ready), ("after_server", after_server), ("rss", rss),
+                                   ("gradio", gradio_import_seconds())):
                     results[engine].setdefault(key, []).append(value)
             print(f"  run {run + 1}/{args.runs} done", flush=True)
     med = {e: {k: statistics.median(v) for k, v in r.items()} for e, r in results.items()}
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             ("both models, one photo, in-process: with decode + resize", "whole", "{:.1f} ms"),
             ("`predict transfer PHOTO` as a process", "predict", "{:.2f} s"),
             ("`app.py` start to models ready", "ready", "{:.1f} s"),
+            ("`app.py` server up to models ready", "after_server", "{:.1f} s"),
+            ("`import gradio` alone, a fresh process (same for both)", "gradio", "{:.1f} s"),
             ("`app.py` memory when the models are ready", "rss", "{:.0f} MB"))
     for label, key, fmt in rows:
         onnx, tf = med["onnx"][key], med["tf"][key]
