@@ -59,6 +59,7 @@ def drain(generator) -> list[tuple]:
 # ---------------------------------------------------------------- building
 
 
+@pytest.mark.slow
 def test_import_loads_no_model_and_no_tensorflow():
     code = "import sys; sys.path.insert(0, '.'); import app; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -107,6 +108,7 @@ def _start_app(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           capture_output=True, text=True, env=environment, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variable, value", [("ANIMALCLS_PORT", "abc"), ("GRADIO_SERVER_PORT", "70000")])
 def test_a_bad_port_setting_is_one_line(variable, value):
     run = _start_app(env={variable: value})
@@ -458,6 +460,7 @@ def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch)
         animal_app.use_model()
 
 
+@pytest.mark.slow
 def test_cancel_before_the_first_epoch_saves_nothing_and_offers_nothing(animal_app, tmp_path):
     """A real fine-tune with unfrozen layers, cancelled as it starts: nothing saved, the status
     says so, and "Use this model" stays off."""
@@ -478,6 +481,7 @@ def test_use_model_before_any_finetune(animal_app):
         animal_app.use_model()
 
 
+@pytest.mark.slow
 def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, tmp_path, test_photo):
     source = tiny_checkpoints["transfer"]
     before = folder_hashes(source)
@@ -508,6 +512,7 @@ def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, 
     assert mine["models"] == {} and name not in views[1]
 
 
+@pytest.mark.slow
 def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, test_photo):
     shared = app.AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "ft",
                            use_hub=False, examples_dir=tmp_path / "none", use_for_everyone=True)

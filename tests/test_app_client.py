@@ -101,6 +101,7 @@ def test_classify_latency(client, photo):
     assert statistics.median(times) < 5.0
 
 
+@pytest.mark.slow
 def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client, photo, monkeypatch):
     import animalcls.finetune
     from gradio_client import Client, handle_file
@@ -183,6 +184,7 @@ def test_an_empty_upload_says_empty_file(client, tmp_path):
         client.predict(handle_file(str(empty)), api_name="/classify")
 
 
+@pytest.mark.slow
 def test_finetune_use_model_and_restore_stay_in_the_session(server, client, photo, tiny_checkpoints):
     from gradio_client import Client, handle_file
 

@@ -24,6 +24,7 @@ def server(tiny_checkpoints, tmp_path_factory):
         yield url, demo.animalcls_app
 
 
+@pytest.mark.slow
 def test_concurrent_page_loads_get_whole_images(server, tiny_checkpoints):
     from gradio_client import Client
 
@@ -69,6 +70,7 @@ def _without_gradio_cache(text: str) -> str:
     return text.replace(cache, "GRADIO_CACHE")
 
 
+@pytest.mark.slow
 def test_no_server_internals_on_the_page_or_in_api_answers(server, tiny_checkpoints, tmp_path):
     from gradio_client import Client, handle_file
 

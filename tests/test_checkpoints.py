@@ -98,6 +98,7 @@ def test_default_pair_uses_defaults_json_or_newest_per_kind(tmp_path, tiny_check
     assert checkpoints.find_checkpoints(root) == sorted(p for p in root.iterdir() if p.is_dir())
 
 
+@pytest.mark.slow
 def test_bundled_checkpoints_load_if_present():
     pair = checkpoints.default_pair()
     if not pair:
@@ -108,6 +109,7 @@ def test_bundled_checkpoints_load_if_present():
         assert loaded.evaluation["accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_optimizer_state_is_not_saved(tmp_path):
     import zipfile
 

@@ -22,6 +22,7 @@ def test_help_explains_every_command():
     assert "cat, spider, butterfly, elephant, chicken" in text
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     data_dir = make_dataset(tmp_path / "data", per_class=8)
     out = tmp_path / "ck"
@@ -50,6 +51,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     assert len(result[str(image)]["probabilities"]) == 3 and result[str(image)]["out_of_scope"] is None
 
 
+@pytest.mark.slow
 def test_transfer_with_a_local_weights_file(tmp_path, capsys):
     from animalcls.backbones import build_backbone
 

@@ -213,6 +213,7 @@ def test_bad_arguments(keras_home):
         convert.build_backbone(64, "imagenet21k")
 
 
+@pytest.mark.slow
 def test_imagenet_backbone_converts_once_then_uses_cache(fresh_home: Path, monkeypatch: pytest.MonkeyPatch):
     first = convert.build_backbone(64, "imagenet")
     cached = list((fresh_home / "models" / "animalcls").glob("efficientnet_lite0_imagenet_*.npz"))
@@ -246,6 +247,7 @@ def test_cache_name_follows_the_source_content(tmp_path: Path, fresh_home: Path)
     assert convert.cache_path(a).parent == fresh_home / "models" / "animalcls"
 
 
+@pytest.mark.slow
 def test_registry_entries_use_this_module(keras_home):
     backbone = registry_build("efficientnet_lite0", 64, "imagenet")
     assert backbone.name == "backbone" and backbone.output.shape == (None, 2, 2, 1280)
@@ -253,6 +255,7 @@ def test_registry_entries_use_this_module(keras_home):
     assert clf.input.shape == (None, 224, 224, 3) and clf.output.shape == (None, 1000)
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_in_safe_mode(keras_home, tmp_path: Path):
     inputs = keras.Input((64, 64, 3), name="image")
     x = convert.build_backbone(64, "imagenet")(inputs)
@@ -315,6 +318,7 @@ def _reference_forward(sd: dict[str, np.ndarray], images: np.ndarray) -> tuple[n
     return features.transpose(0, 2, 3, 1), logits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [64, 75])  # an odd size exercises uneven SAME padding at every stride
 def test_keras_matches_numpy_reference(state, size: int):
     images = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype("float32")

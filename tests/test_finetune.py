@@ -130,6 +130,7 @@ def test_head_on_features_matches_the_full_model_on_images(tiny_checkpoints):
     np.testing.assert_allclose(on_features, on_images, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_checkpoints, tmp_path):
     from animalcls.checkpoints import load_checkpoint
     from animalcls.data import Split
@@ -172,6 +173,7 @@ def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_check
     assert folder_hashes(source) == before
 
 
+@pytest.mark.slow
 def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
     """The saved full model reproduces the evaluation computed on features."""
     from animalcls.finetune import finetune
@@ -184,6 +186,7 @@ def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
     assert not np.allclose(before, after)  # the head trained on features is the saved one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unfreeze", [0, 2])
 def test_cancel_in_the_first_epoch_saves_nothing(tiny_checkpoints, tmp_path, unfreeze):
     from animalcls.errors import Cancelled
@@ -204,6 +207,7 @@ def test_cancel_in_the_first_epoch_saves_nothing(tiny_checkpoints, tmp_path, unf
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ft", "ft"))) == []  # no folder, no leftover
 
 
+@pytest.mark.slow
 def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints, tmp_path):
     """Cancelled at epoch 2, batch 1 with unfrozen layers: epoch 1 is kept, the unfinished one
     is neither recorded nor saved (test_train checks that its batches are undone)."""
@@ -224,6 +228,7 @@ def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints,
     assert result.evaluation["n"] == 10  # evaluated (and saved): a usable model of one finished epoch
 
 
+@pytest.mark.slow
 def test_preset_cancel(tiny_checkpoints, tmp_path):
     """Cold cache: cancelled during extraction. Warm cache: cancelled at the first batch. Nothing saved."""
     from animalcls.errors import Cancelled
@@ -243,6 +248,7 @@ def test_preset_cancel(tiny_checkpoints, tmp_path):
     assert not (tmp_path / "warm").exists()
 
 
+@pytest.mark.slow
 def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_path):
     from animalcls.finetune import finetune
     from animalcls.settings import BACKBONE_LAYER
@@ -288,6 +294,7 @@ def test_missing_dataset_asks_for_data(tiny_checkpoints, tmp_path):
         finetune(moved, out_dir=tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_data_dir_without_split_scans_and_splits(tiny_checkpoints, tmp_path):
     from animalcls.finetune import finetune
 
@@ -302,6 +309,7 @@ def test_data_dir_without_split_scans_and_splits(tiny_checkpoints, tmp_path):
     assert (result.path / "split.json").is_file() and result.evaluation["n"] == 10
 
 
+@pytest.mark.slow
 def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
     from animalcls.cli import main
 

@@ -301,6 +301,7 @@ def test_bad_data_spec_says_the_expected_form(spec: str) -> None:
         hub.parse_data_spec(spec)
 
 
+@pytest.mark.slow
 def test_resolve_data_and_train_on_an_hf_dataset(
     hub_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

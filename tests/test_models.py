@@ -85,6 +85,7 @@ def test_default_backbone_is_efficientnet_without_cached_inception_weights(keras
     assert backbones.default_backbone() == "inception_v3"
 
 
+@pytest.mark.slow
 def test_imagenet_inception_offline_fails_fast_and_says_where_to_put_the_file(keras_home, monkeypatch):
     # Point Keras's download at a closed local port so no traffic leaves the machine.
     import keras.src.applications.inception_v3 as inception_module
@@ -99,6 +100,7 @@ def test_imagenet_inception_offline_fails_fast_and_says_where_to_put_the_file(ke
     assert "efficientnet_lite0" in message
 
 
+@pytest.mark.slow
 def test_inception_v3_smoke_at_75px():
     model = models.build_scratch("inception_v3", 5, 75)
     x = np.random.default_rng(0).uniform(0, 255, (1, 75, 75, 3)).astype(np.float32)

@@ -34,6 +34,7 @@ def photo_less(tiny_checkpoints, tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.slow
 def test_head_finetune_on_stored_features_reads_no_photo(photo_less, tmp_path):
     from animalcls.finetune import finetune
     from animalcls.stored_features import find_features

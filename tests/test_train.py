@@ -32,6 +32,7 @@ def test_callbacks_follow_the_study(tmp_path):
     assert train.study_callbacks(train.PRESETS["scratch"], tmp_path) == []
 
 
+@pytest.mark.slow
 def test_fit_records_metrics_every_epoch_and_saves_history(tmp_path, synthetic_data):
     train_ds, val_ds, steps = _datasets(synthetic_data)
     config = train.PRESETS["transfer"].replace(epochs=3, batch_size=8)
@@ -53,6 +54,7 @@ def test_fit_records_metrics_every_epoch_and_saves_history(tmp_path, synthetic_d
     assert result.best_epoch == int(np.argmin(losses)) + 1
 
 
+@pytest.mark.slow
 def test_cancel_keeps_only_finished_epochs(tmp_path, synthetic_data):
     """Cancelled in epoch 2, batch 2: the history lists epoch 1 only and the weights are those
     at the end of epoch 1 (the two batches of epoch 2 are undone)."""
@@ -77,6 +79,7 @@ def test_cancel_keeps_only_finished_epochs(tmp_path, synthetic_data):
         np.testing.assert_array_equal(saved, now)
 
 
+@pytest.mark.slow
 def test_cancel_in_the_first_epoch_finishes_none(tmp_path, synthetic_data):
     train_ds, val_ds, steps = _datasets(synthetic_data, batch_size=4)
     cancel = threading.Event()
@@ -87,6 +90,7 @@ def test_cancel_in_the_first_epoch_finishes_none(tmp_path, synthetic_data):
     assert result.cancelled and result.history == {} and result.best_epoch is None
 
 
+@pytest.mark.slow
 def test_train_checkpoint_cancelled_before_an_epoch_saves_nothing(tmp_path, synthetic_data):
     from animalcls.errors import Cancelled
     from animalcls.hooks import TrainHooks
@@ -99,6 +103,7 @@ def test_train_checkpoint_cancelled_before_an_epoch_saves_nothing(tmp_path, synt
     assert not [p for p in tmp_path.iterdir() if p.name != synthetic_data.name]  # no folder, no leftovers
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_repeatable(tmp_path, synthetic_data):
     config = train.PRESETS["scratch"].replace(backbone="tiny", image_size=32, epochs=1, batch_size=8)
     first = train_checkpoint(synthetic_data, config, tmp_path / "a")[2].history["loss"]
@@ -106,6 +111,7 @@ def test_seeded_runs_are_repeatable(tmp_path, synthetic_data):
     np.testing.assert_allclose(first, second, rtol=5e-3)  # oneDNN reductions are not bit-exact
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_colour_classes(tmp_path):
     from conftest import make_dataset
 
@@ -117,6 +123,7 @@ def test_tiny_model_learns_colour_classes(tmp_path):
     assert evaluation["accuracy"] >= 0.8, (evaluation["accuracy"], result.history["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_train_checkpoint_writes_a_complete_folder(tmp_path, synthetic_data):
     hooks = TrainHooks(on_scan=lambda d, t: None)
     config = train.PRESETS["transfer"].replace(backbone="tiny", image_size=32, epochs=1, batch_size=8)
