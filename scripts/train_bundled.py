@@ -37,8 +37,9 @@ CONFIGS = {
 
 
 # kind -> (script, its arguments before --data/--out): each writes <out>/<kind>-efficientnet_lite0.
-# Both continue from the checkpoints/ folder of their kind; the bundled transfer model was made
-# from the transfer-efficientnet_lite0 folder of commit f62e07c.
+# Both start from the checkpoints/ folder of their kind; transfer-robust keeps only its frozen
+# backbone (the same since commit f62e07c) and trains a fresh head, so rerunning it on the bundled
+# folder repeats the bundled model (pass --cross-source as the bundled run did).
 ROBUST = {
     "scratch-robust": [
         "train_scratch_device.py", "train", "--split", "checkpoints/scratch-efficientnet_lite0/split.json",
@@ -50,7 +51,7 @@ ROBUST = {
 }
 
 
-def run_robust(kind: str, data: str, out_root: Path) -> Path:
+def run_robust(kind: str, data: str, out_root: Path, cross_source: str | None = None) -> Path:
     """Run one "-robust" recipe through its script (a fresh process: it sets its own backend)."""
     import subprocess
 
@@ -58,7 +59,8 @@ def run_robust(kind: str, data: str, out_root: Path) -> Path:
     target = out_root / f"{kind}-efficientnet_lite0"
     python = [sys.executable, str(REPO / "scripts" / script)]
     if kind == "transfer-robust":
-        subprocess.run([*python, *rest, "--data", data, "--out", str(target)], check=True, cwd=REPO)
+        extra = ["--cross-source", cross_source] if cross_source else []
+        subprocess.run([*python, *rest, "--data", data, "--out", str(target), *extra], check=True, cwd=REPO)
         return target
     work = out_root / f".{kind}.device"
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
@@ -78,6 +80,8 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", default=["transfer", "scratch"], choices=sorted([*CONFIGS, *ROBUST]))
     parser.add_argument("--out", default=str(REPO / "checkpoints"))
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--cross-source", metavar="DIR",
+                        help="photos from other sources: transfer-robust's epoch tie-break (validation only)")
     parser.add_argument("--epochs", type=int, help="override both presets' epochs (for a quick try)")
     parser.add_argument("--strong-augment", action="store_true",
                         help="add random crops and brightness/contrast jitter to the flips")
@@ -88,7 +92,7 @@ def main() -> int:
 
     out_root = Path(args.out)
     for kind in [k for k in args.kinds if k in ROBUST]:
-        print(f"{kind}: {run_robust(kind, args.data, out_root)}", flush=True)
+        print(f"{kind}: {run_robust(kind, args.data, out_root, args.cross_source)}", flush=True)
     for kind in [k for k in args.kinds if k in CONFIGS]:
         overrides = {**CONFIGS[kind], **({"epochs": args.epochs} if args.epochs else {})}
         overrides["strong_augment"] = args.strong_augment or overrides.get("strong_augment", False)

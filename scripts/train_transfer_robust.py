@@ -5,9 +5,14 @@ views of the training photos, so it holds up on blurred, downscaled or recompres
         --data ../shared/data/animals10-offline/raw-img --out runs/transfer-robust-efficientnet_lite0
 
 Uses the checkpoint's own split (train for the head, val for picking the epoch; the test photos
-are only evaluated). Each training photo gives its plain view and `--views` views drawn by
-augment.RobustAugment; the validation score is the mean over the plain photos and each
-degradation of scripts/robustness.py, so the epoch is picked for robustness too.
+are only evaluated) and only its frozen backbone: the head (Dense 512, Dense N) starts from a
+seeded fresh initialisation, so the result does not depend on the checkpoint's own head. Each
+training photo gives its plain view, `--views` views drawn by augment.RobustAugment with
+HEAD_AUGMENT and `--heavy-views` with HEAVY_AUGMENT (view k of a recipe draws from its own seed,
+so a view is the same whatever the other counts are). The validation photos are scored plain
+and under each degradation of scripts/robustness.py; `--select worst-class` keeps the epoch
+whose worst class over those is best (ties: `--cross-source` accuracy, then the mean, then the
+loss), `--select loss` the one with the lowest loss over them.
 """
 
 from __future__ import annotations
@@ -26,29 +31,51 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 # Degradations stronger than the default recipe's: the frozen features need to see them often.
 HEAD_AUGMENT = dict(crop_scale=(0.35, 1.0), blur_p=0.4, downscale_p=0.4, jpeg_p=0.3, grey_p=0.2)
+# Mostly degraded views (blur of radius 1-3.5 at 192 px in 8 of 10): where the worst class fails.
+HEAVY_AUGMENT = dict(crop_scale=(0.35, 1.0), blur_p=0.8, blur_radius=(1.0, 3.5), downscale_p=0.6, jpeg_p=0.4, grey_p=0.2)
+RECIPES = {"head": (HEAD_AUGMENT, 1), "heavy": (HEAVY_AUGMENT, 2)}  # name -> (settings, seed offset)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--views", type=int, default=2, help="augmented views per training photo (default 2)")
+    parser.add_argument("--views", type=int, default=1, help="HEAD_AUGMENT views per training photo (default 1)")
+    parser.add_argument("--heavy-views", type=int, default=1, help="HEAVY_AUGMENT views per training photo (default 1)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    args = parser.parse_args()
+    parser.add_argument("--constant-lr", action="store_true",
+                        help="keep the learning rate constant (default: cosine decay to 0 over the epochs)")
+    parser.add_argument("--select", choices=("worst-class", "loss"), default="worst-class",
+                        help="how the epoch is picked on the validation photos (default worst-class)")
+    parser.add_argument("--cross-source", metavar="DIR",
+                        help="photos from other sources (validation only): the tie-break of --select worst-class")
+    parser.add_argument("--seed", type=int, default=42, help="head initialisation and shuffling")
+    args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "model.keras").is_file():
         parser.error(f"--checkpoint {args.checkpoint} holds no model.keras")
+    if not Path(args.data).is_dir():
+        parser.error(f"--data {args.data} is not a folder")
+    if args.cross_source and not Path(args.cross_source).is_dir():
+        parser.error(f"--cross-source {args.cross_source} is not a folder")
+    for name in ("views", "heavy_views", "epochs"):
+        if getattr(args, name) < (1 if name == "epochs" else 0):
+            parser.error(f"--{name.replace('_', '-')} must be {'positive' if name == 'epochs' else '0 or more'}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from animalcls.logs import quiet_tensorflow
 
     quiet_tensorflow()
     import keras
-    from PIL import Image
 
-    from animalcls import augment, checkpoints, data, evaluate, models, workflows
+    from animalcls import augment, checkpoints, data, evaluate, workflows
     from animalcls.features import feature_model
-    from animalcls.inference import to_model_input
+    from animalcls.preprocessing import to_model_input
     from animalcls.train import FitResult, HistoryRecorder, TrainConfig
     from robustness import DEGRADATIONS
 
@@ -69,66 +96,116 @@ def main() -> int:
 
     train_paths, train_labels = split.paths("train", scan.root)
     photos = augment.load_photos(train_paths)
-    recipe = augment.RobustAugment(size, **HEAD_AUGMENT)
-    rng = np.random.default_rng(split.seed)
     parts = [features(photos, lambda p: to_model_input(p, size))]
-    for _ in range(args.views):
-        parts.append(features(photos, lambda p: recipe(p, rng).astype(np.float32)))
+    recipes = {}
+    for name, count in (("head", args.views), ("heavy", args.heavy_views)):
+        settings, offset = RECIPES[name]
+        recipes[name] = augment.RobustAugment(size, **settings)
+        for k in range(1, count + 1):
+            rng = np.random.default_rng(1000 * k + offset)
+            parts.append(features(photos, lambda p, r=recipes[name], g=rng: r(p, g).astype(np.float32)))
     x_train = np.concatenate(parts)
-    y_train = keras.utils.to_categorical(np.tile(train_labels, args.views + 1), n)
+    y_train = np.tile(np.asarray(train_labels), len(parts))
     print(f"train features {x_train.shape} in {time.perf_counter() - start:.0f} s", flush=True)
     val_paths, val_labels = split.paths("val", scan.root)
     val_photos = augment.load_photos(val_paths)
-    x_val = np.concatenate(
-        [features(val_photos, lambda p, fn=fn: to_model_input(fn(p), size)) for fn in DEGRADATIONS.values()]
-    )
-    y_val = keras.utils.to_categorical(np.tile(val_labels, len(DEGRADATIONS)), n)
-    print(f"val features {x_val.shape} in {time.perf_counter() - start:.0f} s", flush=True)
+    x_val = [features(val_photos, lambda p, fn=fn: to_model_input(fn(p), size)) for fn in DEGRADATIONS.values()]
+    y_val = np.asarray(val_labels)
+    cross = None
+    if args.cross_source:
+        other = data.scan_folder(args.cross_source, split.class_names)
+        cross_photos = augment.load_photos([str(other.root / s.rel) for s in other.samples])
+        cross = (features(cross_photos, lambda p: to_model_input(p, size)), np.array([s.label for s in other.samples]))
+    print(f"val features in {time.perf_counter() - start:.0f} s", flush=True)
 
-    head = models.head_on_features(model)
+    keras.utils.set_random_seed(args.seed)
+    head = fresh_head(keras, x_train.shape[1], n)
+    steps = args.epochs * -(-len(x_train) // 64)
+    rate = args.learning_rate if args.constant_lr else keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
     head.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
+        optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy"],
     )
-    workdir = Path(args.out).parent / f".{Path(args.out).name}.work"
-    workdir.mkdir(parents=True, exist_ok=True)
     recorder = HistoryRecorder()
-    best = keras.callbacks.ModelCheckpoint(
-        str(workdir / "head.weights.h5"), monitor="val_loss", save_best_only=True, save_weights_only=True
-    )
+    picker = EpochPicker(x_val, y_val, cross, n, args.select)
     fit_start = time.perf_counter()
-    head.fit(x_train, y_train, batch_size=64, epochs=args.epochs, validation_data=(x_val, y_val),
-             callbacks=[recorder, best], verbose=0, shuffle=True)
-    head.load_weights(workdir / "head.weights.h5")  # shares its layers with `model`
-    losses = recorder.history["val_loss"]
-    best_epoch = int(np.argmin(losses)) + 1
-    print(f"best epoch {best_epoch}: val (plain + degraded) accuracy {recorder.history['val_accuracy'][best_epoch - 1]:.4f}")
+    for _ in range(args.epochs):  # one fit call per epoch, as the experiments behind the recipe ran
+        head.fit(x_train, keras.utils.to_categorical(y_train, n), batch_size=64, epochs=1, verbose=0,
+                 shuffle=True, callbacks=[recorder])
+        picker.score(head)
+    head.set_weights(picker.best_weights)
+    for name in ("fc512", "predictions"):
+        model.get_layer(name).set_weights(head.get_layer(name).get_weights())
+    best_epoch = picker.best_epoch
+    print(f"best epoch {best_epoch}: {picker.describe(best_epoch)}", flush=True)
 
     out = Path(args.out)
-    split.root = str(scan.root.resolve())
-    split.root_relative = os.path.relpath(split.root, out.resolve())
+    # No absolute path in the folder: the dataset is found relative to it, as for the bundled ones.
+    split.root = split.root_relative = os.path.relpath(scan.root.resolve(), out.resolve())
     test_paths, test_labels = split.paths("test", scan.root)
     evaluation = evaluate.evaluate_paths(model, test_paths, test_labels, scan.class_names, size)
     config = TrainConfig(**{k: v for k, v in source.manifest["training"].items() if k in TrainConfig.__dataclass_fields__})
     config = config.replace(epochs=args.epochs, learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
-                            robust_augment=True, keep_best=True)
-    result = FitResult(recorder.history, time.perf_counter() - fit_start, False, best_epoch)
+                            robust_augment=True, keep_best=True, seed=args.seed,
+                            cosine=not args.constant_lr)
+    history = {**recorder.history, **picker.history}
+    result = FitResult(history, time.perf_counter() - fit_start, False, best_epoch)
     manifest = workflows.make_manifest(out.name, config, scan, split, result)
     manifest["training"]["where"] = {
         "script": "scripts/train_transfer_robust.py",
-        "started_from": Path(args.checkpoint).name,
-        "method": f"head retrained on frozen features of the plain photo and {args.views} RobustAugment views "
-        "per training photo; epoch picked on the validation photos plain and under each degradation",
-        "augment": recipe.to_json(),
+        "started_from": f"the frozen backbone of {Path(args.checkpoint).name}; head freshly initialised (seed {args.seed})",
+        "method": f"head trained on frozen features of the plain photo, {args.views} HEAD_AUGMENT and "
+        f"{args.heavy_views} HEAVY_AUGMENT RobustAugment views per training photo; epoch picked by {args.select} "
+        "on the validation photos plain and under each degradation"
+        + (" (ties: cross-source accuracy)" if cross is not None and args.select == "worst-class" else ""),
+        "augment": {name: recipe.to_json() for name, recipe in recipes.items()},
         "feature_seconds": round(fit_start - start, 1),
     }
-    workflows.save_with_figures(out, model, manifest, recorder.history, evaluation, split)
-    import shutil
-
-    shutil.rmtree(workdir, ignore_errors=True)
+    workflows.save_with_figures(out, model, manifest, history, evaluation, split)
     print(f"{out}: test accuracy {evaluation['accuracy']:.4f}")
     return 0
+
+
+def fresh_head(keras, features: int, classes: int):
+    """Dense 512 ReLU and Dense N softmax, named as in models.build_transfer."""
+    inputs = keras.Input((features,), name="features")
+    hidden = keras.layers.Dense(512, activation="relu", name="fc512")(inputs)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="predictions", dtype="float32")(hidden)
+    return keras.Model(inputs, outputs, name="head")
+
+
+class EpochPicker:
+    """Scores the head after each epoch on the validation features (plain and each degradation)
+    and keeps the weights of the best epoch: by worst class, then cross-source accuracy, mean
+    accuracy and loss ("worst-class"), or by loss alone ("loss")."""
+
+    def __init__(self, x_val: list[np.ndarray], y_val: np.ndarray, cross, classes: int, select: str) -> None:
+        self.x_val, self.y_val, self.cross, self.classes, self.select = x_val, y_val, cross, classes, select
+        self.history: dict[str, list[float]] = {"val_loss": [], "val_accuracy": [], "val_worst_class": [],
+                                                 "cross_source_accuracy": []}
+        self.best_key, self.best_epoch, self.best_weights = None, 0, None
+
+    def score(self, model) -> None:
+        accuracy, worst, loss = [], [], []
+        for x in self.x_val:
+            probs = model.predict_on_batch(x)
+            predicted = probs.argmax(1)
+            accuracy.append(float((predicted == self.y_val).mean()))
+            worst.append(min(float((predicted[self.y_val == c] == c).mean()) for c in range(self.classes)))
+            loss.append(float(-np.log(probs[np.arange(len(self.y_val)), self.y_val] + 1e-9).mean()))
+        cross = float((model.predict_on_batch(self.cross[0]).argmax(1) == self.cross[1]).mean()) if self.cross else 0.0
+        row = {"val_loss": float(np.mean(loss)), "val_accuracy": float(np.mean(accuracy)),
+               "val_worst_class": min(worst), "cross_source_accuracy": cross}
+        for key, value in row.items():
+            self.history[key].append(value)
+        key = ((row["val_worst_class"], cross, row["val_accuracy"], -row["val_loss"]) if self.select == "worst-class"
+               else (-row["val_loss"],))
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_epoch, self.best_weights = key, len(self.history["val_loss"]), model.get_weights()
+
+    def describe(self, epoch: int) -> str:
+        return ", ".join(f"{k} {v[epoch - 1]:.4f}" for k, v in self.history.items())
 
 
 if __name__ == "__main__":
