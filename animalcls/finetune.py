@@ -22,7 +22,7 @@ from . import checkpoints, data, distribute, evaluate, models
 from .atomic import work_dir
 from .errors import CheckpointError, DataError
 from .features import FeatureCache, cached_feature_groups, pooled_forward
-from .finetune_head import source_model, train_head
+from .finetune_head import head_patched_writer, source_model, train_head
 from .hooks import TrainHooks
 from .stored_features import StoredFeatures
 from .settings import finetune_folder
@@ -106,7 +106,9 @@ def finetune(
                 result, evaluation, extra = _train_features(model, key, source, split, config, workdir, hooks)
         seconds = time.perf_counter() - start
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
-        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split)
+        # Head-only: the source's model.keras with the head's weights replaced (no Keras save).
+        writer = None if unfreeze_layers > 0 else head_patched_writer(source, model)
+        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split, writer)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
 
 

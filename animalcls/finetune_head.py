@@ -6,12 +6,18 @@
   fine-tune; they are put back when the fine-tune ends, so the next one starts from the file.
 * `train_head`: the head trained in NumPy (head_fit.py) when the recipe allows, its weights
   then written into the Keras model that is saved; otherwise None and Keras trains it.
+* `head_patched_writer`: writes the new model.keras as the source's file with only the head's
+  weight arrays replaced (the architecture and every other weight are the source's). Keras's
+  own save of the 17 MB transfer model took 1-3 s on 2 shared cores, walking ~250 layers.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import threading
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,3 +92,36 @@ def train_head(
     if hooks.on_eval:
         hooks.on_eval(len(test_x), len(test_x))
     return FitResult(fitted.history, fitted.seconds, fitted.cancelled, fitted.best_epoch), probabilities
+
+
+KERAS_WEIGHTS = "model.weights.h5"
+
+
+def head_patched_writer(source: Path, model: Any) -> Callable[[Path], None]:
+    """A `write_model` for checkpoints.save_checkpoint: `source`'s model.keras with the Dense
+    layers after the pooling layer holding `model`'s current head weights. Only for a model
+    loaded from that file whose backbone did not change (a head-only fine-tune)."""
+    from .cam import _dense_group_names
+
+    new_weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in head_layers(model)}
+
+    def write(path: Path) -> None:
+        import h5py
+
+        with zipfile.ZipFile(Path(source) / MODEL_FILE) as archive:
+            parts = {info.filename: archive.read(info) for info in archive.infolist()}
+        groups = _dense_group_names(json.loads(parts["config.json"]))
+        buffer = io.BytesIO(parts[KERAS_WEIGHTS])
+        with h5py.File(buffer, "r+") as handle:
+            for name, arrays in new_weights.items():
+                variables = handle["layers"][groups[name]]["vars"]
+                for i, array in enumerate(arrays):
+                    if variables[str(i)].shape != array.shape:
+                        raise ValueError(f"{name}: stored {variables[str(i)].shape}, new {array.shape}")
+                    variables[str(i)][...] = array
+        parts[KERAS_WEIGHTS] = buffer.getvalue()
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:  # as Keras writes it
+            for name, data in parts.items():
+                archive.writestr(name, data)
+
+    return write
