@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .teach_head import Head, _Adam, softmax
+from .teach_head import Head, softmax
 
 BatchHook = Callable[[int, int, int | None, dict[str, float]], None]
 EpochHook = Callable[[int, dict[str, list[float]]], None]
@@ -177,6 +177,34 @@ class _Patience:
             return False
         self.wait += 1
         return self.wait >= self.patience
+
+
+class _Adam:
+    """Keras's Adam (beta 0.9 / 0.999, epsilon 1e-7) updating the arrays in place, through
+    preallocated buffers: allocating temporaries made each step of the 655k-weight head 2x slower."""
+
+    def __init__(self, params: list[np.ndarray], learning_rate: float) -> None:
+        self.lr, self.t = learning_rate, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self._buffers = [np.empty_like(p) for p in params]
+
+    def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        self.t += 1
+        rate = self.lr * np.sqrt(1 - 0.999**self.t) / (1 - 0.9**self.t)
+        for p, g, m, v, tmp in zip(params, grads, self.m, self.v, self._buffers):
+            np.multiply(g, 0.1, out=tmp)
+            m *= 0.9
+            m += tmp
+            np.multiply(g, g, out=tmp)
+            tmp *= 0.001
+            v *= 0.999
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp += 1e-7
+            np.divide(m, tmp, out=tmp)
+            tmp *= rate
+            p -= tmp
 
 
 def _adam_state(adam: _Adam) -> tuple:
