@@ -54,6 +54,7 @@ def finetune(
     stored: StoredFeatures | None = None,
     distribute_kind: str = "none",
     mixed_precision: bool = False,
+    figures: bool = True,
 ) -> FinetuneResult:
     """Continue training a transfer checkpoint on its recorded split and save the result as a
     new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
@@ -69,6 +70,9 @@ def finetune(
 
     `distribute_kind` and `mixed_precision` (distribute.py) apply to `unfreeze_layers > 0`
     only: the head alone trains on cached features in seconds, with nothing to scale out.
+
+    `figures=False` leaves the curves and confusion matrix PNGs out of the new folder (the
+    app draws them when shown): drawing them took 1-3 s of a warm head-only fine-tune.
     """
     import keras
 
@@ -108,7 +112,7 @@ def finetune(
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
         # Head-only: the source's model.keras with the head's weights replaced (no Keras save).
         writer = None if unfreeze_layers > 0 else head_patched_writer(source, model)
-        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split, writer)
+        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split, writer, figures)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
 
 
