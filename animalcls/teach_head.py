@@ -114,6 +114,18 @@ def train_head(
     head = head.copy()
     if not settings.train_hidden and len(head.kernels) > 1:
         return train_output_layer(head, head.penultimate(features), labels, settings, on_epoch, cancel)
+    from threadpoolctl import threadpool_limits
+
+    # Mini-batch matrices are small: one BLAS thread. Two threads on a busy 2-core machine
+    # made such products 6x slower (head_fit.py measured it).
+    with threadpool_limits(1, user_api="blas"):
+        return _train_all_layers(head, features, labels, settings, on_epoch, cancel)
+
+
+def _train_all_layers(
+    head: Head, features: np.ndarray, labels: np.ndarray, settings: TrainSettings,
+    on_epoch: EpochHook | None, cancel: threading.Event | None,
+) -> tuple[Head, dict[str, list[float]], bool]:
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
     weights = balanced_weights(y, head.num_classes)
