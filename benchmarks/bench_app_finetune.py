@@ -12,7 +12,8 @@ the photos it was trained on (../shared), until its last update. "saved" is the 
 last update (confusion matrix drawn, curves redrawn). CPU s are the process's user + system time
 over the same span: the 2 cores are shared, so compare wall times within one run, and CPU s always.
 The old code is `git archive`d next to this repo (so its checkpoints find ../shared). Warm runs
-reuse one feature cache, filled first by a run that is not counted; cold runs each start empty.
+reuse one feature cache, the one the first cold run of the new code filled (without cold runs, a
+run that is not counted fills it); cold runs each start empty.
 """
 
 from __future__ import annotations
@@ -104,14 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-app-ft-caches-"))
     load = os.getloadavg()
     rows: list[tuple[str, list[dict[str, float]]]] = []
+    warm = work / "warm"
     if not args.no_cold:
         for i in range(args.cold_runs):  # interleaved: old, new, old, new...
             for name, root in ((f"cold, old ({args.old})", old_root), ("cold, new", REPO)):
                 cache = work / f"cold-{i}-{root.name}"
                 rows.append((name, measure(root, cache, 1, args.epochs)))
+                if root == REPO and not warm.exists():
+                    cache.rename(warm)  # the warm runs start from this filled cache
                 shutil.rmtree(cache, ignore_errors=True)
-    warm = work / "warm"
-    measure(REPO, warm, 1, args.epochs)  # fills the cache (not counted)
+    if not warm.exists():
+        measure(REPO, warm, 1, args.epochs)  # fills the cache (not counted)
     for name, root in ((f"warm, old ({args.old})", old_root), ("warm, new", REPO)):
         rows.append((name, measure(root, warm, args.runs, args.epochs)))
     merged: dict[str, list[dict[str, float]]] = {}
