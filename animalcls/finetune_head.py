@@ -70,7 +70,7 @@ def train_head(
     `model`, or None when the recipe or the head is one only Keras trains."""
     from . import head_fit
     from .errors import CheckpointError
-    from .teach import read_head
+    from .teach_head import read_head
     from .train import FitResult
 
     if not head_fit.supports(config):
