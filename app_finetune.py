@@ -6,6 +6,7 @@ oldest stored fine-tunes removed past the caps."""
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from animalcls.app_state import BusyError, JobProgress
 from animalcls.checkpoints import read_manifest
 from animalcls.errors import AnimalclsError
 from animalcls.settings import finetune_folder
+
+LIVE_PLOT_SECONDS = 1.0
 
 
 def user_error(message: str, title: str = "Error") -> gr.Error:
@@ -92,8 +95,10 @@ class FinetuneHandlers:
         def target(hooks: Any) -> Any:
             from animalcls.finetune import finetune
 
+            # No PNGs in the folder: the page draws the confusion matrix (and the curves when
+            # the Training tab shows them) itself, off the path to the saved checkpoint.
             return finetune(source, data_dir=self.data_dir, epochs=epochs, learning_rate=learning_rate,
-                            unfreeze_layers=unfreeze, out_dir=out_dir, hooks=hooks, stored=stored)
+                            unfreeze_layers=unfreeze, out_dir=out_dir, hooks=hooks, stored=stored, figures=False)
 
         try:
             job = self.runner.start(target, epochs, meta={"source": source, "owner": _owner(request)})
@@ -110,13 +115,14 @@ class FinetuneHandlers:
         yield (f"**Fine-tuning {name}**: starting…", _curves({}, name), self.report_frame(views.evaluation_of(source)),
                views.confusion_file(source, self.render_dir), self.report_frame(None), None, "",
                gr.update(interactive=False), skip)
-        drawn = 0
+        drawn, drawn_at = 0, 0.0
         for snapshot in job.watch():
             fraction = snapshot.fraction()
             progress(fraction if fraction is not None else 0.0, desc=snapshot.describe())
             curves = skip
-            if snapshot.epochs_done != drawn:
-                drawn, curves = snapshot.epochs_done, _curves(snapshot.history, name)
+            # At most one live redraw a second: a figure costs about 0.5 CPU s, taken from training.
+            if snapshot.epochs_done != drawn and time.monotonic() - drawn_at >= LIVE_PLOT_SECONDS:
+                drawn, drawn_at, curves = snapshot.epochs_done, time.monotonic(), _curves(snapshot.history, name)
             yield (_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
         if job.error is not None:
             if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved

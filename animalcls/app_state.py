@@ -230,7 +230,7 @@ class FinetuneJob:
                 yield snapshot
             if done:
                 return
-            time.sleep(interval)  # coalesce bursts of batch updates
+            self.finished.wait(interval)  # coalesce bursts of batch updates; none once it ends
 
     def join(self, timeout: float | None = None) -> bool:
         return self.finished.wait(timeout)

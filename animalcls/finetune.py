@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import numpy as np
 from . import checkpoints, data, distribute, evaluate, models
 from .atomic import work_dir
 from .errors import CheckpointError, DataError
-from .features import FeatureCache, cached_feature_groups
+from .features import FeatureCache, cached_feature_groups, pooled_forward
+from .finetune_head import head_patched_writer, source_model, train_head
 from .hooks import TrainHooks
 from .manifest import Manifest
 from .stored_features import StoredFeatures
@@ -53,6 +55,7 @@ def finetune(
     stored: StoredFeatures | None = None,
     distribute_kind: str = "none",
     mixed_precision: bool = False,
+    figures: bool = True,
 ) -> FinetuneResult:
     """Continue training a transfer checkpoint on its recorded split and save the result as a
     new checkpoint folder (default: runs/finetunes/<source>-ft-<time>).
@@ -68,6 +71,9 @@ def finetune(
 
     `distribute_kind` and `mixed_precision` (distribute.py) apply to `unfreeze_layers > 0`
     only: the head alone trains on cached features in seconds, with nothing to scale out.
+
+    `figures=False` leaves the curves and confusion matrix PNGs out of the new folder (the
+    app draws them when shown): drawing them took 1-3 s of a warm head-only fine-tune.
     """
     import keras
 
@@ -92,20 +98,22 @@ def finetune(
     )
     located = Path(split.root) if split.root else split.locate_root(source)
     split.root_relative = os.path.relpath(located, out_dir.parent.resolve() / out_dir.name) if located else None
-    with work_dir(out_dir) as workdir:
+    with work_dir(out_dir) as workdir, ExitStack() as stack:
         if unfreeze_layers > 0:
             model, result, evaluation, extra = _train_images(source, split, config, unfreeze_layers, workdir, hooks)
-        elif stored is not None:
-            keras.utils.set_random_seed(config.seed)
-            model = checkpoints.load_checkpoint(source).model
-            result, evaluation, extra = _train_stored(model, stored, split, config, workdir, hooks)
         else:
             keras.utils.set_random_seed(config.seed)
-            model = checkpoints.load_checkpoint(source).model
-            result, evaluation, extra = _train_features(model, split, config, workdir, hooks)
+            # Cached across fine-tunes of the same file; its head is restored when this one ends.
+            model, key = stack.enter_context(source_model(source))
+            if stored is not None:
+                result, evaluation, extra = _train_stored(model, key, stored, split, config, workdir, hooks)
+            else:
+                result, evaluation, extra = _train_features(model, key, source, split, config, workdir, hooks)
         seconds = time.perf_counter() - start
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
-        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split)
+        # Head-only: the source's model.keras with the head's weights replaced (no Keras save).
+        writer = None if unfreeze_layers > 0 else head_patched_writer(source, model)
+        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split, writer, figures)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
 
 
@@ -170,28 +178,48 @@ def _recorded_split(source: Path, manifest: dict[str, Any]) -> data.Split:
 
 
 def _train_stored(
-    model: Any, stored: StoredFeatures, split: data.Split, config: TrainConfig, workdir: Path, hooks: TrainHooks
+    model: Any, key: str, stored: StoredFeatures, split: data.Split, config: TrainConfig, workdir: Path,
+    hooks: TrainHooks,
 ) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
     """Train the head on stored features; evaluate it on the stored test features."""
-    from .features import backbone_key
-
-    if stored.backbone_key != backbone_key(model):
+    if stored.backbone_key != key:
         raise CheckpointError(f"The stored features of {stored.folder.name} were made by another backbone.")
     expected = {part: len(getattr(split, part)) for part in ("train", "val", "test")}
     if stored.sizes() != expected:
         raise CheckpointError(f"The stored features of {stored.folder.name} do not match its split ({expected}).")
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (stored.parts[p] for p in ("train", "val", "test"))
-    n = len(split.class_names)
-    head = models.head_on_features(model)
-    train_ds = feature_dataset(train_x, train_y.tolist(), n, config.batch_size, True, None, config.seed)
-    val_ds = feature_dataset(val_x, val_y.tolist(), n, config.batch_size) if len(val_y) else None
-    steps = -(-len(train_y) // config.batch_size)
-    result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+    result, evaluation, method = _fit_and_test(
+        model, split, config, (train_x, train_y.tolist()), (val_x, val_y.tolist()), (test_x, test_y.tolist()),
+        None, workdir, hooks,
+    )
+    return result, evaluation, {"method": "stored-features", "features_from": stored.folder.name, "flip": False,
+                                "head_trainer": method}
+
+
+def _fit_and_test(
+    model: Any, split: data.Split, config: TrainConfig, train: tuple[np.ndarray, list[int]],
+    val: tuple[np.ndarray, list[int]], test: tuple[np.ndarray, list[int]], flipped: np.ndarray | None,
+    workdir: Path, hooks: TrainHooks,
+) -> tuple[FitResult, dict[str, Any], str]:
+    """Train the head on features (NumPy when the recipe allows, else Keras), then score the
+    test features: (fit result, evaluation report, which trainer ran)."""
+    fast = train_head(model, config, train, val if len(val[1]) else None, test[0], flipped, hooks)
+    if fast is not None:
+        result, probabilities = fast
+        method = "numpy"
+    else:
+        n = len(split.class_names)
+        head = models.head_on_features(model)
+        train_ds = feature_dataset(*train, n, config.batch_size, True, flipped, config.seed)
+        val_ds = feature_dataset(*val, n, config.batch_size) if len(val[1]) else None
+        steps = -(-len(train[1]) // config.batch_size)
+        result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
+        test_ds = feature_dataset(*test, n, FEATURE_BATCH)
+        probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test[1]) // FEATURE_BATCH), hooks.on_eval)
+        method = "keras"
     require_an_epoch(result)
-    test_ds = feature_dataset(test_x, test_y.tolist(), n, FEATURE_BATCH)
-    probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_y) // FEATURE_BATCH), hooks.on_eval)
-    evaluation = evaluate.evaluation_report(test_y.tolist(), probabilities.argmax(axis=1).tolist(), split.class_names)
-    return result, evaluation, {"method": "stored-features", "features_from": stored.folder.name, "flip": False}
+    evaluation = evaluate.evaluation_report(test[1], probabilities.argmax(axis=1).tolist(), split.class_names)
+    return result, evaluation, method
 
 
 def finetune_config(manifest: dict[str, Any], epochs: int, learning_rate: float, batch_size: int) -> TrainConfig:
@@ -214,30 +242,25 @@ def finetune_config(manifest: dict[str, Any], epochs: int, learning_rate: float,
 
 
 def _train_features(
-    model: Any, split: data.Split, config: TrainConfig, workdir: Path, hooks: TrainHooks
+    model: Any, key: str, source: Path, split: data.Split, config: TrainConfig, workdir: Path, hooks: TrainHooks
 ) -> tuple[FitResult, dict[str, Any], dict[str, Any]]:
     """Train the head on cached features; evaluate the head on the test features, which
-    equals evaluating the full model on the test images."""
+    equals evaluating the full model on the test images. Missing features are extracted
+    through the source's ONNX graph when it has a fresh one (about 2x faster), else TensorFlow."""
     cache = FeatureCache()
     train_paths, train_labels = split.paths("train")
     val_paths, val_labels = split.paths("val")
     test_paths, test_labels = split.paths("test")
     groups = [(train_paths, False), (val_paths, False), (test_paths, False)]
     groups += [(train_paths, True)] if config.flip else []
-    arrays = cached_feature_groups(model, groups, cache, FEATURE_BATCH, hooks.on_features, hooks.cancel)
-    train_x, val_x, test_x = arrays[:3]
+    arrays = cached_feature_groups(model, groups, cache, FEATURE_BATCH, hooks.on_features, hooks.cancel, key=key,
+                                   forward=lambda: pooled_forward(source))
     train_flip_x = arrays[3] if config.flip else None
-    n = len(split.class_names)
-    head = models.head_on_features(model)
-    train_ds = feature_dataset(train_x, train_labels, n, config.batch_size, True, train_flip_x, config.seed)
-    val_ds = feature_dataset(val_x, val_labels, n, config.batch_size) if len(val_paths) else None
-    steps = -(-len(train_paths) // config.batch_size)
-    result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
-    require_an_epoch(result)
-    test_ds = feature_dataset(test_x, test_labels, n, FEATURE_BATCH)
-    probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test_paths) // FEATURE_BATCH), hooks.on_eval)
-    evaluation = evaluate.evaluation_report(test_labels, probabilities.argmax(axis=1).tolist(), split.class_names)
-    return result, evaluation, {"method": "cached-features", "feature_cache": cache.stats()}
+    result, evaluation, method = _fit_and_test(
+        model, split, config, (arrays[0], train_labels), (arrays[1], val_labels), (arrays[2], test_labels),
+        train_flip_x, workdir, hooks,
+    )
+    return result, evaluation, {"method": "cached-features", "feature_cache": cache.stats(), "head_trainer": method}
 
 
 def feature_dataset(

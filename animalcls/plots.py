@@ -14,8 +14,11 @@ METRICS = ("loss", "accuracy", "precision", "recall")
 
 
 def history_figure(history: Mapping[str, Sequence[float]], title: str = "") -> Figure:
-    """Training vs validation curves, one panel per metric."""
-    fig = Figure(figsize=(9, 6.5), layout="constrained")
+    """Training vs validation curves, one panel per metric. Fixed margins rather than a layout
+    engine: the labels are always the same, and constrained layout doubled the drawing time
+    (about 1 s on 2 shared cores), which every fine-tune pays."""
+    fig = Figure(figsize=(9, 6.5))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.9 if title else 0.95, hspace=0.38, wspace=0.2)
     axes = fig.subplots(2, 2).ravel()
     for ax, metric in zip(axes, METRICS):
         for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):

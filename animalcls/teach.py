@@ -32,7 +32,7 @@ from .hooks import TrainHooks
 from .manifest import Manifest
 from .settings import POOL_LAYER, finetune_folder
 from .teach_data import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
-from .teach_head import Head, TrainSettings, train_head, train_output_layer
+from .teach_head import Head, TrainSettings, read_head, train_head, train_output_layer
 
 Extractor = Callable[[np.ndarray], np.ndarray]  # (n, S, S, 3) raw RGB -> (n, dim) pooled features
 DEFAULT_EPOCHS = 10
@@ -179,22 +179,6 @@ def onnx_extractor(folder: Path) -> Extractor | None:
 
 
 # ---------------------------------------------------------------- the head
-
-
-def read_head(model: Any) -> Head:
-    """The Dense layers after the pooling layer (hidden ReLU, last softmax) as a Head."""
-    from keras import layers
-
-    after = model.layers[model.layers.index(model.get_layer(POOL_LAYER)) + 1:]
-    dense = [layer for layer in after if isinstance(layer, layers.Dense)]
-    others = [layer for layer in after if not isinstance(layer, (layers.Dense, layers.Dropout))]
-    activations = [layer.get_config()["activation"] for layer in dense]
-    if others or not dense or activations[-1] != "softmax" or any(a != "relu" for a in activations[:-1]):
-        raise CheckpointError(f"{model.name}: only heads of ReLU Dense layers and a softmax Dense can be taught.")
-    dropout = [layer.rate for layer in after if isinstance(layer, layers.Dropout) and after.index(layer) == len(after) - 2]
-    return Head([np.asarray(d.kernel.numpy(), np.float32) for d in dense],
-                [np.asarray(d.bias.numpy(), np.float32) for d in dense],
-                float(dropout[0]) if dropout else 0.0, [d.name for d in dense[:-1]])
 
 
 def head_from_file(folder: str | Path) -> Head:

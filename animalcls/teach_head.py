@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,26 @@ class Head:
         return column.astype(np.float32), float(bias.mean() - centre @ column)
 
 
+def read_head(model: Any) -> Head:
+    """The Dense layers after the pooling layer (hidden ReLU, last softmax) of a Keras model
+    as a Head (Keras is imported only here)."""
+    from keras import layers
+
+    from .errors import CheckpointError
+    from .settings import POOL_LAYER
+
+    after = model.layers[model.layers.index(model.get_layer(POOL_LAYER)) + 1:]
+    dense = [layer for layer in after if isinstance(layer, layers.Dense)]
+    others = [layer for layer in after if not isinstance(layer, (layers.Dense, layers.Dropout))]
+    activations = [layer.get_config()["activation"] for layer in dense]
+    if others or not dense or activations[-1] != "softmax" or any(a != "relu" for a in activations[:-1]):
+        raise CheckpointError(f"{model.name}: only heads of ReLU Dense layers and a softmax Dense can be taught.")
+    dropout = [layer.rate for layer in after if isinstance(layer, layers.Dropout) and after.index(layer) == len(after) - 2]
+    return Head([np.asarray(d.kernel.numpy(), np.float32) for d in dense],
+                [np.asarray(d.bias.numpy(), np.float32) for d in dense],
+                float(dropout[0]) if dropout else 0.0, [d.name for d in dense[:-1]])
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -114,6 +135,18 @@ def train_head(
     head = head.copy()
     if not settings.train_hidden and len(head.kernels) > 1:
         return train_output_layer(head, head.penultimate(features), labels, settings, on_epoch, cancel)
+    from threadpoolctl import threadpool_limits
+
+    # Mini-batch matrices are small: one BLAS thread. Two threads on a busy 2-core machine
+    # made such products 6x slower (head_fit.py measured it).
+    with threadpool_limits(1, user_api="blas"):
+        return _train_all_layers(head, features, labels, settings, on_epoch, cancel)
+
+
+def _train_all_layers(
+    head: Head, features: np.ndarray, labels: np.ndarray, settings: TrainSettings,
+    on_epoch: EpochHook | None, cancel: threading.Event | None,
+) -> tuple[Head, dict[str, list[float]], bool]:
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
     weights = balanced_weights(y, head.num_classes)

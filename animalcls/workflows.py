@@ -174,11 +174,14 @@ def make_manifest(
 
 def save_with_figures(
     out_dir: Path, model: Any, manifest: dict[str, Any], history: dict[str, list[float]],
-    evaluation: dict[str, Any], split: data.Split,
+    evaluation: dict[str, Any], split: data.Split, write_model: Callable[[Path], None] | None = None,
+    draw: bool = True,
 ) -> Path:
-    """Draw the training curves and confusion matrix, then save the checkpoint folder."""
-    figures = plots.checkpoint_figures(history, evaluation, manifest["name"])
-    return checkpoints.save_checkpoint(out_dir, model, manifest, history, evaluation, split, figures=figures)
+    """Draw the training curves and confusion matrix (unless not `draw`), then save the
+    checkpoint folder (`write_model`: see checkpoints.save_checkpoint)."""
+    figures = plots.checkpoint_figures(history, evaluation, manifest["name"]) if draw else {}
+    return checkpoints.save_checkpoint(out_dir, model, manifest, history, evaluation, split, figures=figures,
+                                       write_model=write_model)
 
 
 def evaluate_checkpoint(

@@ -396,7 +396,7 @@ def blocking_finetune(started: threading.Event):
     """A stand-in for animalcls.finetune.finetune that trains until cancelled."""
 
     def fake(checkpoint_dir, data_dir=None, epochs=5, learning_rate=1e-3, unfreeze_layers=0, out_dir=None,
-             hooks=None, batch_size=64, stored=None):
+             hooks=None, batch_size=64, stored=None, figures=True):
         hooks.on_batch(1, 1, 4, {"loss": 1.5, "accuracy": 0.25})
         hooks.on_epoch(1, {"loss": [1.5], "accuracy": [0.25]})
         started.set()

@@ -1,0 +1,230 @@
+"""The feature cache's packs (one array per requested set of entries), ONNX Runtime extraction
+parity with Keras, the NumPy head trainer and the fast head-only fine-tune path, on tiny models."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import copy_checkpoint, make_image
+
+
+def load_model(folder: Path):
+    from animalcls.checkpoints import load_checkpoint
+
+    return load_checkpoint(folder).model
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    return [str(make_image(folder / f"p{i}.png", (25 * i, 90, 200 - 20 * i), size=40, seed=i)) for i in range(8)]
+
+
+@pytest.fixture
+def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from animalcls import features
+
+    monkeypatch.setattr(features, "PACK_MIN", 4)  # packs from 4 entries, so 8 tiny photos make one
+
+
+def packs(root: Path) -> list[Path]:
+    return sorted(root.rglob("packs/*.npy"))
+
+
+def test_pack_is_written_then_read_instead_of_the_small_files(tiny_checkpoints, tmp_path, photos, small_packs):
+    from animalcls.features import FeatureCache, cached_feature_groups
+
+    model = load_model(tiny_checkpoints["transfer"])
+    groups = [(photos, False), (photos[:5], True)]
+    cold_cache = FeatureCache(tmp_path / "cache")
+    cold = cached_feature_groups(model, groups, cold_cache)
+    assert (cold_cache.hits, cold_cache.misses) == (0, 13) and len(packs(tmp_path / "cache")) == 1
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+    # With every small file gone, the pack alone answers the same request, bit for bit.
+    for small in (tmp_path / "cache").rglob("*.npy"):
+        if small.parent.name != "packs":
+            small.unlink()
+    warm_cache = FeatureCache(tmp_path / "cache")
+    warm = cached_feature_groups(model, groups, warm_cache)
+    assert (warm_cache.hits, warm_cache.misses) == (13, 0)
+    for a, b in zip(cold, warm):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_torn_pack_is_ignored_and_rebuilt_and_an_old_cache_gains_one(tiny_checkpoints, tmp_path, photos, small_packs):
+    from animalcls.features import FeatureCache, cached_features
+
+    model = load_model(tiny_checkpoints["transfer"])
+    first = cached_features(model, photos, cache=FeatureCache(tmp_path / "cache"))
+    (pack,) = packs(tmp_path / "cache")
+    pack.write_bytes(pack.read_bytes()[:100])  # torn: a crash mid-write that escaped os.replace
+    cache = FeatureCache(tmp_path / "cache")
+    np.testing.assert_array_equal(cached_features(model, photos, cache=cache), first)
+    assert (cache.hits, cache.misses) == (8, 0)  # read from the small files
+    assert np.load(pack).shape == first.shape  # rebuilt whole
+
+    pack.unlink()  # a cache from before packs existed: small files only
+    old = FeatureCache(tmp_path / "cache")
+    np.testing.assert_array_equal(cached_features(model, photos, cache=old), first)
+    assert (old.hits, old.misses) == (8, 0) and len(packs(tmp_path / "cache")) == 1
+
+
+def test_packs_are_keyed_by_their_entries_and_capped(tiny_checkpoints, tmp_path, photos, small_packs, monkeypatch):
+    from animalcls import features
+
+    monkeypatch.setattr(features, "PACKS_KEPT", 2)
+    model = load_model(tiny_checkpoints["transfer"])
+    cache = features.FeatureCache(tmp_path / "cache")
+    subsets = [photos[:4], photos[:5], photos[2:8]]
+    results = [features.cached_features(model, subset, cache=cache) for subset in subsets]
+    kept = packs(tmp_path / "cache")
+    assert len(kept) == 2
+    # The newest two stay; a smaller set never reads a larger set's pack.
+    again = features.FeatureCache(tmp_path / "cache")
+    np.testing.assert_array_equal(features.cached_features(model, photos[:5], cache=again), results[1])
+    np.testing.assert_array_equal(results[1][:4], results[0])
+
+
+def test_onnx_pooled_features_match_keras_plain_and_flipped(tiny_checkpoints, tmp_path, photos):
+    from animalcls.features import FeatureCache, cached_feature_groups, feature_model, pooled_forward
+    from animalcls.teach import photo_batch
+
+    folder = tiny_checkpoints["transfer"]  # train_checkpoint wrote its model.onnx
+    forward = pooled_forward(folder)
+    assert forward is not None
+    model = load_model(folder)
+    batch = photo_batch(photos, 32)
+    for images in (batch, batch[:, :, ::-1]):
+        keras_features = feature_model(model)(images, training=False).numpy()
+        np.testing.assert_allclose(forward(np.ascontiguousarray(images)), keras_features, atol=1e-4)
+
+    # The same through the cache: extracted by ONNX Runtime vs by Keras, each into its own cache.
+    groups = [(photos, False), (photos, True)]
+    onnx_cache, keras_cache = FeatureCache(tmp_path / "onnx"), FeatureCache(tmp_path / "keras")
+    used: list[int] = []
+
+    def counted():
+        used.append(1)
+        return forward
+
+    by_onnx = cached_feature_groups(model, groups, onnx_cache, forward=counted)
+    by_keras = cached_feature_groups(model, groups, keras_cache)
+    assert used == [1] and onnx_cache.misses == keras_cache.misses == 16
+    for a, b in zip(by_onnx, by_keras):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_no_fresh_graph_means_keras_extracts(tiny_checkpoints, tmp_path):
+    from animalcls.features import pooled_forward
+
+    folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "copy")
+    (folder / "model.onnx").unlink()
+    assert pooled_forward(folder) is None  # never converts on the fine-tune's path
+
+
+# ---------------------------------------------------------------- NumPy head trainer
+
+
+def blobs(n: int, seed: int, classes: int = 3, dim: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    centres = np.random.default_rng(99).normal(0, 3, (classes, dim))
+    return (centres[labels] + rng.normal(0, 1, (n, dim))).astype(np.float32), labels
+
+
+def small_head(classes: int = 3, dim: int = 12, hidden: int = 8, dropout: float = 0.0):
+    from animalcls.teach_head import Head
+
+    rng = np.random.default_rng(1)
+    return Head([rng.normal(0, 0.3, (dim, hidden)).astype(np.float32), rng.normal(0, 0.3, (hidden, classes)).astype(np.float32)],
+                [np.zeros(hidden, np.float32), np.zeros(classes, np.float32)], dropout, ["fc"])
+
+
+def test_fit_head_learns_and_records_keras_history_keys():
+    from animalcls.head_fit import Recipe, fit_head
+
+    train, val = blobs(300, 0), blobs(60, 1)
+    head = small_head(dropout=0.2)
+    fitted = fit_head(head, train, val, Recipe(epochs=6, batch_size=32, learning_rate=1e-2, keep_best=True))
+    keys = {"loss", "accuracy", "precision", "recall", "val_loss", "val_accuracy", "val_precision", "val_recall",
+            "epoch_seconds", "learning_rate"}
+    assert set(fitted.history) == keys and len(fitted.history["loss"]) == 6
+    assert fitted.history["val_loss"][-1] < fitted.history["val_loss"][0]
+    assert fitted.history["val_accuracy"][-1] > 0.9
+    losses = fitted.history["val_loss"]
+    assert fitted.best_epoch == int(np.argmin(losses)) + 1
+    best_loss = -np.log(np.clip(fitted.head.probabilities(val[0])[np.arange(60), val[1]], 1e-7, 1)).mean()
+    assert best_loss == pytest.approx(min(losses), rel=1e-4)  # the kept head is the best epoch's
+    assert not np.allclose(head.kernels[0], fitted.head.kernels[0])  # trained a copy; the input is untouched
+    np.testing.assert_array_equal(head.kernels[0], small_head(dropout=0.2).kernels[0])
+
+
+def test_fit_head_stops_early_and_reduces_the_learning_rate():
+    from animalcls.head_fit import Recipe, fit_head
+
+    train = blobs(200, 0)
+    noise = (np.random.default_rng(5).normal(0, 1, (60, 12)).astype(np.float32), np.random.default_rng(6).integers(0, 3, 60))
+    recipe = Recipe(epochs=40, batch_size=32, learning_rate=5e-2, early_stopping_patience=3, reduce_lr_patience=2)
+    fitted = fit_head(small_head(), train, noise, recipe)
+    assert len(fitted.history["loss"]) < 40  # val_loss on noise stops improving
+    rates = fitted.history["learning_rate"]
+    assert rates[0] == pytest.approx(5e-2) and min(rates) < 5e-2
+    assert all(any(rate == pytest.approx(5e-2 * 0.2**k) for k in range(5)) for rate in rates)
+
+
+def test_fit_head_cancel_keeps_only_finished_epochs():
+    from animalcls.head_fit import Recipe, fit_head
+
+    cancel = threading.Event()
+    snapshots: list = []
+
+    def on_batch(epoch, step, steps, logs):
+        if epoch == 2 and step == 3:
+            snapshots.append(True)
+            cancel.set()
+
+    fitted = fit_head(small_head(), blobs(320, 0), blobs(40, 1), Recipe(epochs=5, batch_size=32, learning_rate=1e-2),
+                      on_batch=on_batch, cancel=cancel)
+    assert fitted.cancelled and snapshots and len(fitted.history["loss"]) == 1
+    # The head is the one at the end of epoch 1: its validation loss is the recorded one.
+    val = blobs(40, 1)
+    loss = -np.log(np.clip(fitted.head.probabilities(val[0])[np.arange(40), val[1]], 1e-7, 1)).mean()
+    assert loss == pytest.approx(fitted.history["val_loss"][0], rel=1e-4)
+
+
+# ---------------------------------------------------------------- the head-only fine-tune
+
+
+def test_repeated_finetunes_start_from_the_file_and_save_loadable_models(tiny_checkpoints, tmp_path, monkeypatch):
+    """The cached source model's head is restored after each fine-tune (same seed, same result),
+    and the patched model.keras loads in Keras and matches the trained head on features."""
+    from animalcls.checkpoints import load_checkpoint
+    from animalcls.features import feature_model
+    from animalcls.finetune import finetune
+    from animalcls.settings import BACKBONE_LAYER
+    from animalcls.teach import photo_batch, read_head
+
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
+    source = tiny_checkpoints["transfer"]
+    first = finetune(source, epochs=2, learning_rate=1e-2, out_dir=tmp_path / "a", figures=False)
+    second = finetune(source, epochs=2, learning_rate=1e-2, out_dir=tmp_path / "b")
+    assert first.history["loss"] == second.history["loss"]
+    training = load_checkpoint(first.path, load_model=False).manifest["training"]
+    assert training["head_trainer"] == "numpy"
+    assert not (first.path / "history.png").exists() and (second.path / "history.png").is_file()
+
+    saved = load_model(first.path)
+    original = load_model(source)
+    assert not np.allclose(saved.get_layer("predictions").kernel.numpy(), original.get_layer("predictions").kernel.numpy())
+    for a, b in zip(saved.get_layer(BACKBONE_LAYER).get_weights(), original.get_layer(BACKBONE_LAYER).get_weights()):
+        np.testing.assert_array_equal(a, b)  # every backbone weight is the source's
+    images = sorted(str(p) for p in Path(source).parent.parent.rglob("*.jpg"))[:6]
+    batch = photo_batch(images, 32)
+    pooled = feature_model(saved)(batch, training=False).numpy()
+    np.testing.assert_allclose(saved(batch, training=False).numpy(), read_head(saved).probabilities(pooled), atol=1e-5)
