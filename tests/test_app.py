@@ -531,3 +531,18 @@ def test_finetune_caps(tiny_checkpoints, tmp_path):
         next(capped.finetune(5, 1e-3, 0))
     with pytest.raises(gr.Error, match="At most 0 backbone layers"):
         next(capped.finetune(2, 1e-3, 3))
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--max-epochs", "0"], {}, "--max-epochs, --max-finetunes and --max-finetune-mb must be at least 1"),
+    (["--max-unfreeze", "-1"], {}, "--max-unfreeze at least 0"),
+    ([], {"ANIMALCLS_MAX_FINETUNES": "many"}, "argument --max-finetunes: invalid int value: 'many'"),
+])
+def test_nonsense_operator_limits_are_one_line(args, env, message, monkeypatch, capsys):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        app.parse_args(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: ") and message in lines[0]
