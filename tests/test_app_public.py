@@ -33,7 +33,11 @@ def test_concurrent_page_loads_get_whole_images(server, tiny_checkpoints):
         for name in ("history.png", "confusion_matrix.png"):
             with Image.open(tiny_checkpoints[kind] / name) as image:
                 expected[(kind, name)] = image.size
-    clients = [Client(server[0], verbose=False) for _ in range(8)]
+    # Loaded first, as `python app.py` does before serving: this test is about whole images
+    # under concurrent page loads, not about a cold start (a tiny checkpoint's first load may
+    # convert it to ONNX, importing TensorFlow, which can outlast the client's 20 s default).
+    server[1].registry.warm_up()
+    clients = [Client(server[0], verbose=False, httpx_kwargs={"timeout": 60}) for _ in range(8)]
     failures: list[str] = []
     checked = []
 
