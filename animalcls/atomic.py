@@ -183,6 +183,10 @@ def clean_leftovers(roots: list[Path]) -> list[str]:
     return sorted(removed)
 
 
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, read in 1 MiB blocks: what every cache and sidecar is keyed by."""
     digest = hashlib.sha256()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import onnx_store
-from .atomic import write_atomic
+from .atomic import bytes_sha256, write_atomic
 from .errors import CheckpointError
 
 OPSET = 17
@@ -78,7 +78,7 @@ def write_onnx(folder: str | Path, model: Any = None, target: Path | None = None
     data = to_onnx_bytes(model, int(manifest["image_size"]))
     target = Path(target) if target else folder / onnx_store.ONNX_FILE
     sidecar = onnx_store.sidecar_for(
-        keras_sha, onnx_store.bytes_sha256(data), int(manifest["image_size"]), converter_version()
+        keras_sha, bytes_sha256(data), int(manifest["image_size"]), converter_version()
     )
     write_atomic(target, lambda handle: handle.write(data))
     # The sidecar goes last: a crash in between leaves a graph whose hash the old sidecar

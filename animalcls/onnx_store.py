@@ -11,7 +11,6 @@ user cache `$ANIMALCLS_ONNX_CACHE` (default `~/.cache/animalcls/onnx`) as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -39,10 +38,6 @@ class OnnxStatus:
     reason: str = ""
 
 
-
-
-def bytes_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def sidecar_path(onnx_path: Path) -> Path:

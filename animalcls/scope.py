@@ -39,7 +39,6 @@ Files, next to the checkpoint's model (written atomically, no absolute paths):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import file_sha256, write_atomic, write_json
+from .atomic import bytes_sha256, file_sha256, write_atomic, write_json
 from .errors import CheckpointError
 
 SCOPE_NPZ = "scope.npz"
@@ -231,10 +230,6 @@ class ScopeDetector:
         return score > self.threshold, score
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def save_scope(folder: str | Path, detector: ScopeDetector) -> None:
     """Write scope.npz then scope.json into `folder`, each atomically; the json names the npz's
     sha256, so a crash between the two leaves a pair that `load_scope` refuses, never a mix."""
@@ -268,7 +263,7 @@ def save_scope(folder: str | Path, detector: ScopeDetector) -> None:
         "knn_space": detector.knn_space,
         "imagenet_features": _imagenet_source(detector),
         "combiner": detector.combiner.to_json() if detector.combiner else None,
-        "npz_sha256": _sha256(payload),
+        "npz_sha256": bytes_sha256(payload),
         **detector.info,
     })
 
@@ -324,7 +319,7 @@ def _read_payload(folder: Path, meta: dict[str, Any]) -> bytes:
         payload = (folder / SCOPE_NPZ).read_bytes()
     except FileNotFoundError:
         raise ScopeError(f"{SCOPE_JSON} in {folder} has no {SCOPE_NPZ} beside it.") from None
-    if _sha256(payload) != meta["npz_sha256"]:
+    if bytes_sha256(payload) != meta["npz_sha256"]:
         raise ScopeError(f"{SCOPE_NPZ} in {folder} does not match {SCOPE_JSON} (torn or replaced); rebuild it.")
     return payload
 

@@ -151,7 +151,7 @@ def _train_all_layers(
     y = np.asarray(labels, dtype=np.int64)
     weights = balanced_weights(y, head.num_classes)
     params = [*head.kernels, *head.biases]
-    adam = _Adam(params, settings.learning_rate)
+    adam = Adam(params, settings.learning_rate)
     rng = np.random.default_rng(settings.seed)
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     for epoch in range(1, settings.epochs + 1):
@@ -217,20 +217,29 @@ def _gradients(head: Head, x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.
     return loss, hits, [*kernel_grads, *bias_grads]
 
 
-class _Adam:
-    """Keras's Adam defaults (beta 0.9 / 0.999, epsilon 1e-7), updating arrays in place."""
+class Adam:
+    """Keras's Adam (beta 0.9 / 0.999, epsilon 1e-7) updating the arrays in place, through
+    preallocated buffers: allocating temporaries made each step of the 655k-weight head 2x slower."""
 
     def __init__(self, params: list[np.ndarray], learning_rate: float) -> None:
         self.lr, self.t = learning_rate, 0
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
+        self._buffers = [np.empty_like(p) for p in params]
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         self.t += 1
-        correction = np.sqrt(1 - 0.999**self.t) / (1 - 0.9**self.t)
-        for p, g, m, v in zip(params, grads, self.m, self.v):
+        rate = self.lr * np.sqrt(1 - 0.999**self.t) / (1 - 0.9**self.t)
+        for p, g, m, v, tmp in zip(params, grads, self.m, self.v, self._buffers):
+            np.multiply(g, 0.1, out=tmp)
             m *= 0.9
-            m += 0.1 * g
+            m += tmp
+            np.multiply(g, g, out=tmp)
+            tmp *= 0.001
             v *= 0.999
-            v += 0.001 * g * g
-            p -= (self.lr * correction) * m / (np.sqrt(v) + 1e-7)
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp += 1e-7
+            np.divide(m, tmp, out=tmp)
+            tmp *= rate
+            p -= tmp
