@@ -235,7 +235,8 @@ class CellView:
             return "Both models are needed (with their test photos on this machine) to compare them.", []
         files = disagreements(predictions["scratch"], predictions["transfer"])
         truth = true_labels(list(predictions.values()))
-        right = {k: sum(predictions[k].by_file()[f][0] == truth[f] for f in files) for k in KINDS}
+        by_file = {k: p.by_file() for k, p in predictions.items()}
+        right = {k: sum(by_file[k][f][0] == truth[f] for f in files) for k in KINDS}
         caption = (f"The models disagree on **{len(files)}** of {len(predictions['transfer'].files)} test photos: "
                    f"scratch is right on {right['scratch']}, transfer on {right['transfer']}, "
                    f"neither on {len(files) - right['scratch'] - right['transfer']}.")

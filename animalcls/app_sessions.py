@@ -121,9 +121,6 @@ class SessionModels:
     def defaults(self) -> dict[str, Path | None]:
         return self._defaults()
 
-    def default_names(self) -> dict[str, str]:
-        return {kind: Path(folder).name for kind, folder in self.defaults.items() if folder is not None}
-
     def folder_of(self, session: dict[str, Any], name: str) -> Path | None:
         """The folder for `name` as this session may use it: a server default, or a fine-tune it owns."""
         for kind, folder in self.defaults.items():

@@ -53,10 +53,6 @@ class ModelRegistry:
     def available(self) -> list[str]:
         return [kind for kind, path in self.paths().items() if path is not None]
 
-    def is_swapped(self, kind: str) -> bool:
-        with self._lock:
-            return self._paths.get(kind) != self._original.get(kind)
-
     def use(self, folder: Path, kind: str | None = None) -> str:
         """Serve `folder` on the side of its manifest's kind (or `kind`); returns that kind."""
         kind = kind or read_manifest(folder)["kind"]

@@ -66,8 +66,7 @@ def _key(folder: Path) -> dict[str, str]:
     return {"model_sha256": file_sha256(folder / MODEL_FILE), "split_sha256": file_sha256(folder / SPLIT_FILE)}
 
 
-def cache_file(folder: Path) -> Path:
-    key = _key(Path(folder))
+def cache_file(key: dict[str, str]) -> Path:
     return feature_cache_root() / "predictions" / f"{key['model_sha256'][:24]}-{key['split_sha256'][:12]}.json"
 
 
@@ -82,12 +81,24 @@ def _read(path: Path, key: dict[str, str]) -> SplitPredictions | None:
         return None  # a damaged file is recomputed (and the cache entry replaced)
 
 
-def save_predictions(folder: Path, predictions: SplitPredictions, target: Path | None = None) -> Path:
+def save_predictions(folder: Path, predictions: SplitPredictions, target: Path | None = None,
+                     key: dict[str, str] | None = None) -> Path:
     """Write `predictions` with the model and split they belong to (default: the cache)."""
-    target = Path(target) if target else cache_file(folder)
+    key = key or _key(Path(folder))
+    target = Path(target) if target else cache_file(key)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, {**_key(Path(folder)), **predictions.to_json()})
+    write_json(target, {**key, **predictions.to_json()})
     return target
+
+
+# What `split_predictions` last returned per folder, with the files' (size, mtime) it came
+# from: the Training tab asks on every cell click, and hashing model.keras each time cost more
+# than the answer.
+_RECENT: dict[Path, tuple[tuple, SplitPredictions]] = {}
+
+
+def _stamp(folder: Path) -> tuple:
+    return tuple((s.st_size, s.st_mtime_ns) for s in ((folder / MODEL_FILE).stat(), (folder / SPLIT_FILE).stat()))
 
 
 def split_predictions(folder: Path, on_batch: BatchHook | None = None, batch_size: int = 32) -> SplitPredictions:
@@ -96,17 +107,23 @@ def split_predictions(folder: Path, on_batch: BatchHook | None = None, batch_siz
     computed (needs the dataset on this machine) and cached."""
     from .errors import DataError
 
-    folder = Path(folder)
+    folder = Path(folder).resolve()
+    stamp = _stamp(folder)
+    recent = _RECENT.get(folder)
+    if recent is not None and recent[0] == stamp:
+        return recent[1]
     key = _key(folder)
-    for candidate in (folder / PREDICTIONS_FILE, cache_file(folder)):
+    for candidate in (folder / PREDICTIONS_FILE, cache_file(key)):
         found = _read(candidate, key) if candidate.is_file() else None
         if found is not None:
+            _RECENT[folder] = (stamp, found)
             return found
     root = dataset_root_of(folder)
     if root is None:
         raise DataError(f"The test photos of {read_manifest(folder)['name']} are not on this machine.")
     result = compute_predictions(folder, root, on_batch, batch_size)
-    save_predictions(folder, result)
+    save_predictions(folder, result, key=key)
+    _RECENT[folder] = (stamp, result)
     return result
 
 

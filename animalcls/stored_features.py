@@ -23,9 +23,10 @@ import numpy as np
 from .atomic import write_atomic
 from .checkpoints import MANIFEST_FILE, read_json
 from .errors import CheckpointError
+from .scope import SCOPE_NPZ  # read here for its train part only
 
 FEATURES_FILE = "features.npz"
-SCOPE_NPZ = "scope.npz"  # scope.py's file; read here for its train part only
+
 PARTS = ("train", "val", "test")
 
 
