@@ -1,5 +1,5 @@
 """The web app's handlers and server-side state (one AnimalApp per server). The layout that wires
-them into gr.Blocks is in app.py; what the handlers show is computed in animalcls.app_views."""
+them into gr.Blocks is in app_layout.py; what the handlers show is computed in animalcls.app_views."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 import gradio as gr
 
 from animalcls import app_views as views
+from animalcls.app_checkpoints import ServedCheckpoints, resolve_checkpoints
 from animalcls.app_sessions import FinetuneStore, SessionModels, StoreLimits, session_of
 from animalcls.app_state import FinetuneRunner, ModelRegistry
 from animalcls.atomic import clean_leftovers
-from animalcls.checkpoints import KINDS, default_pair, read_manifest
+from animalcls.checkpoints import KINDS, read_manifest
 from animalcls.errors import AnimalclsError, ImageError
 from animalcls.inference import load_image, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
@@ -47,66 +48,6 @@ def image_error(message: str) -> gr.Error:
     return gr.Error(html.escape(views.public(message)), title="Not a usable image", print_exception=False)
 
 
-def resolve_checkpoints(
-    scratch_dir: str | Path | None,
-    transfer_dir: str | Path | None,
-    checkpoints_root: Path,
-    use_hub: bool,
-    hub_repo: str | None,
-) -> tuple[dict[str, Path | None], list[str]]:
-    """Explicit folders first, then the Hub (ANIMALCLS_HUB_REPO), then the bundled defaults."""
-    paths: dict[str, Path | None] = {"scratch": None, "transfer": None}
-    notices: list[str] = []
-    given = {"scratch": scratch_dir, "transfer": transfer_dir}
-    for kind, folder in given.items():
-        if folder is not None:
-            paths[kind], notice = _given_side(kind, Path(folder))
-            notices += [notice] if notice else []
-    missing = [kind for kind in KINDS if given[kind] is None]
-    if missing and use_hub:
-        pulled, error = _pull_from_hub(hub_repo)
-        if error:
-            notices.append(error)
-        for kind in missing:
-            if pulled.get(kind):
-                paths[kind] = Path(pulled[kind])
-    if any(paths[kind] is None for kind in missing):
-        try:
-            bundled = default_pair(checkpoints_root)
-        except AnimalclsError as exc:
-            notices.append(f"Could not read the bundled checkpoints in {checkpoints_root}: {exc}")
-            bundled = {}
-        for kind in missing:
-            if paths[kind] is None and bundled.get(kind):
-                paths[kind] = bundled[kind]
-    for kind in missing:
-        if paths[kind] is None:
-            notices.append(f"No {kind} checkpoint found (looked in {checkpoints_root.name}/): the {kind} side is empty.")
-    return paths, notices
-
-
-def _given_side(kind: str, folder: Path) -> tuple[Path | None, str | None]:
-    """A checkpoint folder given for one side: (folder, None), (folder, a note when it is of the
-    other kind), or (None, why it cannot be used)."""
-    try:
-        recorded = read_manifest(folder)["kind"]
-    except AnimalclsError as exc:
-        return None, f"The {kind} checkpoint given cannot be used, so the {kind} side is empty: {exc}"
-    if recorded != kind:
-        return folder, f"{folder} is a {recorded} checkpoint, shown on the {kind} side as asked."
-    return folder, None
-
-
-def _pull_from_hub(repo_id: str | None) -> tuple[dict[str, Path], str | None]:
-    """({kind: folder}, None), ({}, None) when no repo is configured, or ({}, message)."""
-    from animalcls.hub import pull_app_checkpoints
-
-    try:
-        return pull_app_checkpoints(repo_id)
-    except AnimalclsError as exc:
-        return {}, str(exc)
-
-
 class AnimalApp(FinetuneHandlers):
     """The app's handlers and server-side state; app.build_layout() wires them into gr.Blocks.
 
@@ -132,8 +73,10 @@ class AnimalApp(FinetuneHandlers):
         max_epochs: int = 20,
         max_unfreeze: int = 0,
         use_for_everyone: bool = False,
+        served: ServedCheckpoints | None = None,
     ) -> None:
-        paths, notices = resolve_checkpoints(scratch_dir, transfer_dir, Path(checkpoints_root), use_hub, hub_repo)
+        served = served or resolve_checkpoints(scratch_dir, transfer_dir, Path(checkpoints_root), use_hub, hub_repo)
+        paths, notices = served.paths, list(served.notices)
         self.registry = ModelRegistry(paths)
         self.runner = FinetuneRunner()
         self.data_dir = Path(data_dir).expanduser() if data_dir else None

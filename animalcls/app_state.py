@@ -85,6 +85,35 @@ class ModelRegistry:
                 traceback.print_exc()
 
 
+class BackgroundWarmUp:
+    """Loads and runs once the models of `paths` in a background thread: `python app.py` starts
+    it before importing Gradio, so the models are ready before the page is."""
+
+    def __init__(self, paths: dict[str, Path | None], started: float) -> None:
+        self._registry = ModelRegistry(paths)
+        self._started = started
+        self.ready_after: float | None = None  # seconds from `started` until the models were ready
+        self._thread = threading.Thread(target=self._run, name="animalcls-warm-up", daemon=True)
+
+    def start(self) -> BackgroundWarmUp:
+        from importlib.util import find_spec
+
+        if find_spec("onnxruntime") is not None:
+            import onnxruntime  # noqa: F401 - imported here, so that two threads never import one module at once
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._registry.warm_up()  # a broken checkpoint is printed there and reported on first use
+        finally:
+            self.ready_after = time.perf_counter() - self._started
+
+    def wait(self) -> float:
+        self._thread.join()
+        return self.ready_after or 0.0
+
+
 @dataclass
 class JobProgress:
     """A snapshot of a fine-tune's progress, safe to copy and show."""
@@ -142,6 +171,7 @@ class FinetuneJob:
         self.result: Any = None
         self.error: BaseException | None = None
         self._progress = JobProgress(epochs=epochs)
+        self._last_working: JobProgress | None = None  # the snapshot just before the job ended
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="animalcls-finetune", daemon=True)
 
@@ -182,10 +212,12 @@ class FinetuneJob:
     def _run(self) -> None:
         try:
             self.result = self.target(self.hooks())
+            self._keep_last_working()
             cancelled = bool(getattr(self.result, "cancelled", False))
             history = getattr(self.result, "history", None) or self._progress.history
             self._update(phase="cancelled" if cancelled else "done", history=dict(history))
         except BaseException as exc:  # noqa: BLE001 - reported to the UI, never kills the server
+            self._keep_last_working()
             self.error = exc
             if not isinstance(exc, AnimalclsError):
                 traceback.print_exc()
@@ -194,6 +226,11 @@ class FinetuneJob:
             self.finished.set()
             with self._changed:
                 self._changed.notify_all()
+
+    def _keep_last_working(self) -> None:
+        with self._changed:
+            if self._progress.version > 0:
+                self._last_working = copy.deepcopy(self._progress)
 
     # --- UI side ---
     def start(self) -> FinetuneJob:
@@ -213,14 +250,19 @@ class FinetuneJob:
 
     def watch(self, interval: float = 0.5) -> Iterator[JobProgress]:
         """Yield a snapshot whenever progress changed (at most every `interval` s) until the
-        job ends; the last snapshot is the final one."""
+        job ends; the last snapshot is the final one. The last one of the work itself comes
+        before it even when the whole job fits in one interval, so a watcher always sees what
+        the job did (its features, its epochs) before "done"."""
         seen = -1
         while True:
             with self._changed:
                 if self._progress.version == seen and not self.finished.is_set():
                     self._changed.wait(timeout=interval)
                 snapshot = copy.deepcopy(self._progress)
+                last_working = self._last_working
             done = self.finished.is_set()
+            if done and last_working is not None and last_working.version > seen:
+                yield copy.deepcopy(last_working)
             if snapshot.version != seen or done:
                 seen = snapshot.version
                 yield snapshot

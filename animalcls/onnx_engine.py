@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,17 +76,16 @@ class OnnxEngine(ManifestFacts):
         return self.run(batch, ("probabilities",))["probabilities"]
 
 
-def make_session(onnx_path: Path, threads: int | None = None) -> Any:
-    """A CPU onnxruntime session with `threads` intra-op threads and full graph optimisation."""
+def make_session(onnx_path: Path) -> Any:
+    """A CPU onnxruntime session on the process's one shared thread pool, full graph optimisation."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
+    options.use_per_session_threads = not _share_thread_pool(ort)
+    if options.use_per_session_threads:
+        options.intra_op_num_threads = default_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see _share_thread_pool
     options.inter_op_num_threads = 1
-    # Idle worker threads sleep instead of spinning: the app keeps two sessions (scratch and
-    # transfer) and runs them one after the other, and on 2 cores one session's spinning
-    # threads starved the other's (both models: 26.5 ms spinning, against 14 ms run alone).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are about its own choices
     try:
@@ -94,7 +94,30 @@ def make_session(onnx_path: Path, threads: int | None = None) -> Any:
         raise CheckpointError(f"onnxruntime could not load {onnx_path}: {exc}") from None
 
 
-def load_engine(folder: str | Path, build: bool = True, threads: int | None = None) -> OnnxEngine:
+_pool_lock = threading.Lock()
+_pool_shared: bool | None = None
+
+
+def _share_thread_pool(ort: Any) -> bool:
+    """Size ONNX Runtime's process-wide thread pool once; False where this onnxruntime cannot.
+
+    Why one pool: the app keeps two sessions (scratch and transfer) and runs them one after the
+    other. Each with a pool of its own, idle threads that spin starve the other session's on 2
+    cores, and threads that sleep pay a wake-up per operator; one pool, spinning between runs,
+    avoids both (benchmarks/bench_thread_pools.py).
+    """
+    global _pool_shared
+    with _pool_lock:
+        if _pool_shared is None:
+            try:
+                ort.set_global_thread_pool_sizes(default_threads(), 1)
+                _pool_shared = True
+            except (AttributeError, RuntimeError):  # an onnxruntime without the call, or too late to make it
+                _pool_shared = False
+        return _pool_shared
+
+
+def load_engine(folder: str | Path, build: bool = True) -> OnnxEngine:
     """An engine for the checkpoint in `folder`, using its fresh ONNX graph.
 
     A missing, stale or corrupt graph is rebuilt from `model.keras` when `build` is True and
@@ -111,7 +134,7 @@ def load_engine(folder: str | Path, build: bool = True, threads: int | None = No
     path, verdicts = onnx_store.find_fresh(folder, keras_sha)
     if path is None:
         path = _rebuild(folder, keras_sha, verdicts, build)
-    session = make_session(path, threads)
+    session = make_session(path)
     engine = OnnxEngine(path, manifest, session, tuple(o.name for o in session.get_outputs()))
     _check_io(engine)
     return engine

@@ -50,7 +50,7 @@ def child(root: Path, cache: Path, runs: int, epochs: int) -> None:
     os.chdir(root)
     sys.path.insert(0, str(root))
     import animalcls.finetune
-    import app
+    from app_handlers import AnimalApp
 
     work = Path(tempfile.mkdtemp(prefix="bench-app-ft-"))
     original, saved = animalcls.finetune.finetune, {}
@@ -61,7 +61,7 @@ def child(root: Path, cache: Path, runs: int, epochs: int) -> None:
         return result
 
     animalcls.finetune.finetune = timed
-    animal_app = app.AnimalApp(use_hub=False, finetune_root=work / "ft", examples_dir=work)
+    animal_app = AnimalApp(use_hub=False, finetune_root=work / "ft", examples_dir=work)
     for _ in range(runs):
         wall, cpu = time.perf_counter(), time.process_time()
         updates = list(animal_app.finetune(epochs, 1e-3, 0, None))

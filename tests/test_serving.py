@@ -109,8 +109,8 @@ def test_the_apps_classify_path_imports_no_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "sys.path.insert(0, '.')\n"
-        "import app\n"
-        f"demo = app.AnimalApp({str(pair['scratch'])!r}, {str(pair['transfer'])!r}, use_hub=False)\n"
+        "from app_handlers import AnimalApp\n"
+        f"demo = AnimalApp({str(pair['scratch'])!r}, {str(pair['transfer'])!r}, use_hub=False)\n"
         "demo.registry.warm_up()\n"
         f"outputs = demo.classify({str(photo)!r})\n"
         "print(sorted(outputs[1]), sorted(outputs[3]))\n"
