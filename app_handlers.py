@@ -180,8 +180,10 @@ class AnimalApp(FinetuneHandlers):
         return []
 
     def header(self, kind: str, session: Any = None) -> str:
-        state = session_of(session)
-        return views.model_header(self.sessions.paths(state)[kind], kind, swapped=self.sessions.swapped(state, kind))
+        """A side's header, "swapped in" judged as classify judges it (one snapshot: the
+        server's original models, this session's choices on top)."""
+        folder, swapped = self.sessions.snapshot(session_of(session), self.registry.snapshot())[kind]
+        return views.model_header(folder, kind, swapped=swapped)
 
     # ----- Training tab (and the headers), refreshed on page load and after a swap -----
     def model_views(self, session: Any = None) -> tuple[Any, ...]:

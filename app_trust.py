@@ -22,6 +22,7 @@ import gradio as gr
 
 from animalcls import trust
 from animalcls.app_state import ModelRegistry
+from animalcls.atomic import write_atomic
 from animalcls.cells import SplitPredictions, disagreements, recorded_confusion, split_predictions, true_labels
 from animalcls.checkpoints import KINDS, read_manifest
 from animalcls.errors import AnimalclsError
@@ -65,9 +66,7 @@ class TempImages:
         if not path.is_file():
             image = load_image(photo)
             image.thumbnail((side, side))
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            image.save(tmp, format="JPEG", quality=90)
-            os.replace(tmp, path)
+            write_atomic(path, lambda handle: image.save(handle, format="JPEG", quality=90))
         return str(path)
 
 

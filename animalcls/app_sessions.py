@@ -149,10 +149,6 @@ class SessionModels:
                 sides[kind] = (folder, True)
         return sides
 
-    def swapped(self, session: dict[str, Any], kind: str) -> bool:
-        folder = self.paths(session).get(kind)
-        return folder is not None and folder != self.defaults.get(kind)
-
     def choose(self, session: dict[str, Any], name: Any, kind: str) -> dict[str, Any]:
         """A new session value that uses `name` on `kind`'s side."""
         if not valid_name(name) or self.folder_of(session, name) is None:

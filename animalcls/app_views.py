@@ -12,7 +12,6 @@ from typing import Any
 from .checkpoints import CONFUSION_PLOT, EVAL_FILE, HISTORY_FILE, HISTORY_PLOT, SPLIT_FILE, read_json, read_manifest
 from .errors import AnimalclsError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 # An absolute path (not part of a URL or a fraction like 3/10) and an environment variable name.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.@+-]+/)*([\w.@+-]+)/?")
 _ENV_NAME = re.compile(r"\$?\b(?:ANIMALCLS|HF|GRADIO|KERAS|HUGGINGFACE)_[A-Z0-9_]+\b")
@@ -241,6 +240,8 @@ def held_out_photos(folders: Sequence[Path | None], per_class: int = 2) -> list[
 def folder_photos(folder: Path, limit: int = 20) -> list[str]:
     """Image files in `examples/`: the freely licensed photos the repository ships (credited in
     examples/CREDITS.md) plus any a user added, sorted by file name."""
+    from .inference import IMAGE_SUFFIXES
+
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -102,8 +102,7 @@ def leftovers_of(target: Path) -> list[Path]:
     target = Path(target)
     if not target.parent.is_dir():
         return []
-    patterns = (f".{target.name}.tmp-*", f".{target.name}.work", f".{target.name}.old-*")
-    return sorted({p for pattern in patterns for p in target.parent.glob(pattern) if p.is_dir()})
+    return sorted({p for pattern in leftover_patterns(target.name) for p in target.parent.glob(pattern) if p.is_dir()})
 
 
 def remove_stale_leftovers(target: Path) -> list[Path]:
@@ -163,9 +162,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-# Crash leftovers under a root: `.<name>.work` (a long job's scratch folder), `.<name>.tmp-XXXX`
-# (a folder being written) and `.<name>.old-PID` (a replaced folder being deleted).
-LEFTOVER_PATTERNS = (".*.work", ".*.tmp-*", ".*.old-*")
+def leftover_patterns(name: str = "*") -> tuple[str, str, str]:
+    """Glob patterns of the crash leftovers of a folder `name` (any name by default): `.<name>.tmp-XXXX`
+    (a folder being written), `.<name>.work` (a long job's scratch folder) and `.<name>.old-PID`
+    (a replaced folder being deleted)."""
+    return f".{name}.tmp-*", f".{name}.work", f".{name}.old-*"
 
 
 def clean_leftovers(roots: list[Path]) -> list[str]:
@@ -175,7 +176,7 @@ def clean_leftovers(roots: list[Path]) -> list[str]:
     for root in map(Path, roots):
         if not root.is_dir():
             continue
-        for pattern in LEFTOVER_PATTERNS:
+        for pattern in leftover_patterns():
             for folder in sorted(root.glob(pattern)):
                 if folder.is_dir() and not folder.is_symlink() and is_stale(folder):
                     shutil.rmtree(folder, ignore_errors=True)

@@ -24,11 +24,9 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import AnimalclsError
-from .inference import load_image
+from .inference import IMAGE_SUFFIXES, load_image
 from .preprocessing import to_model_input
 
-# What a folder walk picks up (case-insensitive); a file named explicitly is always tried.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 FORMATS = ("csv", "jsonl")
 
 
@@ -56,6 +54,7 @@ def discover(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _visible_image(path: Path, root: Path) -> bool:
+    """What a folder walk picks up (suffix case-insensitive); a file named explicitly is always tried."""
     parts = path.relative_to(root).parts
     return path.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in parts) and path.is_file()
 

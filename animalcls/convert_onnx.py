@@ -10,13 +10,18 @@ named outputs (see `onnx_store.OUTPUTS`):
 * `feature_map` (N, h, w, D): the backbone's last feature map, the pooling layer's input.
 
 Its input `image` is (N, S, S, 3) float32 raw RGB 0-255: preprocessing stays in the graph.
-This module imports TensorFlow; serving does not (see `onnx_engine`).
+This module imports TensorFlow when it converts; serving does not (see `onnx_engine`).
+A head-only fine-tune needs no conversion: `write_head_patched` writes the source's graph with
+the head's initializers replaced (the backbone, and so every other weight, is the source's).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import onnx_store
 from .atomic import bytes_sha256, write_atomic
@@ -84,6 +89,66 @@ def write_onnx(folder: str | Path, model: Any = None, target: Path | None = None
     # The sidecar goes last: a crash in between leaves a graph whose hash the old sidecar
     # does not match, which is detected as stale.
     onnx_store.write_sidecar(target, sidecar)
+    return target
+
+
+def check_images(image_size: int, count: int = 4) -> np.ndarray:
+    """Smooth colour gradients with noise: photo-like statistics without any photo."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.0, 1.0, image_size, dtype=np.float32)
+    images = []
+    for _ in range(count):
+        low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+        base = low + (high - low) * ramp[:, None, None] * ramp[None, :, None]
+        images.append(np.clip(base + rng.normal(0, 20, base.shape), 0, 255))
+    return np.stack(images).astype(np.float32)
+
+
+HEAD_PATCHED = "head weights patched into the source's graph"
+PATCH_TOLERANCE = 1e-5  # max |delta p| against Keras, as for a converted graph
+
+
+def patched_graph(graph: bytes, replacements: Sequence[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """`graph` with the initializer equal to each old array (same shape and values) holding the
+    new array instead. Raises CheckpointError unless each old array is exactly one initializer."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(graph)
+    for old, new in replacements:
+        found = [init for init in proto.graph.initializer
+                 if tuple(init.dims) == old.shape and np.array_equal(numpy_helper.to_array(init), old)]
+        if len(found) != 1 or old.shape != new.shape:
+            raise CheckpointError(f"A head weight of shape {old.shape} is {len(found)} initializers of the graph, not one.")
+        found[0].CopyFrom(numpy_helper.from_array(np.asarray(new, dtype=old.dtype), found[0].name))
+    return proto.SerializeToString()
+
+
+def write_head_patched(
+    source: Path, folder: Path, replacements: Sequence[tuple[np.ndarray, np.ndarray]], model: Any,
+) -> Path:
+    """Write folder/model.onnx for `folder`'s model.keras, a head-only fine-tune of `source`:
+    `source`'s fresh graph with its head patched, checked against `model` (the fine-tuned Keras
+    model) within PATCH_TOLERANCE before it is written. Raises CheckpointError when `source`
+    has no fresh graph or the patch does not hold."""
+    from .checkpoints import MODEL_FILE, read_manifest
+    from .onnx_engine import make_session
+
+    source_graph, _ = onnx_store.find_fresh(source, onnx_store.file_sha256(source / MODEL_FILE))
+    if source_graph is None:
+        raise CheckpointError(f"{source.name} has no up-to-date model.onnx to patch.")
+    data = patched_graph(source_graph.read_bytes(), replacements)
+    image_size = int(read_manifest(source)["image_size"])
+    batch = check_images(image_size, count=2)
+    got = make_session(data).run(["probabilities"], {onnx_store.INPUT_NAME: batch})[0]
+    delta = float(np.abs(got - np.asarray(model(batch, training=False))).max())
+    if not delta <= PATCH_TOLERANCE:
+        raise CheckpointError(f"the patched graph differs from Keras by {delta:.1e} (over {PATCH_TOLERANCE:g}).")
+    target = folder / onnx_store.ONNX_FILE
+    sidecar = onnx_store.sidecar_for(onnx_store.file_sha256(folder / MODEL_FILE), bytes_sha256(data), image_size,
+                                     HEAD_PATCHED)
+    write_atomic(target, lambda handle: handle.write(data))
+    onnx_store.write_sidecar(target, sidecar)  # last, as in write_onnx
     return target
 
 

@@ -119,19 +119,9 @@ def _litert_interpreter(path: str) -> Any:
     return Interpreter(model_path=path)
 
 
-def check_images(image_size: int, count: int = 4) -> np.ndarray:
-    """Smooth colour gradients with noise: photo-like statistics without any photo."""
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0.0, 1.0, image_size, dtype=np.float32)
-    images = []
-    for _ in range(count):
-        low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
-        base = low + (high - low) * ramp[:, None, None] * ramp[None, :, None]
-        images.append(np.clip(base + rng.normal(0, 20, base.shape), 0, 255))
-    return np.stack(images).astype(np.float32)
-
-
 def max_probability_delta(model: Any, folder: Path, fmt: str, image_size: int) -> float:
+    from .convert_onnx import check_images
+
     batch = check_images(image_size)
     expected = np.asarray(model(batch, training=False))
     got = load_export(folder, fmt)(batch)["probabilities"]

@@ -76,22 +76,25 @@ class OnnxEngine(ManifestFacts):
         return self.run(batch, ("probabilities",))["probabilities"]
 
 
-def make_session(onnx_path: Path) -> Any:
-    """A CPU onnxruntime session on the process's one shared thread pool, full graph optimisation."""
+def make_session(onnx_path: Path | bytes) -> Any:
+    """A CPU onnxruntime session (of a file, or a serialised graph) on the process's one shared
+    thread pool, with full graph optimisation."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.use_per_session_threads = not _share_thread_pool(ort)
-    if options.use_per_session_threads:
+    if options.use_per_session_threads:  # sizes are the shared pool's otherwise (ORT warns if set)
         options.intra_op_num_threads = default_threads()
+        options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see _share_thread_pool
-    options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are about its own choices
     try:
-        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+        graph = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+        return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise CheckpointError(f"onnxruntime could not load {onnx_path}: {exc}") from None
+        what = "a serialised graph" if isinstance(onnx_path, bytes) else onnx_path
+        raise CheckpointError(f"onnxruntime could not load {what}: {exc}") from None
 
 
 _pool_lock = threading.Lock()

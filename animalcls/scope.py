@@ -293,6 +293,18 @@ def load_scope(folder: str | Path) -> ScopeDetector:
     return detector
 
 
+def train_part(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The train split's pooled features and labels stored in scope.npz, checked against the
+    hash in scope.json (stored_features reuses them rather than storing them twice)."""
+    folder = Path(folder)
+    payload = _read_payload(folder, _read_meta(folder))
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+            return data["train_features"], data["train_labels"]
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged archive
+        raise ScopeError(f"Corrupt {SCOPE_NPZ} in {folder}: {exc}") from None
+
+
 _META_KEYS = ("format", "class_names", "method", "threshold", "k", "knn_space", "imagenet_features", "npz_sha256")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from .atomic import write_atomic
 from .checkpoints import MANIFEST_FILE, read_json
 from .errors import CheckpointError
-from .scope import SCOPE_NPZ  # read here for its train part only
+from .scope import SCOPE_NPZ, ScopeError, train_part  # the train part is stored once, in scope.npz
 
 FEATURES_FILE = "features.npz"
 
@@ -61,14 +61,13 @@ def load_features(folder: Path) -> StoredFeatures | None:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
         if "train_features" not in arrays and (Path(folder) / SCOPE_NPZ).is_file():
-            with np.load(Path(folder) / SCOPE_NPZ, allow_pickle=False) as scope:
-                arrays["train_features"], arrays["train_labels"] = scope["train_features"], scope["train_labels"]
+            arrays["train_features"], arrays["train_labels"] = train_part(folder)
         parts = {
             part: (arrays[f"{part}_features"].astype(np.float32), arrays[f"{part}_labels"].astype(np.int64))
             for part in PARTS
         }
         key = str(arrays["backbone_key"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, ScopeError) as exc:
         raise CheckpointError(f"Unusable {FEATURES_FILE} in checkpoint {Path(folder).name}: {exc}") from None
     for part, (features, labels) in parts.items():
         if len(features) != len(labels):

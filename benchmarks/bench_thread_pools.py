@@ -42,8 +42,8 @@ for folder in (pair["scratch"], pair["transfer"]):
     options.use_per_session_threads = setup != "shared"
     if setup != "shared":
         options.intra_op_num_threads = default_threads()
+        options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if setup == "spin" else "0")
-    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(folder / ONNX_FILE), sess_options=options, providers=["CPUExecutionProvider"])
     size = session.get_inputs()[0].shape[1]
     sessions.append(session)

@@ -534,7 +534,11 @@ def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, te
     message, *_ = shared.use_model(name, mine)
     assert "every visitor" in message and shared.registry.path("transfer").name == name
     assert name in shared.classify(test_photo, session=None)[2]  # a fresh visitor gets it too
+    # Every header that visitor sees says so, as the answer's does.
+    assert "swapped in" in shared.classify(test_photo, session=None)[2]
+    assert "swapped in" in shared.header("transfer", None) and "swapped in" in shared.model_views(None)[1]
     shared.restore_models(None)
+    assert "swapped in" not in shared.header("transfer", None)
     assert shared.registry.path("transfer") == tiny_checkpoints["transfer"]
 
 

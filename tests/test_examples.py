@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from animalcls import app_views as views
-from animalcls.inference import load_image
+from animalcls.inference import IMAGE_SUFFIXES, load_image
 from animalcls.labels import DEFAULT_CLASSES
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -20,7 +20,7 @@ MAX_FOLDER_BYTES = 1536 * 1024
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in views.IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def credited_names(credits: Path) -> set[str]:

@@ -163,3 +163,31 @@ def test_bundled_graph_matches_keras_on_real_photos(shared_raw, kind):
     picks = [paths[i] for i in range(0, len(paths), len(paths) // 16)][:16]  # spread over the classes
     batch = np.stack([to_model_input(load_image(path), engine.image_size) for path in picks])
     assert_parity(engine, keras_outputs(folder, batch), batch)
+
+
+@pytest.mark.slow
+def test_a_head_only_finetune_ships_its_graph_patched_and_matching_keras(tiny_checkpoints, tmp_path, monkeypatch):
+    from animalcls.convert_onnx import HEAD_PATCHED
+    from animalcls.finetune import finetune
+
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    source = tiny_checkpoints["transfer"]
+    result = finetune(source, epochs=2, learning_rate=1e-2, out_dir=tmp_path / "ft", batch_size=8)
+    sidecar = json.loads(onnx_store.sidecar_path(result.path / onnx_store.ONNX_FILE).read_text())
+    assert sidecar["converter"] == HEAD_PATCHED
+    engine = load_engine(result.path, build=False)  # fresh for the fine-tune's own model.keras
+    batch = np.random.default_rng(3).uniform(0, 255, (6, engine.image_size, engine.image_size, 3)).astype(np.float32)
+    assert_parity(engine, keras_outputs(result.path, batch), batch)
+    before = load_engine(source, build=False).run(batch)
+    assert np.abs(engine.run(batch)["probabilities"] - before["probabilities"]).max() > 1e-3  # a new head
+    assert np.array_equal(engine.run(batch)["pooled"], before["pooled"])  # the same backbone
+
+
+def test_patching_refuses_a_weight_the_graph_does_not_hold(tiny_checkpoints):
+    from animalcls.convert_onnx import patched_graph
+    from animalcls.errors import CheckpointError
+
+    graph = (tiny_checkpoints["transfer"] / onnx_store.ONNX_FILE).read_bytes()
+    stranger = np.full((3, 7), 0.123, np.float32)
+    with pytest.raises(CheckpointError, match="0 initializers"):
+        patched_graph(graph, [(stranger, stranger + 1)])

@@ -100,3 +100,23 @@ def test_sessions_only_use_server_models_and_their_own(tmp_path):
     assert sessions.paths(chosen)["transfer"] == mine and sessions.paths(stranger)["transfer"] == default
     shutil.rmtree(mine)  # removed to make room: the session falls back to the default
     assert sessions.paths(chosen)["transfer"] == default
+
+
+def test_the_train_part_borrowed_from_scope_npz_is_checked_against_its_hash(tmp_path):
+    from animalcls.checkpoints import default_pair
+    from animalcls.stored_features import FEATURES_FILE, load_features
+
+    bundled = default_pair().get("transfer")
+    if bundled is None or not (bundled / FEATURES_FILE).is_file():
+        pytest.skip("no bundled transfer checkpoint with stored features")
+    folder = tmp_path / bundled.name
+    folder.mkdir()
+    for name in (FEATURES_FILE, "scope.npz", "scope.json"):
+        shutil.copy(bundled / name, folder / name)
+    stored = load_features(folder)
+    assert len(stored.parts["train"][0]) == len(stored.parts["train"][1]) > 0
+    payload = bytearray((folder / "scope.npz").read_bytes())
+    payload[len(payload) // 2] ^= 0xFF  # one flipped byte in the middle of an array
+    (folder / "scope.npz").write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_features(folder)
