@@ -23,6 +23,7 @@ from animalcls.app_checkpoints import resolve_checkpoints
 from animalcls.app_sessions import StoreLimits
 from animalcls.app_state import BackgroundWarmUp
 from animalcls.inference import MAX_FILE_BYTES
+from animalcls.onnx_engine import onnxruntime_available, share_thread_pool
 from animalcls.settings import BUNDLED_DIR
 from animalcls.teach_session import TeachLimits
 
@@ -142,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _check_port_free(args.host, args.port)
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     served = resolve_checkpoints(args.scratch, args.transfer, BUNDLED_DIR, not args.no_hub, args.hub_repo)
+    if onnxruntime_available():
+        share_thread_pool()  # this process is the app's: both models run on one pool of threads
     warm_up = None if args.no_warm_up else BackgroundWarmUp(served.paths, started).start()
     demo = build_demo(data_dir=args.data, served=served, finetune_root=args.finetune_out,
                       max_epochs=args.max_epochs, max_unfreeze=args.max_unfreeze, use_for_everyone=args.use_for_everyone,

@@ -65,13 +65,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     folder = resolve_checkpoint(args.checkpoint)
     data_dir = resolve_data(args.data) if args.data else None
+    selection = workflows.evaluation_paths(folder, data_dir, args.include_training_photos)  # one folder scan
     with progress.bar("evaluating", unit="batch") as update:
-        result = workflows.evaluate_checkpoint(folder, data_dir, update, engine=args.engine,
-                                               include_training=args.include_training_photos)
+        result = workflows.evaluate_checkpoint(folder, data_dir, update, engine=args.engine, selection=selection)
     judge = trust.judge_for(folder, args.engine)
-    paths = workflows.evaluation_paths(folder, data_dir, args.include_training_photos)[0]
     with progress.bar("none of the five?", unit="image") as update:
-        result["out_of_scope"] = trust.rejection_rate(judge, paths, update)
+        result["out_of_scope"] = trust.rejection_rate(judge, selection[0], update)
     print(format_report(result))
     print(_rejection_line(result["out_of_scope"], judge.scope_note))
     if args.json:

@@ -11,8 +11,9 @@ named outputs (see `onnx_store.OUTPUTS`):
 
 Its input `image` is (N, S, S, 3) float32 raw RGB 0-255: preprocessing stays in the graph.
 This module imports TensorFlow when it converts; serving does not (see `onnx_engine`).
-A head-only fine-tune needs no conversion: `write_head_patched` writes the source's graph with
-the head's initializers replaced (the backbone, and so every other weight, is the source's).
+A head-only fine-tune needs no conversion: `patched_graph` gives the source's graph with the
+head's initializers replaced (the backbone, and so every other weight, is the source's);
+finetune_head checks it against Keras and writes it.
 """
 
 from __future__ import annotations
@@ -122,34 +123,6 @@ def patched_graph(graph: bytes, replacements: Sequence[tuple[np.ndarray, np.ndar
             raise CheckpointError(f"A head weight of shape {old.shape} is {len(found)} initializers of the graph, not one.")
         found[0].CopyFrom(numpy_helper.from_array(np.asarray(new, dtype=old.dtype), found[0].name))
     return proto.SerializeToString()
-
-
-def write_head_patched(
-    source: Path, folder: Path, replacements: Sequence[tuple[np.ndarray, np.ndarray]], model: Any,
-) -> Path:
-    """Write folder/model.onnx for `folder`'s model.keras, a head-only fine-tune of `source`:
-    `source`'s fresh graph with its head patched, checked against `model` (the fine-tuned Keras
-    model) within PATCH_TOLERANCE before it is written. Raises CheckpointError when `source`
-    has no fresh graph or the patch does not hold."""
-    from .checkpoints import MODEL_FILE, read_manifest
-    from .onnx_engine import make_session
-
-    source_graph, _ = onnx_store.find_fresh(source, onnx_store.file_sha256(source / MODEL_FILE))
-    if source_graph is None:
-        raise CheckpointError(f"{source.name} has no up-to-date model.onnx to patch.")
-    data = patched_graph(source_graph.read_bytes(), replacements)
-    image_size = int(read_manifest(source)["image_size"])
-    batch = check_images(image_size, count=2)
-    got = make_session(data).run(["probabilities"], {onnx_store.INPUT_NAME: batch})[0]
-    delta = float(np.abs(got - np.asarray(model(batch, training=False))).max())
-    if not delta <= PATCH_TOLERANCE:
-        raise CheckpointError(f"the patched graph differs from Keras by {delta:.1e} (over {PATCH_TOLERANCE:g}).")
-    target = folder / onnx_store.ONNX_FILE
-    sidecar = onnx_store.sidecar_for(onnx_store.file_sha256(folder / MODEL_FILE), bytes_sha256(data), image_size,
-                                     HEAD_PATCHED)
-    write_atomic(target, lambda handle: handle.write(data))
-    onnx_store.write_sidecar(target, sidecar)  # last, as in write_onnx
-    return target
 
 
 def main(argv: list[str] | None = None) -> int:

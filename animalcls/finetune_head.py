@@ -138,13 +138,39 @@ def write_patched_graph(source: Path, folder: Path, replaced: list[tuple[np.ndar
     the graph is converted on first use, as for any checkpoint."""
     import sys
 
-    from .convert_onnx import write_head_patched
     from .errors import CheckpointError
     from .onnx_engine import onnxruntime_available
 
     if not onnxruntime_available():
         return
     try:
-        write_head_patched(source, folder, replaced, model)
+        _write_patched_graph(source, folder, replaced, model)
     except (CheckpointError, ImportError, OSError) as exc:
         print(f"note: no ONNX graph written with the fine-tune ({exc}); it is built on first use.", file=sys.stderr)
+
+
+def _write_patched_graph(source: Path, folder: Path, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:
+    """`source`'s fresh graph with its head patched, checked against `model` (the fine-tuned
+    Keras model) within PATCH_TOLERANCE, then written with a sidecar keyed by folder's model.keras."""
+    from . import onnx_store
+    from .atomic import bytes_sha256, write_atomic
+    from .checkpoints import read_manifest
+    from .convert_onnx import HEAD_PATCHED, PATCH_TOLERANCE, check_images, patched_graph
+    from .errors import CheckpointError
+    from .onnx_engine import make_session
+
+    source_graph, _ = onnx_store.find_fresh(source, onnx_store.file_sha256(source / MODEL_FILE))
+    if source_graph is None:
+        raise CheckpointError(f"{source.name} has no up-to-date model.onnx to patch.")
+    data = patched_graph(source_graph.read_bytes(), replaced)
+    image_size = int(read_manifest(source)["image_size"])
+    batch = check_images(image_size, count=2)
+    got = make_session(data).run(["probabilities"], {onnx_store.INPUT_NAME: batch})[0]
+    delta = float(np.abs(got - np.asarray(model(batch, training=False))).max())
+    if not delta <= PATCH_TOLERANCE:
+        raise CheckpointError(f"the patched graph differs from Keras by {delta:.1e} (over {PATCH_TOLERANCE:g}).")
+    target = folder / onnx_store.ONNX_FILE
+    sidecar = onnx_store.sidecar_for(onnx_store.file_sha256(folder / MODEL_FILE), bytes_sha256(data), image_size,
+                                     HEAD_PATCHED)
+    write_atomic(target, lambda handle: handle.write(data))
+    onnx_store.write_sidecar(target, sidecar)  # last, as convert_onnx.write_onnx does

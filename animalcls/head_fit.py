@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .teach_head import Adam, Head, softmax
+from .teach_head import Adam, Head, backprop
 
 BatchHook = Callable[[int, int, int | None, dict[str, float]], None]
 EpochHook = Callable[[int, dict[str, list[float]]], None]
@@ -129,29 +129,9 @@ class _Loop:
 
     def _step(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """One Adam step on the batch's mean cross-entropy; returns the batch's metric sums."""
-        head, activations, pre = self.head, [x], []
-        for kernel, bias in zip(head.kernels[:-1], head.biases[:-1]):
-            pre.append(activations[-1] @ kernel + bias)
-            activations.append(np.maximum(pre[-1], 0.0))
-        last, mask = activations[-1], None
-        if head.dropout > 0:
-            mask = (self.rng.random(last.shape) >= head.dropout).astype(np.float32) / (1.0 - head.dropout)
-            last = last * mask
-        probs = softmax(last @ head.kernels[-1] + head.biases[-1])
-        sums = _sums(probs, y)
-        delta = np.clip(probs, EPSILON, 1 - EPSILON)
-        delta[np.arange(len(y)), y] -= 1.0
-        delta /= len(y)
-        grads_k, grads_b = [last.T @ delta], [delta.sum(axis=0)]
-        back = delta @ head.kernels[-1].T * (mask if mask is not None else 1.0)
-        for i in range(len(head.kernels) - 2, -1, -1):
-            back = back * (pre[i] > 0)
-            grads_k.insert(0, activations[i].T @ back)
-            grads_b.insert(0, back.sum(axis=0))
-            if i:
-                back = back @ head.kernels[i].T
-        self.adam.step(self.params, [*grads_k, *grads_b])
-        return sums
+        probs, grads = backprop(self.head, x, y, self.rng, clip=EPSILON)
+        self.adam.step(self.params, grads)
+        return _sums(probs, y)
 
     def _restore(self, params: list[np.ndarray], adam: tuple) -> None:
         for p, saved in zip(self.params, params):

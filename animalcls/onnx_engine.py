@@ -77,16 +77,19 @@ class OnnxEngine(ManifestFacts):
 
 
 def make_session(onnx_path: Path | bytes) -> Any:
-    """A CPU onnxruntime session (of a file, or a serialised graph) on the process's one shared
-    thread pool, with full graph optimisation."""
+    """A CPU onnxruntime session (of a file or a serialised graph) with full graph optimisation:
+    on the process's shared thread pool after `share_thread_pool()`, else on a pool of its own
+    whose idle threads sleep."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.use_per_session_threads = not _share_thread_pool(ort)
+    options.use_per_session_threads = not _pool_shared
     if options.use_per_session_threads:  # sizes are the shared pool's otherwise (ORT warns if set)
         options.intra_op_num_threads = default_threads()
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see _share_thread_pool
+        # Idle threads sleep: with two sessions of their own pools run one after the other,
+        # spinning threads of one starve the other's on 2 cores (benchmarks/bench_thread_pools.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are about its own choices
     try:
@@ -98,26 +101,29 @@ def make_session(onnx_path: Path | bytes) -> Any:
 
 
 _pool_lock = threading.Lock()
-_pool_shared: bool | None = None
+_pool_shared = False
 
 
-def _share_thread_pool(ort: Any) -> bool:
-    """Size ONNX Runtime's process-wide thread pool once; False where this onnxruntime cannot.
+def share_thread_pool() -> bool:
+    """From now on, every session `make_session` makes shares one process-wide thread pool,
+    sized by `default_threads()`, whose idle threads spin; True when onnxruntime allowed it.
 
-    Why one pool: the app keeps two sessions (scratch and transfer) and runs them one after the
-    other. Each with a pool of its own, idle threads that spin starve the other session's on 2
-    cores, and threads that sleep pay a wake-up per operator; one pool, spinning between runs,
-    avoids both (benchmarks/bench_thread_pools.py).
+    For a program that owns its process (the app calls it first thing): both models on one
+    photo took 8.1 ms with one shared pool against 10.2 ms with a pool each
+    (benchmarks/bench_thread_pools.py). It changes onnxruntime for the whole process: any
+    other session made in it afterwards needs `use_per_session_threads = False`.
     """
     global _pool_shared
+    import onnxruntime as ort
+
     with _pool_lock:
-        if _pool_shared is None:
+        if not _pool_shared:
             try:
                 ort.set_global_thread_pool_sizes(default_threads(), 1)
                 _pool_shared = True
             except (AttributeError, RuntimeError):  # an onnxruntime without the call, or too late to make it
-                _pool_shared = False
-        return _pool_shared
+                return False
+        return True
 
 
 def load_engine(folder: str | Path, build: bool = True) -> OnnxEngine:

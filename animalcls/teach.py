@@ -167,15 +167,10 @@ def keras_extractor(model: Any) -> Extractor:
 def onnx_extractor(folder: Path) -> Extractor | None:
     """Pooled features through the checkpoint's ONNX graph (about 5x faster than TensorFlow on a
     CPU) when the ONNX engine and a fresh graph are there; None otherwise."""
-    try:
-        from . import onnx_engine  # type: ignore[attr-defined]
+    from .features import pooled_forward
 
-        if not onnx_engine.onnxruntime_available():
-            return None
-        engine = onnx_engine.load_engine(folder, build=False)
-    except Exception:  # noqa: BLE001 - no engine, no graph or a stale one: TensorFlow does it
-        return None
-    return chunked(lambda batch: engine.run(batch, ("pooled",))["pooled"])
+    forward = pooled_forward(folder)
+    return chunked(forward) if forward is not None else None
 
 
 # ---------------------------------------------------------------- the head

@@ -186,23 +186,36 @@ def train_output_layer(
 def _gradients(head: Head, x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.random.Generator):
     """(weighted loss sum, correct count, grads in [kernels..., biases...] order) of one batch's
     weighted mean cross-entropy."""
+    probs, grads = backprop(head, x, y, rng, weights=w)
+    picked = probs[np.arange(len(y)), y]
+    loss = float(-(w * np.log(np.maximum(picked, 1e-12))).sum())
+    hits = float((probs.argmax(axis=1) == y).sum())
+    return loss, hits, grads
+
+
+def backprop(
+    head: Head, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+    weights: np.ndarray | None = None, clip: float = 0.0,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(probabilities, grads in [kernels..., biases...] order) of one batch's cross-entropy,
+    averaged with `weights` (None: the plain mean). Dropout draws its mask from `rng`; `clip`
+    keeps the probabilities inside [clip, 1 - clip] for the gradient, as Keras's loss does."""
     activations, pre = [x], []
     for kernel, bias in zip(head.kernels[:-1], head.biases[:-1]):
-        z = activations[-1] @ kernel + bias
-        pre.append(z)
-        activations.append(np.maximum(z, 0.0))
+        pre.append(activations[-1] @ kernel + bias)
+        activations.append(np.maximum(pre[-1], 0.0))
     last = activations[-1]
     mask = None
     if head.dropout > 0:
         mask = (rng.random(last.shape) >= head.dropout).astype(np.float32) / (1.0 - head.dropout)
         last = last * mask
     probs = softmax(last @ head.kernels[-1] + head.biases[-1])
-    picked = probs[np.arange(len(y)), y]
-    loss = float(-(w * np.log(np.maximum(picked, 1e-12))).sum())
-    hits = float((probs.argmax(axis=1) == y).sum())
-    delta = probs
+    delta = np.clip(probs, clip, 1 - clip) if clip else probs.copy()
     delta[np.arange(len(y)), y] -= 1.0
-    delta *= (w / max(float(w.sum()), 1e-12))[:, None]
+    if weights is None:
+        delta /= len(y)
+    else:
+        delta *= (weights / max(float(weights.sum()), 1e-12))[:, None]
     kernel_grads = [last.T @ delta]
     bias_grads = [delta.sum(axis=0)]
     back = delta @ head.kernels[-1].T
@@ -214,7 +227,7 @@ def _gradients(head: Head, x: np.ndarray, y: np.ndarray, w: np.ndarray, rng: np.
         bias_grads.insert(0, back.sum(axis=0))
         if i:  # the pooled features themselves need no gradient
             back = back @ head.kernels[i].T
-    return loss, hits, [*kernel_grads, *bias_grads]
+    return probs, [*kernel_grads, *bias_grads]
 
 
 class Adam:

@@ -190,16 +190,19 @@ def evaluate_checkpoint(
     on_batch: Callable[[int, int | None], None] | None = None,
     engine: str | None = None,
     include_training: bool = False,
+    selection: tuple[list[str], list[int], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on the recorded test split, or on the images of the checkpoint's classes in
     `data_dir` when given. Photos of `data_dir` that the checkpoint trained or validated on
     (named in its split.json) are left out unless `include_training`. The result's "photos"
-    says which photos were scored. The forward passes run on `engine` (see inference.load_predictor)."""
+    says which photos were scored. The forward passes run on `engine` (see inference.load_predictor).
+    `selection`: `evaluation_paths`' answer when the caller already has it (the folder is then
+    not scanned again)."""
     from .inference import load_predictor
 
     predictor = load_predictor(checkpoint_dir, engine)
     checkpoint = predictor.checkpoint
-    paths, labels, photos = evaluation_paths(checkpoint.path, data_dir, include_training)
+    paths, labels, photos = selection or evaluation_paths(checkpoint.path, data_dir, include_training)
     result = evaluate.evaluate_paths(
         None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
     )

@@ -3,7 +3,8 @@
 Each figure is the median of --runs fresh processes, engines alternated within a run:
 
 * in-process: both bundled models on one photo, after loading and one warm-up call (median of
-  20 calls per process): the forward passes alone, and with decoding and resizing;
+  20 calls per process), ONNX Runtime's sessions sharing one thread pool as in the app: the
+  forward passes alone, and with decoding and resizing;
 * `python -m animalcls predict transfer PHOTO` as a process, wall time;
 * `python app.py`: seconds from its start until its models were ready and until it was serving
   (as it reports them), seconds from spawning it until its page answers, and its resident
@@ -32,6 +33,8 @@ IN_PROCESS = """
 import statistics, time
 from animalcls.checkpoints import default_pair
 from animalcls.inference import load_image, load_predictor, to_model_input
+from animalcls.onnx_engine import share_thread_pool
+share_thread_pool()  # as app.py does (without effect on the TF engine)
 predictors = [load_predictor(folder) for folder in default_pair().values()]
 photo = {photo!r}
 batches = [to_model_input(load_image(photo), p.image_size)[None] for p in predictors]

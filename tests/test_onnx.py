@@ -191,3 +191,26 @@ def test_patching_refuses_a_weight_the_graph_does_not_hold(tiny_checkpoints):
     stranger = np.full((3, 7), 0.123, np.float32)
     with pytest.raises(CheckpointError, match="0 initializers"):
         patched_graph(graph, [(stranger, stranger + 1)])
+
+
+def test_sessions_on_the_shared_pool_answer_as_sessions_with_their_own(tiny_checkpoints):
+    """The app's set-up (one thread pool for both models) in a fresh process, against the default."""
+    code = (
+        "import sys, numpy as np\n"
+        "from animalcls import onnx_engine\n"
+        "shared = sys.argv[1] == 'shared'\n"
+        "assert not shared or onnx_engine.share_thread_pool()\n"
+        f"engines = [onnx_engine.load_engine(f, build=False) for f in {[str(p) for p in tiny_checkpoints.values()]!r}]\n"
+        "batch = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)\n"
+        "print(' '.join(repr(float(v)) for e in engines for v in e.probabilities(batch).ravel()))\n"
+        "import onnxruntime as ort\n"  # a library user's own plain session works unless the pool is shared
+        "ort.InferenceSession(engines[0].path.read_bytes(), providers=['CPUExecutionProvider'])\n"
+    )
+    runs = {mode: subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True,
+                                 env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+            for mode in ("own", "shared")}
+    assert runs["own"].returncode == 0, runs["own"].stderr[-2000:]
+    assert "use_per_session_threads must be false" in runs["shared"].stderr  # why only the app shares it
+    own = np.array(runs["own"].stdout.splitlines()[0].split(), float)
+    shared = np.array(runs["shared"].stdout.splitlines()[0].split(), float)
+    assert own.size == shared.size > 0 and np.abs(own - shared).max() <= 1e-6
