@@ -128,8 +128,38 @@ def head_patched_writer(source: Path, model: Any) -> Callable[[Path], None]:
             for name, data in parts.items():
                 archive.writestr(name, data)
         write_patched_graph(Path(source), path.parent, replaced, model)
+        inherit_scope(Path(source), path.parent)
 
     return write
+
+
+def inherit_scope(source: Path, folder: Path) -> None:
+    """Best effort: `source`'s "none of the five" detector for its head-only fine-tune in
+    `folder` (same backbone, same classes). Its top-probability score keeps the head it was
+    calibrated with, so the fine-tune flags exactly the photos its source flags."""
+    import sys
+    from dataclasses import replace
+
+    from . import scope
+    from .atomic import file_sha256
+    from .cam import load_head_weights
+    from .checkpoints import read_manifest
+    from .errors import CheckpointError
+
+    if not scope.has_scope(source):
+        return
+    try:
+        detector = scope.load_scope(source)
+        scope.check_matches(detector, read_manifest(source), source)
+        layers = load_head_weights(source / MODEL_FILE).layers
+        activations = [layer.activation for layer in layers]
+        if detector.calibration_head is None and activations != ["relu"] * (len(layers) - 1) + ["softmax"]:
+            raise CheckpointError(f"its head's activations {activations} are not ReLU layers and a softmax")
+        head = detector.calibration_head or [(layer.kernel, layer.bias) for layer in layers]
+        info = {**detector.info, "model_sha256": file_sha256(folder / MODEL_FILE), "inherited_from": source.name}
+        scope.save_scope(folder, replace(detector, calibration_head=head, info=info), compress=False)
+    except (CheckpointError, OSError) as exc:
+        print(f"note: the fine-tune has no none-of-the-five detector ({exc}).", file=sys.stderr)
 
 
 def write_patched_graph(source: Path, folder: Path, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:

@@ -342,3 +342,31 @@ def test_training_features_pick_the_flipped_copy_at_random_each_epoch():
     assert (epochs[0] != epochs[1]).mean() > 0.3  # a new draw every epoch
     unflipped = feature_dataset(plain, labels, 5, 32, training=True, seed=7)
     assert all((a.numpy()[:, 1] == 0).all() for a, _ in unflipped)
+
+
+@pytest.mark.slow
+def test_a_head_only_finetune_inherits_its_sources_detector_and_verdicts(tiny_checkpoints, tmp_path):
+    from animalcls import scope, trust
+    from animalcls.data import Split
+    from animalcls.finetune import finetune
+    from animalcls.scope_build import build_scope
+    from conftest import copy_checkpoint
+
+    source = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "transfer-tiny")
+    split = Split.load(source / "split.json")
+    root = split.locate_root(source)
+    (tmp_path / "out").mkdir()
+    out = [str(make_image(tmp_path / "out" / f"{i}.png", (128, 0, 128), seed=9100 + i)) for i in range(8)]
+    out += sorted(str(p) for p in (root / "cane").iterdir())
+    build_scope(source, out, [], method="combined", imagenet=False)
+    result = finetune(source, epochs=2, learning_rate=1e-2, out_dir=tmp_path / "ft", batch_size=8)
+
+    meta = json.loads((result.path / scope.SCOPE_JSON).read_text())
+    assert meta["inherited_from"] == source.name and str(tmp_path) not in json.dumps(meta)
+    photos = out[:6] + test_path(source)[0][:6]
+    before, after = trust.judge_for(source), trust.judge_for(result.path)
+    assert after.detector is not None, after.scope_note
+    old, new = trust.answer_files(before, photos), trust.answer_files(after, photos)
+    assert max(abs(a.probabilities["cat"] - b.probabilities["cat"]) for a, b in zip(old, new)) > 1e-4  # a new head
+    assert [a.out_of_scope for a in old] == [b.out_of_scope for b in new]
+    assert max(abs(a.scope_score - b.scope_score) for a, b in zip(old, new)) < 1e-4

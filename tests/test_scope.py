@@ -222,3 +222,21 @@ def test_bundled_detectors_flag_other_animals_and_pass_the_five(shared_raw: Path
         assert rates[kind, "cane"] >= 0.8, rates
         assert rates[kind, "test"] <= 0.07, rates
         assert rates[kind, "cross"] <= 0.1, rates
+
+
+def test_a_calibration_head_gives_the_maxprob_score_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(8, 4))
+    head = [(rng.normal(size=(4, 3)), rng.normal(size=3)), (rng.normal(size=(3, 2)), rng.normal(size=2))]
+    detector = scope.ScopeDetector(["cat", "dog"], "maxprob", 0.3, features, np.arange(8) % 2,
+                                   [f"cat/{i}.jpg" for i in range(8)], calibration_head=head)
+    hidden = np.maximum(features @ head[0][0] + head[0][1], 0.0) @ head[1][0] + head[1][1]
+    expected = 1.0 - (np.exp(hidden) / np.exp(hidden).sum(axis=1, keepdims=True)).max(axis=1)
+    anything = np.full((8, 2), 0.5)  # the model's own probabilities are not what it scores
+    np.testing.assert_allclose(detector.score(anything, features), expected, atol=1e-9)
+    scope.save_scope(tmp_path, detector, compress=False)
+    loaded = scope.load_scope(tmp_path)
+    assert len(loaded.calibration_head) == 2
+    np.testing.assert_allclose(loaded.score(anything, features), expected, atol=1e-5)
+    plain = scope.ScopeDetector(["cat", "dog"], "maxprob", 0.3, features, np.arange(8) % 2, detector.train_files)
+    np.testing.assert_allclose(plain.score(anything, features), 0.5)
