@@ -6,7 +6,7 @@ rounds of each process's median of 50 calls (after 5 warm-up calls):
 
 * per-session pools, idle threads spinning (ONNX Runtime's default);
 * per-session pools, idle threads sleeping (`session.intra_op.allow_spinning=0`);
-* one process-wide pool shared by both sessions (what `animalcls.onnx_engine` does).
+* one process-wide pool shared by both sessions (what `python app.py` sets up: `onnx_engine.share_thread_pool()`).
 
     python benchmarks/bench_thread_pools.py [--rounds 7]
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETUPS = {"spin": "per-session pools, spinning", "sleep": "per-session pools, sleeping",
-          "shared": "one shared pool (animalcls)"}
+          "shared": "one shared pool (the app)"}
 
 ONE_PROCESS = """
 import statistics, sys, time
