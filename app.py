@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     served = resolve_checkpoints(args.scratch, args.transfer, BUNDLED_DIR, not args.no_hub, args.hub_repo)
     if onnxruntime_available():
         share_thread_pool()  # this process is the app's: both models run on one pool of threads
-    warm_up = None if args.no_warm_up else BackgroundWarmUp(served.paths, started).start()
+    early = not args.no_warm_up and BackgroundWarmUp.can_start_early(served.paths)
+    warm_up = BackgroundWarmUp(served.paths, started).start() if early else None
     demo = build_demo(data_dir=args.data, served=served, finetune_root=args.finetune_out,
                       max_epochs=args.max_epochs, max_unfreeze=args.max_unfreeze, use_for_everyone=args.use_for_everyone,
                       limits=StoreLimits(args.max_finetunes, args.max_finetune_mb * 2**20),
@@ -159,12 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         logs.restore_stderr()
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {exc}") from None
     serving_after = time.perf_counter() - started
-    if warm_up is not None:
-        ready_after = warm_up.wait()
-        app.models_ready.set()
-        print(f"Models ready {ready_after:.1f} s after start; serving {serving_after:.1f} s after start.", flush=True)
-    else:
+    if args.no_warm_up:
         print(f"Serving {serving_after:.1f} s after start; the models load on the first request.", flush=True)
+    else:
+        ready_after = _models_ready_after(app, warm_up, started)
+        print(f"Models ready {ready_after:.1f} s after start; serving {serving_after:.1f} s after start.", flush=True)
     # Imported here, in one thread, before a fine-tune may need them (see AnimalApp.ready).
     import keras  # noqa: F401
     import tensorflow  # noqa: F401
@@ -176,6 +176,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         demo.block_thread()
     finally:
         logs.restore_stderr()
+
+
+def _models_ready_after(app: Any, warm_up: BackgroundWarmUp | None, started: float) -> float:
+    """Seconds from `started` until the models were ready: loaded in the background while Gradio
+    was imported, or (when that could need TensorFlow) only now that the server is up."""
+    if warm_up is not None:
+        ready_after = warm_up.wait()
+    else:
+        app.registry.warm_up()
+        ready_after = time.perf_counter() - started
+    app.models_ready.set()
+    return ready_after
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def image_error(message: str) -> gr.Error:
 
 
 class AnimalApp(FinetuneHandlers):
-    """The app's handlers and server-side state; app.build_layout() wires them into gr.Blocks.
+    """The app's handlers and server-side state; app_layout.build_layout() wires them into gr.Blocks.
 
     State scope: the server's DEFAULT models (`registry`), the fine-tune queue (`runner`) and
     the fine-tune store are per server. Which models a visitor classifies with, and which
@@ -157,7 +157,7 @@ class AnimalApp(FinetuneHandlers):
             cleared[4] = f"**Not a usable image:** {html.escape(image)}"
             return (None, *cleared)
         # The photo as a plain value, not gr.skip(): an update makes Gradio rebuild the input
-        # component for the session, which would drop app.checked_image's preprocessing.
+        # component for the session, which would drop app_layout.checked_image's preprocessing.
         return (image, *(self.classify(image, show_heatmaps, session) if image else self.clear_results(session)))
 
     def clear_results(self, session: Any = None) -> tuple[Any, ...]:

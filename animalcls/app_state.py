@@ -87,13 +87,31 @@ class ModelRegistry:
 
 class BackgroundWarmUp:
     """Loads and runs once the models of `paths` in a background thread: `python app.py` starts
-    it before importing Gradio, so the models are ready before the page is."""
+    it before importing Gradio, so the models are ready before the page is. Only when
+    `can_start_early`: loading must not import TensorFlow while another thread imports Gradio."""
 
     def __init__(self, paths: dict[str, Path | None], started: float) -> None:
         self._registry = ModelRegistry(paths)
         self._started = started
         self.ready_after: float | None = None  # seconds from `started` until the models were ready
         self._thread = threading.Thread(target=self._run, name="animalcls-warm-up", daemon=True)
+
+    @staticmethod
+    def can_start_early(paths: dict[str, Path | None]) -> bool:
+        """True when every model loads through ONNX Runtime from a fresh graph, i.e. without
+        TensorFlow (two threads importing one module tree can deadlock; seen with TensorFlow)."""
+        from . import onnx_store
+        from .checkpoints import MODEL_FILE
+        from .inference import requested_engine
+        from .onnx_engine import onnxruntime_available
+
+        try:
+            if requested_engine() == "tf" or not onnxruntime_available():
+                return False
+            folders = [Path(folder) for folder in paths.values() if folder is not None]
+            return all(onnx_store.find_fresh(f, onnx_store.file_sha256(f / MODEL_FILE))[0] for f in folders)
+        except (OSError, ValueError):  # a broken checkpoint or engine name: reported when it is used
+            return False
 
     def start(self) -> BackgroundWarmUp:
         from importlib.util import find_spec
@@ -258,9 +276,9 @@ class FinetuneJob:
             with self._changed:
                 if self._progress.version == seen and not self.finished.is_set():
                     self._changed.wait(timeout=interval)
+                done = self.finished.is_set()  # read before the snapshot: once set, the snapshot is the final one
                 snapshot = copy.deepcopy(self._progress)
                 last_working = self._last_working
-            done = self.finished.is_set()
             if done and last_working is not None and last_working.version > seen:
                 yield copy.deepcopy(last_working)
             if snapshot.version != seen or done:

@@ -242,10 +242,11 @@ def folder_photos(folder: Path, limit: int = 20) -> list[str]:
     examples/CREDITS.md) plus any a user added, sorted by file name."""
     from .inference import IMAGE_SUFFIXES
 
+    shown = IMAGE_SUFFIXES - {".tif", ".tiff"}  # a browser shows no TIFF thumbnail
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in shown)
     return [str(p) for p in files[:limit]]
 
 

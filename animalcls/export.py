@@ -95,9 +95,9 @@ def load_export(folder: str | Path, fmt: str) -> Callable[[np.ndarray], dict[str
     """A function running an export the way its README says: batch -> the three outputs."""
     artifact = str(Path(folder) / ARTIFACT[fmt])
     if fmt == "onnx":
-        import onnxruntime as ort
+        from .onnx_engine import make_session  # a plain InferenceSession fails after share_thread_pool()
 
-        session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
+        session = make_session(Path(artifact))
         names = [output.name for output in session.get_outputs()]
         return lambda batch: dict(zip(names, session.run(names, {onnx_store.INPUT_NAME: batch})))
     if fmt == "savedmodel":

@@ -108,10 +108,11 @@ def share_thread_pool() -> bool:
     """From now on, every session `make_session` makes shares one process-wide thread pool,
     sized by `default_threads()`, whose idle threads spin; True when onnxruntime allowed it.
 
-    For a program that owns its process (the app calls it first thing): both models on one
-    photo took 8.1 ms with one shared pool against 10.2 ms with a pool each
-    (benchmarks/bench_thread_pools.py). It changes onnxruntime for the whole process: any
-    other session made in it afterwards needs `use_per_session_threads = False`.
+    For a program that owns its process, called before any session exists (the app calls it
+    before its warm-up thread starts): both models on one photo took 8.1 ms with one shared
+    pool against 10.2 ms with a pool each (benchmarks/bench_thread_pools.py). It changes
+    onnxruntime for the whole process: any other session made in it afterwards needs
+    `use_per_session_threads = False` (`make_session` sets it).
     """
     global _pool_shared
     import onnxruntime as ort

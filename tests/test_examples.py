@@ -20,7 +20,7 @@ MAX_FOLDER_BYTES = 1536 * 1024
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES - {".tif", ".tiff"})
 
 
 def credited_names(credits: Path) -> set[str]:

@@ -234,7 +234,7 @@ def test_a_calibration_head_gives_the_maxprob_score_and_round_trips(tmp_path: Pa
     expected = 1.0 - (np.exp(hidden) / np.exp(hidden).sum(axis=1, keepdims=True)).max(axis=1)
     anything = np.full((8, 2), 0.5)  # the model's own probabilities are not what it scores
     np.testing.assert_allclose(detector.score(anything, features), expected, atol=1e-9)
-    scope.save_scope(tmp_path, detector, compress=False)
+    scope.save_scope(tmp_path, detector)
     loaded = scope.load_scope(tmp_path)
     assert len(loaded.calibration_head) == 2
     np.testing.assert_allclose(loaded.score(anything, features), expected, atol=1e-5)
