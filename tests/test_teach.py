@@ -225,3 +225,19 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
     panel.add(one, "zebra", dogs[:1], None)
     with pytest.raises(gr.Error, match="zebra.{0,6} has one photo"):
         panel.train(one, progress=lambda *a, **k: None)
+
+
+@pytest.mark.slow
+def test_a_head_only_finetune_can_be_taught_from_its_inherited_stored_features(
+    taught_pair: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from animalcls.finetune import finetune
+    from animalcls.teach import plan_teach, run_teach
+
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
+    tuned = finetune(taught_pair["transfer"], epochs=1, out_dir=tmp_path / "ft", batch_size=8).path
+    photos(tmp_path / "mine" / "dog", 6, seed=77)
+    result = run_teach(plan_teach(tuned, tmp_path / "mine", ["dog"], tmp_path / "taught", epochs=3))
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    assert manifest["class_names"] == [*BASE, "dog"]
+    assert manifest["dataset"]["stored_features"]["train"] > 0 and manifest["dataset"]["stored_features"]["test"] > 0
