@@ -23,7 +23,7 @@ from animalcls.app_checkpoints import resolve_checkpoints
 from animalcls.app_sessions import StoreLimits
 from animalcls.app_state import BackgroundWarmUp
 from animalcls.inference import MAX_FILE_BYTES
-from animalcls.onnx_engine import onnxruntime_available, share_thread_pool
+from animalcls.onnx_engine import share_thread_pool
 from animalcls.settings import BUNDLED_DIR
 from animalcls.teach_session import TeachLimits
 
@@ -143,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _check_port_free(args.host, args.port)
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     served = resolve_checkpoints(args.scratch, args.transfer, BUNDLED_DIR, not args.no_hub, args.hub_repo)
-    if onnxruntime_available():
-        share_thread_pool()  # this process is the app's: both models run on one pool of threads
+    share_thread_pool()  # this process is the app's: both models run on one pool of threads (if onnxruntime is here)
     early = not args.no_warm_up and BackgroundWarmUp.can_start_early(served.paths)
     warm_up = BackgroundWarmUp(served.paths, started).start() if early else None
     demo = build_demo(data_dir=args.data, served=served, finetune_root=args.finetune_out,

@@ -114,9 +114,9 @@ class BackgroundWarmUp:
             return False
 
     def start(self) -> BackgroundWarmUp:
-        from importlib.util import find_spec
+        from .onnx_engine import onnxruntime_available
 
-        if find_spec("onnxruntime") is not None:
+        if onnxruntime_available():
             import onnxruntime  # noqa: F401 - imported here, so that two threads never import one module at once
         self._thread.start()
         return self

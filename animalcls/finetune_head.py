@@ -21,12 +21,14 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .checkpoints import MODEL_FILE, load_checkpoint
+from .atomic import file_sha256
+from .checkpoints import MODEL_FILE, load_checkpoint, read_manifest
 from .hooks import TrainHooks
 from .settings import POOL_LAYER
 
@@ -127,42 +129,56 @@ def head_patched_writer(source: Path, model: Any) -> Callable[[Path], None]:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:  # as Keras writes it
             for name, data in parts.items():
                 archive.writestr(name, data)
-        write_patched_graph(Path(source), path.parent, replaced, model)
-        inherit_scope(Path(source), path.parent)
+        # Each 17 MB model.keras hashed once, its manifest read once, for both derived files.
+        derived = Derived(Path(source), path.parent, file_sha256(Path(source) / MODEL_FILE), file_sha256(path),
+                          read_manifest(source))
+        write_patched_graph(derived, replaced, model)
+        inherit_scope(derived)
 
     return write
 
 
-def inherit_scope(source: Path, folder: Path) -> None:
-    """Best effort: `source`'s "none of the five" detector for its head-only fine-tune in
-    `folder` (same backbone, same classes). Its top-probability score keeps the head it was
-    calibrated with, so the fine-tune flags exactly the photos its source flags."""
+@dataclass(frozen=True)
+class Derived:
+    """A head-only fine-tune being written into `folder` from `source`, with what both the
+    serving graph and the detector need of the pair."""
+
+    source: Path
+    folder: Path
+    source_sha256: str  # of source/model.keras
+    sha256: str  # of folder/model.keras, the fine-tune's
+    source_manifest: dict[str, Any]
+
+
+def inherit_scope(derived: Derived) -> None:
+    """Best effort: the source's "none of the five" detector for its head-only fine-tune (same
+    backbone, same classes). Its top-probability score keeps the head it was calibrated with,
+    so the fine-tune flags exactly the photos its source flags."""
     import sys
     from dataclasses import replace
 
     from . import scope
-    from .atomic import file_sha256
     from .cam import load_head_weights
-    from .checkpoints import read_manifest
     from .errors import CheckpointError
 
+    source = derived.source
     if not scope.has_scope(source):
         return
     try:
         detector = scope.load_scope(source)
-        scope.check_matches(detector, read_manifest(source), source)
+        scope.check_matches(detector, derived.source_manifest, source, derived.source_sha256)
         layers = load_head_weights(source / MODEL_FILE).layers
         activations = [layer.activation for layer in layers]
         if detector.calibration_head is None and activations != ["relu"] * (len(layers) - 1) + ["softmax"]:
             raise CheckpointError(f"its head's activations {activations} are not ReLU layers and a softmax")
         head = detector.calibration_head or [(layer.kernel, layer.bias) for layer in layers]
-        info = {**detector.info, "model_sha256": file_sha256(folder / MODEL_FILE), "inherited_from": source.name}
-        scope.save_scope(folder, replace(detector, calibration_head=head, info=info))
+        info = {**detector.info, "model_sha256": derived.sha256, "inherited_from": source.name}
+        scope.save_scope(derived.folder, replace(detector, calibration_head=head, info=info))
     except Exception as exc:  # noqa: BLE001 - best effort: the fine-tune stands without a detector
         print(f"note: the fine-tune has no none-of-the-five detector ({exc}).", file=sys.stderr)
 
 
-def write_patched_graph(source: Path, folder: Path, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:
+def write_patched_graph(derived: Derived, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:
     """Best effort: the fine-tune's model.onnx as the source's graph with the same head weights
     replaced, so serving it needs no conversion (tf2onnx took 4-6 s per model). Without it,
     the graph is converted on first use, as for any checkpoint."""
@@ -173,33 +189,31 @@ def write_patched_graph(source: Path, folder: Path, replaced: list[tuple[np.ndar
     if not onnxruntime_available():
         return
     try:
-        _write_patched_graph(source, folder, replaced, model)
+        _write_patched_graph(derived, replaced, model)
     except Exception as exc:  # noqa: BLE001 - onnx, onnxruntime and Keras raise their own types; the fine-tune stands
         print(f"note: no ONNX graph written with the fine-tune ({exc}); it is built on first use.", file=sys.stderr)
 
 
-def _write_patched_graph(source: Path, folder: Path, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:
-    """`source`'s fresh graph with its head patched, checked against `model` (the fine-tuned
-    Keras model) within PATCH_TOLERANCE, then written with a sidecar keyed by folder's model.keras."""
+def _write_patched_graph(derived: Derived, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:
+    """The source's fresh graph with its head patched, checked against `model` (the fine-tuned
+    Keras model) within PATCH_TOLERANCE, then written with a sidecar keyed by the fine-tune's model.keras."""
     from . import onnx_store
     from .atomic import bytes_sha256, write_atomic
-    from .checkpoints import read_manifest
     from .convert_onnx import HEAD_PATCHED, PATCH_TOLERANCE, check_images, patched_graph
     from .errors import CheckpointError
     from .onnx_engine import make_session
 
-    source_graph, _ = onnx_store.find_fresh(source, onnx_store.file_sha256(source / MODEL_FILE))
+    source_graph, _ = onnx_store.find_fresh(derived.source, derived.source_sha256)
     if source_graph is None:
-        raise CheckpointError(f"{source.name} has no up-to-date model.onnx to patch.")
+        raise CheckpointError(f"{derived.source.name} has no up-to-date model.onnx to patch.")
     data = patched_graph(source_graph.read_bytes(), replaced)
-    image_size = int(read_manifest(source)["image_size"])
+    image_size = int(derived.source_manifest["image_size"])
     batch = check_images(image_size, count=2)
     got = make_session(data).run(["probabilities"], {onnx_store.INPUT_NAME: batch})[0]
     delta = float(np.abs(got - np.asarray(model(batch, training=False))).max())
     if not delta <= PATCH_TOLERANCE:
         raise CheckpointError(f"the patched graph differs from Keras by {delta:.1e} (over {PATCH_TOLERANCE:g}).")
-    target = folder / onnx_store.ONNX_FILE
-    sidecar = onnx_store.sidecar_for(onnx_store.file_sha256(folder / MODEL_FILE), bytes_sha256(data), image_size,
-                                     HEAD_PATCHED)
+    target = derived.folder / onnx_store.ONNX_FILE
+    sidecar = onnx_store.sidecar_for(derived.sha256, bytes_sha256(data), image_size, HEAD_PATCHED)
     write_atomic(target, lambda handle: handle.write(data))
     onnx_store.write_sidecar(target, sidecar)  # last, as convert_onnx.write_onnx does

@@ -24,8 +24,9 @@ from .settings import ENGINE_ENV
 
 # Decompression-bomb cap: 40 MP covers any camera photo; larger inputs are refused before
 # decoding. PIL's own warning threshold is raised to an error at this size.
-# The file types load_image serves (PIL decodes them all); folder prediction lists files by
-# these, the app's examples gallery by these less TIFF (browsers show none). Training reads fewer (data.IMAGE_EXTENSIONS: what TF decodes).
+# The file types load_image serves (PIL decodes them all): folder prediction lists files by
+# these, the app's examples gallery by these less TIFF (browsers show none). Training reads
+# fewer (data.IMAGE_EXTENSIONS: what TensorFlow decodes).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 50 * 1024 * 1024

@@ -106,7 +106,8 @@ _pool_shared = False
 
 def share_thread_pool() -> bool:
     """From now on, every session `make_session` makes shares one process-wide thread pool,
-    sized by `default_threads()`, whose idle threads spin; True when onnxruntime allowed it.
+    sized by `default_threads()`, whose idle threads spin; True when onnxruntime is installed and
+    allowed it.
 
     For a program that owns its process, called before any session exists (the app calls it
     before its warm-up thread starts): both models on one photo took 8.1 ms with one shared
@@ -115,14 +116,14 @@ def share_thread_pool() -> bool:
     `use_per_session_threads = False` (`make_session` sets it).
     """
     global _pool_shared
-    import onnxruntime as ort
-
     with _pool_lock:
         if not _pool_shared:
             try:
+                import onnxruntime as ort
+
                 ort.set_global_thread_pool_sizes(default_threads(), 1)
                 _pool_shared = True
-            except (AttributeError, RuntimeError):  # an onnxruntime without the call, or too late to make it
+            except (ImportError, AttributeError, RuntimeError):  # no onnxruntime, one without the call, or too late
                 return False
         return True
 

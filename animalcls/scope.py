@@ -408,13 +408,13 @@ def _check_detector(detector: ScopeDetector, folder: Path) -> None:
 
 
 
-def check_matches(detector: ScopeDetector, manifest: dict[str, Any], folder: str | Path) -> None:
-    """Refuse a scope built for other classes, or for another model.keras, than the checkpoint's."""
+def check_matches(detector: ScopeDetector, manifest: dict[str, Any], folder: str | Path, model_sha256: str = "") -> None:
+    """Refuse a scope built for other classes, or for another model.keras (hashed unless given), than the checkpoint's."""
     if list(manifest["class_names"]) != detector.class_names:
         raise ScopeError(f"{SCOPE_JSON} in {folder} was built for {detector.class_names}, "
                          f"the checkpoint has {list(manifest['class_names'])}.")
     model = Path(folder) / "model.keras"
     recorded = detector.info.get("model_sha256")
-    if recorded and model.is_file() and file_sha256(model) != recorded:
+    if recorded and model.is_file() and (model_sha256 or file_sha256(model)) != recorded:
         raise ScopeError(f"{SCOPE_JSON} in {folder} was built for another model.keras; rebuild it "
                          "(scripts/build_scope.py --overwrite).")
