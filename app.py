@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     app = demo.animalcls_app
     app.ready.clear()
     app.models_ready.clear()
+    import_pyplot()
     try:
         demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **LAUNCH_OPTIONS)
     except OSError as exc:  # taken between the check and now
@@ -175,6 +176,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         demo.block_thread()
     finally:
         logs.restore_stderr()
+
+
+def import_pyplot() -> None:
+    """Import matplotlib.pyplot (Agg) now, before serving, in this one thread. TensorFlow imports it
+    too; done after serving, a request coming meanwhile fails: Gradio's MatplotlibBackendMananger
+    calls matplotlib.use(), which calls the half-imported pyplot's switch_backend."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot  # noqa: F401
 
 
 def _models_ready_after(app: Any, warm_up: BackgroundWarmUp | None, started: float) -> float:

@@ -1,0 +1,139 @@
+"""Reliability of the app run as a Space: a fresh `git clone` of HEAD, an empty HOME, no
+../shared beside it, `python app.py` driven through gradio_client.
+
+* first: --starts fresh processes; the first /classify is sent as soon as the page answers
+  (within a second of it); counts how many of them answered.
+* memory: one visitor chains --chain head-only fine-tunes on the stored features, uses each and
+  classifies with it; prints the app's resident memory after each, and the growth after the second.
+
+    python benchmarks/bench_space_reliability.py first [--starts 10]
+    python benchmarks/bench_space_reliability.py memory [--chain 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clone(work: Path) -> Path:
+    target = work / "app"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(target)], check=True)
+    return target
+
+
+@contextmanager
+def space(app_dir: Path, work: Path) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """(url, process, seconds from spawn to the first HTTP 200) of app.py run as a Space."""
+    home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))}
+    env.update(HOME=str(home), GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    log = open(work / f"app-{port}.log", "w")
+    spawned = time.monotonic()
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"app.py exited with {process.returncode}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield url, process, time.monotonic() - spawned
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def first_requests(app_dir: Path, work: Path, starts: int) -> None:
+    from gradio_client import Client, handle_file
+
+    photo = handle_file(str(app_dir / "examples" / "cat-chelsea.jpg"))
+    good = 0
+    for n in range(starts):
+        with space(app_dir, work) as (url, _, page_after):
+            start = time.monotonic()
+            try:
+                client = Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+                sent_after = time.monotonic() - start
+                answer = client.predict(photo, api_name="/classify")
+                ok = answer[3]["label"] == "cat"
+                client.close()
+            except Exception as exc:  # noqa: BLE001 - counted and shown
+                ok, sent_after = False, time.monotonic() - start
+                print(f"  failed: {type(exc).__name__}: {str(exc)[:200]}")
+            good += ok
+            print(f"start {n + 1}: page after {page_after:.1f} s, classify sent {sent_after:.2f} s after the page, "
+                  f"{'ok' if ok else 'FAILED'}", flush=True)
+    print(f"first classify within a second of the page: {good}/{starts} answered")
+
+
+def chained_memory(app_dir: Path, work: Path, chain: int) -> None:
+    from gradio_client import Client, handle_file
+
+    photo = handle_file(str(app_dir / "examples" / "elephant-african.jpg"))
+    with space(app_dir, work) as (url, process, _):
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        client.predict(photo, api_name="/classify")
+        sizes = [rss_mb(process.pid)]
+        print(f"after the first classify: {sizes[0]:.0f} MB", flush=True)
+        for n in range(chain):
+            status, *rest = client.predict(1, 1e-3, 0, api_name="/finetune")
+            assert status.startswith("**Done.**"), status
+            name = rest[5]
+            client.predict(name, api_name="/use_model")
+            header = client.predict(photo, api_name="/classify")[2]
+            assert name in header, header
+            sizes.append(rss_mb(process.pid))
+            print(f"fine-tune {n + 1} ({len(name)} chars) used: {sizes[-1]:.0f} MB", flush=True)
+        stored = sorted(p.name for p in (app_dir / "runs" / "finetunes").iterdir())
+        print(f"stored fine-tunes: {len(stored)}")
+        print(f"growth after the second: {sizes[-1] - sizes[2]:+.0f} MB ({sizes[2]:.0f} -> {sizes[-1]:.0f} MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("first", "memory"))
+    parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--chain", type=int, default=10)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-space-"))
+    app_dir = clone(work)
+    print(f"clone of {subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()} in {work}")
+    if args.what == "first":
+        first_requests(app_dir, work, args.starts)
+    else:
+        chained_memory(app_dir, work, args.chain)
+
+
+if __name__ == "__main__":
+    main()
