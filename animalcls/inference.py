@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoints import MODEL_FILE, Checkpoint, check_model_archive, load_checkpoint
 from .errors import AnimalclsError, ImageError
+from .model_cache import FileCache
 from .preprocessing import to_model_input
 from .settings import ENGINE_ENV
 
@@ -212,26 +213,27 @@ class Predictor:
         return dict(zip(self.class_names, map(float, probabilities))), time.perf_counter() - start
 
 
-_CACHE: dict[tuple[str, float, str], Predictor] = {}
-_CACHE_LOCK = threading.Lock()
+# Loaded models, keyed by model file, its mtime and the engine: a bounded, least recently used
+# cache (model_cache.MODELS_KEPT); a model whose folder is deleted or changed leaves it.
+_CACHE: FileCache[Predictor] = FileCache()
 
 
 def load_predictor(path: str | Path, engine: str | None = None) -> Predictor:
-    """Load a checkpoint once per process and engine; a changed model file is reloaded."""
+    """Load a checkpoint once per process and engine (while it stays among the most recently
+    used); a changed model file is reloaded."""
     folder = Path(path).resolve()
     choice = requested_engine(engine)
-    model_file = folder / MODEL_FILE
-    key = (str(folder), model_file.stat().st_mtime if model_file.exists() else 0.0, choice)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            checkpoint = load_checkpoint(folder, load_model=False)  # a broken folder fails here, any engine
-            check_model_archive(folder)
-            onnx = None if choice == "tf" else _onnx_engine(folder, required=choice == "onnx")
-            predictor = Predictor(checkpoint, onnx)
-            if onnx is None:
-                predictor.model  # noqa: B018 - load the Keras model now, so its errors surface here
-            _CACHE[key] = predictor
-        return _CACHE[key]
+    return _CACHE.get(folder / MODEL_FILE, choice, lambda: _load(folder, choice))
+
+
+def _load(folder: Path, choice: str) -> Predictor:
+    checkpoint = load_checkpoint(folder, load_model=False)  # a broken folder fails here, any engine
+    check_model_archive(folder)
+    onnx = None if choice == "tf" else _onnx_engine(folder, required=choice == "onnx")
+    predictor = Predictor(checkpoint, onnx)
+    if onnx is None:
+        predictor.model  # noqa: B018 - load the Keras model now, so its errors surface here
+    return predictor
 
 
 def _onnx_engine(folder: Path, required: bool) -> Any:

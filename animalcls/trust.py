@@ -23,6 +23,7 @@ from PIL import Image
 from . import cam, scope
 from .errors import AnimalclsError
 from .inference import Predictor, load_image, load_predictor
+from .model_cache import FileCache
 from .preprocessing import to_model_input
 
 BATCH = 16  # photos per forward pass in the CLI: bounded memory whatever the number of files
@@ -53,18 +54,15 @@ def forward_outputs(predictor: Predictor, batch: np.ndarray) -> tuple[np.ndarray
     return feature_forward(predictor)(batch)
 
 
-_SCOPES: dict[tuple[str, float], tuple[scope.ScopeDetector | None, str]] = {}
-_LOCK = threading.Lock()
+# Bounded like the models (model_cache.MODELS_KEPT): a detector holds its training features.
+_SCOPES: FileCache[tuple[scope.ScopeDetector | None, str]] = FileCache()
 
 
 def load_detector(folder: Path, manifest: dict[str, Any]) -> tuple[scope.ScopeDetector | None, str]:
-    """(the checkpoint's scope detector, "") or (None, why there is none), read once."""
+    """(the checkpoint's scope detector, "") or (None, why there is none), read once (while it
+    stays among the most recently used)."""
     path = Path(folder).resolve() / scope.SCOPE_JSON
-    key = (str(path), path.stat().st_mtime if path.is_file() else 0.0)
-    with _LOCK:
-        if key not in _SCOPES:
-            _SCOPES[key] = _read_detector(Path(folder), manifest)
-        return _SCOPES[key]
+    return _SCOPES.get(path, None, lambda: _read_detector(Path(folder), manifest))
 
 
 def _read_detector(folder: Path, manifest: dict[str, Any]) -> tuple[scope.ScopeDetector | None, str]:
@@ -156,6 +154,7 @@ def answer_all(judges: Sequence[Judge], photos: Sequence[Image.Image], heatmaps:
 
 
 _IMAGENET_MODEL: list[Any] = []
+_LOCK = threading.Lock()
 
 
 def imagenet_features(photos: Sequence[Image.Image], provider: Judge | None = None) -> np.ndarray:

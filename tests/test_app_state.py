@@ -80,5 +80,5 @@ def test_background_warm_up_loads_the_models_into_the_process_cache(tiny_checkpo
     warm_up = BackgroundWarmUp(dict(tiny_checkpoints), time.perf_counter()).start()
     warm_up.wait()
     # The app's own registry then finds them in the process-wide cache: no second load.
-    cached = {key[0] for key in inference._CACHE}
+    cached = {str(Path(path).parent) for path in inference._CACHE.paths()}
     assert {str(folder.resolve()) for folder in tiny_checkpoints.values()} <= cached
