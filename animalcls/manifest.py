@@ -67,10 +67,19 @@ class Manifest:
     def derive(self, name: str, training: dict[str, Any], dataset: dict[str, Any], **changes: Any) -> Manifest:
         """The manifest of a checkpoint made from this one (fine-tuned or taught): same model
         facts unless `changes` says otherwise, its own name, training and dataset, provenance kept."""
-        provenance = {"name": self.name, **changes.pop("finetuned_from", {})}
+        provenance = {"name": self.name, "lineage": [*self.lineage(), self.name], **changes.pop("finetuned_from", {})}
         derived = replace(self, name=name, training={**training, "source_training": self.training},
                           dataset=dataset, finetuned_from=provenance, files=[], **changes)
         return derived.stamped()
+
+    def lineage(self) -> list[str]:
+        """The names of the checkpoints this one was made from, the original first, its direct
+        source last; [] for an original (only the source's name for an older manifest)."""
+        source = self.finetuned_from or {}
+        earlier = source.get("lineage")
+        if isinstance(earlier, list) and all(isinstance(name, str) for name in earlier):
+            return list(earlier)
+        return [source["name"]] if isinstance(source.get("name"), str) else []
 
     def stamped(self) -> Manifest:
         return replace(self, created=now_iso(), versions=library_versions()).validate()

@@ -48,11 +48,17 @@ def finetunes_root() -> Path:
     return runs_root() / "finetunes"
 
 
+FINETUNE_MARK = "-ft-"
+
+
 def finetune_folder(source: Path, root: Path | None = None) -> Path:
-    """A new folder for a fine-tune of `source`: <root>/<source name>-ft-<time>[-n], never an
-    existing one (two fine-tunes in the same second get -2, -3...). Default root: finetunes_root()."""
+    """A new folder for a fine-tune of `source`: <root>/<original name>-ft-<time>[-n], never an
+    existing one (two fine-tunes in the same second get -2, -3...). Default root: finetunes_root().
+    A fine-tune of a fine-tune is named after the original, not its source: names stay short
+    however long the chain (the manifest's finetuned_from.lineage keeps the chain)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root or finetunes_root()) / f"{Path(source).resolve().name}-ft-{stamp}"
+    original = Path(source).resolve().name.split(FINETUNE_MARK)[0]
+    base = Path(root or finetunes_root()) / f"{original}{FINETUNE_MARK}{stamp}"
     out, n = base, 1
     while out.exists():
         n += 1

@@ -76,10 +76,13 @@ def load_features(folder: Path) -> StoredFeatures | None:
 
 
 def find_features(folder: Path, search: list[Path]) -> StoredFeatures | None:
-    """Features for `folder`'s backbone: its own, else those of the checkpoint it was
-    fine-tuned from (looked up by name in `search`), as long as every fine-tune on the way
-    left the backbone frozen."""
-    current: Path | None = Path(folder)
+    """Features for `folder`'s backbone: its own, else those its head was trained on
+    (`training.features_from`: a chain of head-only fine-tunes reaches them in one step, even
+    when the fine-tunes between were removed), else those of the checkpoint it was fine-tuned
+    from (looked up by name in `search`), as long as every fine-tune on the way left the
+    backbone frozen."""
+    trained_on = None if (Path(folder) / FEATURES_FILE).is_file() else _features_trained_on(Path(folder), search)
+    current: Path | None = trained_on or Path(folder)
     for _ in range(20):  # a fine-tune chain; the bound only guards against a cycle
         if current is None:
             return None
@@ -87,6 +90,26 @@ def find_features(folder: Path, search: list[Path]) -> StoredFeatures | None:
         if found is not None:
             return found
         current = _frozen_source(current, search)
+    return None
+
+
+def _features_trained_on(folder: Path, search: list[Path]) -> Path | None:
+    """The folder whose stored features trained `folder`'s head, when its backbone stayed frozen."""
+    try:
+        training = read_json(folder / MANIFEST_FILE).get("training") or {}
+    except CheckpointError:
+        return None
+    name = training.get("features_from")
+    if not isinstance(name, str) or not name or training.get("unfreeze_layers", 0) != 0:
+        return None
+    return _locate(name, search)
+
+
+def _locate(name: str, search: list[Path]) -> Path | None:
+    for root in search:
+        candidate = Path(root) / name
+        if (candidate / FEATURES_FILE).is_file() and (candidate / MANIFEST_FILE).is_file():
+            return candidate
     return None
 
 

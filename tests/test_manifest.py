@@ -65,7 +65,7 @@ def test_derive_keeps_the_model_facts_and_records_provenance() -> None:
     data = child.to_json()
     assert data["name"] == "child" and data["backbone"] == "tiny" and data["image_size"] == 32
     assert data["class_names"] == ["cat", "spider", "dog"]
-    assert data["finetuned_from"] == {"name": "m", "class_names": ["cat", "spider"]}
+    assert data["finetuned_from"] == {"name": "m", "lineage": ["m"], "class_names": ["cat", "spider"]}
     assert data["training"] == {"epochs": 1, "source_training": {"epochs": 3}}
     assert data["dataset"] == {"split": "recorded"} and "files" not in data
     assert data["created"] != "2020-01-01T00:00:00+00:00"

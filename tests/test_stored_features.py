@@ -124,3 +124,26 @@ def test_the_train_part_borrowed_from_scope_npz_is_checked_against_its_hash(tmp_
     (folder / "scope.npz").write_bytes(bytes(payload))
     with pytest.raises(CheckpointError, match="does not match"):
         load_features(folder)
+
+
+@pytest.mark.slow
+def test_chained_head_finetunes_keep_short_names_their_lineage_and_their_features(photo_less, tmp_path):
+    from animalcls.finetune import finetune
+    from animalcls.settings import finetune_folder
+    from animalcls.stored_features import find_features
+
+    root, search = tmp_path / "finetunes", [photo_less.parent, tmp_path / "finetunes"]
+    chain = [photo_less]
+    for step in range(3):
+        source = chain[-1]
+        stored = find_features(source, search)
+        assert stored is not None and stored.folder == photo_less, step
+        chain.append(finetune(source, epochs=1, out_dir=finetune_folder(source, root), stored=stored).path)
+        if step == 1:
+            shutil.rmtree(chain[1])  # the first fine-tune removed to make room (the store's cap)
+    names = [folder.name for folder in chain[1:]]
+    assert all(name.startswith("transfer-tiny-ft-") and name.count("-ft-") == 1 for name in names), names
+    assert len(set(names)) == 3 and max(map(len, names)) <= len("transfer-tiny-ft-20260101-120000-99")
+    lineage = json.loads((chain[3] / "manifest.json").read_text())["finetuned_from"]["lineage"]
+    assert lineage == ["transfer-tiny", *names[:2]]
+    assert find_features(chain[3], search).folder == photo_less
