@@ -5,7 +5,6 @@ oldest stored fine-tunes removed past the caps."""
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +24,9 @@ LIVE_PLOT_SECONDS = 1.0
 
 
 def user_error(message: str, title: str = "Error") -> gr.Error:
-    """A gr.Error whose text names no server path and no environment variable."""
-    return gr.Error(html.escape(views.public(message)), title=title, print_exception=False)
+    """A gr.Error whose text names no server path and no environment variable. Plain text, not
+    HTML-escaped: API clients read it as is (the page's toast sanitises what it shows)."""
+    return gr.Error(views.public(message), title=title, print_exception=False)
 
 
 class FinetuneHandlers:
@@ -126,7 +126,8 @@ class FinetuneHandlers:
             yield (_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
         if job.error is not None:
             if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
-                yield (_cancelled_status(job.error), *[skip] * 6, gr.update(interactive=False), skip)
+                # The result (7th) as None, not a skip: an API caller would read {'__type__': 'update'}.
+                yield (_cancelled_status(job.error), *[skip] * 5, None, gr.update(interactive=False), skip)
                 return
             detail = str(job.error) if isinstance(job.error, AnimalclsError) else f"{type(job.error).__name__}: {job.error}"
             raise user_error(f"The fine-tune failed: {detail}", "Fine-tune failed")
@@ -155,7 +156,7 @@ def _owner(request: gr.Request | None) -> str | None:
 def _finetune_inputs(epochs: Any, rate: Any, unfreeze: Any, max_epochs: int, max_unfreeze: int) -> tuple[int, float, int]:
     try:
         epochs, rate, unfreeze = int(epochs), float(rate), int(unfreeze or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # NaN, infinity, text
         raise user_error("Epochs and unfrozen layers must be whole numbers; the learning rate a number.",
                          "Bad settings") from None
     if not 1 <= epochs <= max_epochs:

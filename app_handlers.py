@@ -22,30 +22,15 @@ from animalcls.inference import load_image, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
 from animalcls.settings import BUNDLED_DIR, finetunes_root
 from app_finetune import FinetuneHandlers, user_error
+from app_inputs import UnusableUpload
 from app_trust import CellView, TempImages, answer_sides, cleared_trust_outputs, known_classes_markdown
 from app_trust import trust_outputs, untrusted_note
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
-class UnusableUpload(str):
-    """What the photo input passes on, instead of a path, for an upload it cannot open: the
-    reason. Raising in preprocessing would mark every output with a red "Error" badge and
-    leave a broken image in the input; the handlers show the reason once and clear instead."""
-
-
-def why_unusable(payload: Any) -> str:
-    path = getattr(payload, "path", None)
-    if path:
-        try:
-            load_image(path)
-        except ImageError as exc:
-            return str(exc)
-    return "The upload is not a usable image (supported: JPEG, PNG, GIF, BMP, WebP, TIFF)."
-
-
 def image_error(message: str) -> gr.Error:
-    return gr.Error(html.escape(views.public(message)), title="Not a usable image", print_exception=False)
+    return gr.Error(views.public(message), title="Not a usable image", print_exception=False)
 
 
 class AnimalApp(FinetuneHandlers):
@@ -157,7 +142,7 @@ class AnimalApp(FinetuneHandlers):
             cleared[4] = f"**Not a usable image:** {html.escape(image)}"
             return (None, *cleared)
         # The photo as a plain value, not gr.skip(): an update makes Gradio rebuild the input
-        # component for the session, which would drop app_layout.checked_image's preprocessing.
+        # component for the session (its class keeps app_inputs.UploadedImage's checks, but not its value).
         return (image, *(self.classify(image, show_heatmaps, session) if image else self.clear_results(session)))
 
     def clear_results(self, session: Any = None) -> tuple[Any, ...]:

@@ -17,7 +17,8 @@ from animalcls.app_views import example_caption
 from animalcls.checkpoints import KINDS
 from animalcls.reports import REPORT_HEADERS
 from animalcls.teach_session import TeachLimits
-from app_handlers import AnimalApp, UnusableUpload, why_unusable
+from app_handlers import AnimalApp
+from app_inputs import CheckedNumber, UploadedImage
 from app_teach import API_NAMES as TEACH_API_NAMES
 from app_teach import build_teach_section
 from app_trust import build_cells_section
@@ -44,44 +45,6 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
         confusion = gr.Image(type="filepath", label="Confusion matrix", show_label=False, interactive=False,
                              elem_id=f"{elem_prefix}-confusion", buttons=["download", "fullscreen"])
     return report, confusion
-
-
-def checked_image(**kwargs: Any) -> gr.Image:
-    """gr.Image that passes an upload Gradio cannot open on as an `UnusableUpload` (the reason).
-
-    A plain gr.Image fails in its own preprocessing on a non-image: the user sees Gradio's
-    generic "error" text and red badges on every output. The handlers instead show the reason
-    from `inference.load_image` (and API callers get it as the error). (An instance attribute,
-    not a subclass: Gradio writes a .pyi file next to the module of every Component subclass.)
-    """
-    image = gr.Image(**kwargs)
-    original = image.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        try:
-            return original(payload)
-        except gr.Error:
-            raise
-        except Exception:  # noqa: BLE001 - anything PIL or Gradio raises on a bad file
-            return UnusableUpload(why_unusable(payload))
-
-    image.preprocess = preprocess  # type: ignore[method-assign]
-    return image
-
-
-def checked_number(**kwargs: Any) -> gr.Number:
-    """gr.Number that answers a non-numeric API value with a message, not Gradio's empty error."""
-    number = gr.Number(**kwargs)
-    original = number.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
-            raise gr.Error(f"{number.label} must be a number, got {str(payload)[:40]!r}.", title="Bad settings",
-                           print_exception=False)
-        return original(payload)
-
-    number.preprocess = preprocess  # type: ignore[method-assign]
-    return number
 
 
 def checked_examples(examples: gr.Examples) -> gr.Examples:
@@ -133,7 +96,7 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
     gr.Markdown(handlers.known_classes(), elem_id="known-classes")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=280):
-            image = checked_image(
+            image = UploadedImage(
                 sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
                 label="Photo (JPEG, PNG, GIF, BMP, WebP, TIFF; up to 50 MB)", elem_id="classify-image", height=320,
             )
@@ -225,10 +188,10 @@ def _finetune_tab(
 ) -> None:
     gr.Markdown(handlers.finetune_intro(), elem_id="ft-intro")
     with gr.Row():
-        epochs = checked_number(value=min(3, handlers.max_epochs), label=f"Epochs (1-{handlers.max_epochs})",
+        epochs = CheckedNumber(value=min(3, handlers.max_epochs), label=f"Epochs (1-{handlers.max_epochs})",
                                 minimum=1, maximum=handlers.max_epochs, precision=0, elem_id="ft-epochs")
-        rate = checked_number(value=1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
-        unfreeze = checked_number(value=0, label=f"Unfreeze the top N backbone layers (0 = head only; at most "
+        rate = CheckedNumber(value=1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
+        unfreeze = CheckedNumber(value=0, label=f"Unfreeze the top N backbone layers (0 = head only; at most "
                                   f"{handlers.max_unfreeze} here)", minimum=0, maximum=handlers.max_unfreeze,
                                   precision=0, interactive=handlers.max_unfreeze > 0, elem_id="ft-unfreeze")
     with gr.Row():

@@ -17,13 +17,14 @@ from animalcls.checkpoints import KINDS
 from animalcls.errors import AnimalclsError, ImageError
 from animalcls.inference import load_image
 from animalcls.teach_session import TeachLimits, TeachSession, classify, teach_sides
+from app_inputs import UnusableUpload, UploadedImage
 
 API_NAMES = ("teach_add", "teach_train", "teach_classify", "teach_clear")
 STATE_TTL_S = 3600  # a session's photos and heads are dropped an hour after its last use
 
 
 def _error(message: str, title: str = "Teach") -> gr.Error:
-    return gr.Error(html.escape(message), title=title, print_exception=False)
+    return gr.Error(message, title=title, print_exception=False)  # plain text: API clients read it as is
 
 
 class TeachPanel:
@@ -41,6 +42,8 @@ class TeachPanel:
         return [c for folder in self.sides().values() if folder for c in read_manifest(folder)["class_names"]]
 
     def add(self, session: TeachSession, name: str, files: list[str] | None, webcam: str | None) -> tuple[Any, ...]:
+        if isinstance(webcam, UnusableUpload):
+            raise _error(f"The webcam photo is not usable: {webcam}", "Not a usable image")
         uploads = [*(files or []), *([webcam] if webcam else [])]
         if not uploads:
             raise _error("Drop one or more photos (or take one with the webcam) first.")
@@ -62,6 +65,8 @@ class TeachPanel:
         return session, _trained_text(session, notes)
 
     def classify(self, session: TeachSession, image: str | None) -> tuple[Any, ...]:
+        if isinstance(image, UnusableUpload):
+            raise _error(str(image), "Not a usable image")
         if not session.taught:
             raise _error("Train first: add photos, then press Train both models.")
         if not image:
@@ -101,7 +106,7 @@ def build_teach_section(app: Any, limits: TeachLimits | None = None) -> TeachPan
             name = gr.Textbox(label="Class name", placeholder="e.g. dog", max_length=40, elem_id="teach-name")
             files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath",
                             elem_id="teach-files")
-            webcam = gr.Image(sources=["webcam"], type="filepath", label="or take one", elem_id="teach-webcam")
+            webcam = UploadedImage(sources=["webcam"], type="filepath", label="or take one", elem_id="teach-webcam")
             with gr.Row():
                 add = gr.Button("Add photos", elem_id="teach-add")
                 clear = gr.Button("Clear", elem_id="teach-clear")
@@ -112,7 +117,7 @@ def build_teach_section(app: Any, limits: TeachLimits | None = None) -> TeachPan
             train = gr.Button("Train both models", variant="primary", elem_id="teach-train")
             trained = gr.Markdown(elem_id="teach-status")
     with gr.Row(equal_height=False):
-        photo = gr.Image(sources=["upload", "webcam", "clipboard"], type="filepath", label="Next photo",
+        photo = UploadedImage(sources=["upload", "webcam", "clipboard"], type="filepath", label="Next photo",
                          elem_id="teach-photo", height=240)
         labels = [gr.Label(num_top_classes=5, label=f"taught {kind} model", elem_id=f"teach-label-{kind}")
                   for kind in KINDS]

@@ -199,9 +199,15 @@ class CellView:
         return pd.DataFrame([[n, *row] for n, row in zip(names, matrix)], columns=["true \\ predicted", *names])
 
     def select(self, kind: str) -> Callable[..., tuple[Any, Any]]:
-        def handler(evt: gr.SelectData, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
-            row, col = (evt.index if isinstance(evt.index, (list, tuple)) else (evt.index, 0))
-            return self.cell(kind, int(row), int(col) - 1 if int(col) > 0 else None, progress)
+        # gr.EventData, not gr.SelectData: SelectData fails inside Gradio, with no message, on an API
+        # call whose event data lacks "index" or "value".
+        def handler(evt: gr.EventData, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
+            data = evt._data if isinstance(evt._data, dict) else {}
+            cell = _cell_index(data.get("index"))
+            if cell is None:  # an API caller's index that no click makes: answered, not a traceback
+                return "Click a cell of the table.", []
+            row, col = cell
+            return self.cell(kind, row, col - 1 if col > 0 else None, progress)
 
         return handler
 
@@ -276,6 +282,15 @@ class CellView:
         if len(files) > GALLERY_LIMIT:
             caption += f" Showing the first {GALLERY_LIMIT}."
         return caption, items
+
+
+def _cell_index(index: Any) -> tuple[int, int] | None:
+    """(row, column) of a table click: [row, col] from the page, a bare row from older clients;
+    None for anything else (text, fractions, booleans, NaN)."""
+    cell = list(index) if isinstance(index, (list, tuple)) else [index, 0]
+    if len(cell) != 2 or not all(type(i) is int for i in cell):
+        return None
+    return cell[0], cell[1]
 
 
 def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:

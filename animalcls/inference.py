@@ -29,6 +29,9 @@ from .settings import ENGINE_ENV
 # these, the app's examples gallery by these less TIFF (browsers show none). Training reads
 # fewer (data.IMAGE_EXTENSIONS: what TensorFlow decodes).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+# The PIL decoders tried, whatever a file's name says: the formats the page names, nothing else
+# (no ICO/TGA/PPM, no EPS, which PIL hands to Ghostscript). A camera's MPO opens as JPEG.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
@@ -61,6 +64,20 @@ def load_image(source: ImageInput, max_side: int | None = None) -> Image.Image:
             raise ImageError("The uploaded data is an empty file (0 bytes).")
         return _open(io.BytesIO(source), "the uploaded data", max_side)
     path = Path(source)
+    _check_file(path)
+    return _open(path, path.name, max_side)
+
+
+def check_image_file(path: str | Path) -> None:
+    """Raise ImageError (the reason) unless `path` is a usable image as far as its size and
+    header tell: a non-empty file within MAX_FILE_BYTES, in IMAGE_FORMATS, within MAX_PIXELS.
+    Reads the header only, so a decompression bomb is refused without being decoded."""
+    path = Path(path)
+    _check_file(path)
+    _open(path, path.name, decode=False)
+
+
+def _check_file(path: Path) -> None:
     if path.is_dir():
         raise ImageError(f"{path} is a folder, not an image file.")
     if not path.is_file():
@@ -69,15 +86,16 @@ def load_image(source: ImageInput, max_side: int | None = None) -> Image.Image:
         raise ImageError(f"{path.name} is an empty file (0 bytes).")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ImageError(f"{path.name} is larger than {MAX_FILE_BYTES // 2**20} MB; use a smaller image.")
-    return _open(path, path.name, max_side)
 
 
-def _open(handle: Any, what: str, max_side: int | None = None) -> Image.Image:
+def _open(handle: Any, what: str, max_side: int | None = None, decode: bool = True) -> Image.Image | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(handle) as image:
+            with Image.open(handle, formats=IMAGE_FORMATS) as image:
                 _check_size(image.width, image.height, what)
+                if not decode:
+                    return None
                 if max_side and image.format == "JPEG":
                     # Decode at 1/2, 1/4 or 1/8 scale, never below the requested size.
                     image.draft(None, (REDUCE_MARGIN * max_side, REDUCE_MARGIN * max_side))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -213,18 +214,23 @@ def test_classify_without_photo(animal_app):
         animal_app.classify(None)
 
 
-def test_image_input_passes_the_reason_for_a_non_image(tmp_path):
+def test_image_input_passes_the_reason_for_a_non_image(tmp_path, monkeypatch):
     """Gradio's own preprocessing fails on a non-image before the handler; ours passes the reason on."""
     from gradio.data_classes import ImageData
 
+    from app_inputs import UploadedImage
+
+    cache = tmp_path / "gradio-cache"  # the input reads only Gradio's upload folder
+    cache.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
     with gr.Blocks():
-        image = app_layout.checked_image(type="filepath", image_mode=None)
-    bad = tmp_path / "document.pdf"
+        image = UploadedImage(type="filepath", image_mode=None)
+    bad = cache / "document.pdf"
     bad.write_bytes(b"%PDF-1.4 not an image")
     reason = image.preprocess(ImageData(path=str(bad), orig_name="document.pdf"))
     assert isinstance(reason, UnusableUpload) and "document.pdf is not an image" in reason
-    good = make_image(tmp_path / "ok.png", (10, 20, 30))
-    assert image.preprocess(ImageData(path=str(good), orig_name="ok.png")) == str(good)
+    good = make_image(cache / "ok.png", (10, 20, 30))
+    assert image.preprocess(ImageData(path=str(good), orig_name="ok.png")) == os.path.realpath(good)
 
 
 def test_an_unusable_upload_clears_the_photo_and_results_with_one_message(animal_app, test_photo):
@@ -469,6 +475,7 @@ def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch)
     monkeypatch.setattr(animalcls.finetune, "finetune", cancelled)
     final = drain(animal_app.finetune(1, 1e-3, 0))[-1]
     assert final[0].startswith("**Cancelled** while extracting backbone features")
+    assert final[6] is None  # the result's name: none (a skip reaches API callers as {'__type__': 'update'})
     with pytest.raises(gr.Error, match="No fine-tuned model yet"):
         animal_app.use_model()
 
