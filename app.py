@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = parse_args(argv)
     _check_port_free(args.host, args.port)
+    signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: Gradio's cache and the temp folders are removed
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     served = resolve_checkpoints(args.scratch, args.transfer, BUNDLED_DIR, not args.no_hub, args.hub_repo)
     share_thread_pool()  # this process is the app's: both models run on one pool of threads (if onnxruntime is here)
@@ -159,6 +161,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:  # taken between the check and now
         logs.restore_stderr()
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {exc}") from None
+    try:
+        _finish_start(app, args, warm_up, started)
+        demo.block_thread()  # closes the server on SIGTERM or Ctrl-C
+    except KeyboardInterrupt:  # stopped while still starting
+        demo.close()
+    finally:
+        logs.restore_stderr()
+
+
+def _finish_start(app: Any, args: argparse.Namespace, warm_up: BackgroundWarmUp | None, started: float) -> None:
+    """Once serving: wait for the models, say when they were ready, then import TensorFlow."""
     serving_after = time.perf_counter() - started
     if args.no_warm_up:
         print(f"Serving {serving_after:.1f} s after start; the models load on the first request.", flush=True)
@@ -172,10 +185,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     import animalcls.finetune  # noqa: F401
     app.ready.set()
     app.models_ready.set()
-    try:
-        demo.block_thread()
-    finally:
-        logs.restore_stderr()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (how a Space, Docker or systemd stops the app) as Ctrl-C: Gradio closes the server,
+    deleting its cached files (delete_cache), and the exit handlers remove the temp folders."""
+    raise KeyboardInterrupt
 
 
 def import_pyplot() -> None:

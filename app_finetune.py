@@ -6,6 +6,7 @@ oldest stored fine-tunes removed past the caps."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,16 @@ class FinetuneHandlers:
                                                   if self.max_unfreeze else "; only the classifier head trains")
             + " on this server. One fine-tune runs at a time: if another visitor's is running, yours waits in the "
             "queue and shows its place. The result is yours: other visitors do not see it, and *Use this model* "
-            f"changes the model for this browser session only. The newest {self.store.limits.max_count} fine-tunes "
-            "are kept; older ones are removed (the original models never are)."
+            f"changes the model for this browser session only. {self.kept_text(source)}"
         )
+
+    def kept_text(self, source: Path) -> str:
+        """How many fine-tunes this server keeps, as its caps allow fine-tunes the size of `source`'s."""
+        limits = self.store.limits
+        kept = limits.kept(self.store.typical_bytes(source))
+        newest = "Only the newest fine-tune is" if kept == 1 else f"The newest {kept} fine-tunes are"
+        return (f"{newest} kept (at most {limits.max_count}, {limits.max_bytes / 2**20:.0f} MB in all); older ones "
+                "are removed unless a visitor is using them (the original models never are).")
 
     def finetune(
         self, epochs: float, learning_rate: float, unfreeze_layers: float, session: Any = None,
@@ -89,6 +97,9 @@ class FinetuneHandlers:
         if stored is not None and unfreeze:
             raise user_error("Unfreezing backbone layers needs the photos, which are not on this server: "
                              "use 0 (head only).", "Bad settings")
+        crowded = self.store.crowded()
+        if crowded is not None:
+            raise user_error(crowded, "Server full")
         out_dir = finetune_folder(source, self.finetune_root)
         self._wait_ready()
 
@@ -105,7 +116,7 @@ class FinetuneHandlers:
         except BusyError as exc:
             raise user_error(str(exc), "Busy") from None
         try:
-            yield from self._follow(job, source, state, progress)
+            yield from self._follow(job, source, {**state, "pin": state.get("pin") or session_key(request)}, progress)
         finally:
             if job.running:  # the visitor left (closed the tab): do not train for nobody
                 job.cancel()
@@ -133,8 +144,8 @@ class FinetuneHandlers:
             raise user_error(f"The fine-tune failed: {detail}", "Fine-tune failed")
         result = job.result
         new = Path(result.path)
+        state = self.store.pin({**state, "owned": [*state["owned"], new.name]}, state["pin"])
         self.store.prune(keep=[new, *(p for p in self.registry.paths().values() if p is not None)])
-        state = {**state, "owned": [*state["owned"], new.name]}
         yield (_final_status(name, result, source), _curves(result.history or {}, f"{name} fine-tuned"), skip, skip,
                self.report_frame(result.evaluation), views.confusion_file(new, self.render_dir), new.name,
                gr.update(interactive=True), state)
@@ -151,6 +162,11 @@ class FinetuneHandlers:
 
 def _owner(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The key a session's pins are kept under: its Gradio session hash (a random one without)."""
+    return _owner(request) or uuid.uuid4().hex
 
 
 def _finetune_inputs(epochs: Any, rate: Any, unfreeze: Any, max_epochs: int, max_unfreeze: int) -> tuple[int, float, int]:

@@ -4,7 +4,6 @@ them into gr.Blocks is in app_layout.py; what the handlers show is computed in a
 from __future__ import annotations
 
 import html
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,14 @@ from animalcls import app_views as views
 from animalcls.app_checkpoints import ServedCheckpoints, resolve_checkpoints
 from animalcls.app_sessions import FinetuneStore, SessionModels, StoreLimits, session_of
 from animalcls.app_state import FinetuneRunner, ModelRegistry
+from animalcls.app_temp import private_folder, remove_stale
 from animalcls.atomic import clean_leftovers
 from animalcls.checkpoints import KINDS, read_manifest
 from animalcls.errors import AnimalclsError, ImageError
 from animalcls.inference import load_image, top_k
 from animalcls.reports import REPORT_HEADERS, report_rows
 from animalcls.settings import BUNDLED_DIR, finetunes_root
-from app_finetune import FinetuneHandlers, user_error
+from app_finetune import FinetuneHandlers, session_key, user_error
 from app_inputs import UnusableUpload
 from app_trust import CellView, TempImages, answer_sides, cleared_trust_outputs, known_classes_markdown
 from app_trust import trust_outputs, untrusted_note
@@ -75,8 +75,11 @@ class AnimalApp(FinetuneHandlers):
         self.sessions = SessionModels(self.registry.paths, self.store)
         self.max_epochs, self.max_unfreeze, self.use_for_everyone = max_epochs, max_unfreeze, use_for_everyone
         self.examples_dir = Path(examples_dir)
-        self.render_dir = Path(tempfile.mkdtemp(prefix="animalcls-plots-"))  # plots drawn for PNG-less folders
+        remove_stale()  # temp folders of app processes that died without cleaning up
+        self.render_dir = private_folder("plots")  # plots drawn for PNG-less folders; removed at exit
         self.cleaned = clean_leftovers([self.checkpoints_root, self.finetune_root])
+        # A store over its caps (they may have been lowered) is pruned now, not after the next fine-tune.
+        self.store.prune(keep=[p for p in paths.values() if p is not None])
         # Set once TensorFlow and Keras are imported (main() imports them after the server is
         # up). Handlers that need them wait for it: two threads importing TensorFlow at the
         # same time can fail with importlib's _DeadlockError (seen here).
@@ -202,8 +205,9 @@ class AnimalApp(FinetuneHandlers):
         return pd.DataFrame(rows, columns=REPORT_HEADERS)
 
     # ----- Use / restore (this session only, unless the operator shares swaps) -----
-    def use_model(self, name: str | None = None, session: Any = None) -> tuple[Any, ...]:
-        """Classify with the checkpoint `name` (a fine-tune of this session) from now on."""
+    def use_model(self, name: str | None = None, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:
+        """Classify with the checkpoint `name` (a fine-tune of this session) from now on; it stays
+        on the server while this session lives (pinned)."""
         state = session_of(session)
         if not name:
             raise user_error("No fine-tuned model yet: run a fine-tune to the end first.", "Nothing to use")
@@ -213,7 +217,7 @@ class AnimalApp(FinetuneHandlers):
                              "models and your own fine-tunes; old fine-tunes are removed to make room).", "Unknown model")
         kind = read_manifest(folder)["kind"]
         self._wait_ready()
-        state = self.sessions.choose(state, folder.name, kind)
+        state = self.store.pin(self.sessions.choose(state, folder.name, kind), session_key(request))
         if self.use_for_everyone:
             self.registry.use(folder, kind)
             message = f"**Now classifying with {folder.name}** on the {kind} side, for every visitor of this server."
@@ -222,11 +226,20 @@ class AnimalApp(FinetuneHandlers):
                        "(other visitors keep the original models).")
         return (message, *self.model_views(state), state)
 
-    def restore_models(self, session: Any = None) -> tuple[Any, ...]:
-        state = {**session_of(session), "models": {}}
+    def restore_models(self, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:
+        state = self.store.pin({**session_of(session), "models": {}}, session_key(request))
         if self.use_for_everyone:
             self.registry.reset()
         return ("Restored the original models.", *self.model_views(state), state)
+
+    # ----- Session end: its fine-tunes are no longer pinned -----
+    def end_session(self, request: gr.Request = None) -> None:
+        """demo.unload: the visitor closed or reloaded the page."""
+        self.store.pins.drop(getattr(request, "session_hash", None))
+
+    def forget_session(self, session: Any) -> None:
+        """The session state's delete_callback: Gradio dropped the state (an hour after the page closed)."""
+        self.store.pins.drop(session.get("pin") if isinstance(session, dict) else None)
 
     # ----- Examples -----
     def example_photos(self) -> tuple[list[str], list[str]]:

@@ -24,6 +24,9 @@ from app_teach import build_teach_section
 from app_trust import build_cells_section
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
+# Gradio's (frequency, age) in seconds: every 15 minutes, uploads and outputs older than an hour
+# are deleted from its cache; all of this server's are deleted when it stops.
+DELETE_CACHE = (900, 3600)
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
 # cancel_finetune, use_model, restore_models and the Teach panel's teach_*; the others are UI
 # plumbing, callable but undocumented.
@@ -65,10 +68,10 @@ def checked_examples(examples: gr.Examples) -> gr.Examples:
 
 def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -> gr.Blocks:
     """The Blocks: a notice, then the Classify, Training and Fine-tune tabs, wired to `handlers`."""
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         # This visitor's model choices and fine-tunes (animalcls.app_sessions): per browser
         # session or gradio_client Client, never shared.
-        session = gr.State(new_session())
+        session = gr.State(new_session(), delete_callback=handlers.forget_session)
         gr.Markdown(f"# {TITLE}")
         gr.Markdown(
             "\n\n".join(f"**Note:** {html.escape(n)}" for n in handlers.notices),
@@ -86,6 +89,7 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
         demo.load(handlers.model_views, session, view_outputs, api_name="model_info", concurrency_limit=None,
                   show_progress="hidden")
+    demo.unload(handlers.end_session)  # the visitor's fine-tunes are no longer pinned
     demo.animalcls_app = handlers  # for tests and embedding
     demo.animalcls_teach = teach_panel
     return demo

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 import uuid
 from collections import deque
@@ -22,6 +21,7 @@ import gradio as gr
 
 from animalcls import trust
 from animalcls.app_state import ModelRegistry
+from animalcls.app_temp import private_folder
 from animalcls.atomic import write_atomic
 from animalcls.cells import SplitPredictions, disagreements, recorded_confusion, split_predictions, true_labels
 from animalcls.checkpoints import KINDS, read_manifest
@@ -46,7 +46,7 @@ class TempImages:
     def folder(self) -> Path:
         with self._lock:
             if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="animalcls-images-"))
+                self._folder = private_folder("images")  # removed at exit (and at the next start if killed)
             return self._folder
 
     def overlay(self, image: Any) -> str:

@@ -12,13 +12,17 @@ another session sees; the server-wide default changes only when the operator all
 (`--use-for-everyone`).
 
 Stored fine-tunes are capped in number and total bytes; the oldest are deleted first, and
-nothing outside the fine-tune root (the bundled checkpoints included) is ever deleted.
+nothing outside the fine-tune root (the bundled checkpoints included) is ever deleted. A
+fine-tune a live session uses (or just made) is pinned (`Pins`, keyed by the session's "pin"):
+never deleted while pinned, whatever the caps; a new fine-tune is refused instead when the
+pinned ones alone reach the hard ceiling (`StoreLimits.ceiling`).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +45,18 @@ def session_of(state: Any) -> dict[str, Any]:
         return new_session()
     models = state.get("models") if isinstance(state.get("models"), dict) else {}
     owned = state.get("owned") if isinstance(state.get("owned"), list) else []
-    return {
+    session = {
         "models": {k: str(v) for k, v in models.items() if k in KINDS and isinstance(v, str)},
         "owned": [str(name) for name in owned if isinstance(name, str)],
     }
+    if isinstance(state.get("pin"), str):
+        session["pin"] = state["pin"]
+    return session
+
+
+def pinned_names(session: dict[str, Any]) -> set[str]:
+    """The checkpoints a session must keep: those it classifies with and its newest fine-tune."""
+    return {*session["models"].values(), *session["owned"][-1:]}
 
 
 def valid_name(name: Any) -> bool:
@@ -63,6 +75,35 @@ class StoreLimits:
     max_count: int = 5
     max_bytes: int = 200 * 2**20
 
+    def ceiling(self) -> tuple[int, int]:
+        """(count, bytes) that fine-tunes pinned by live sessions may reach before new
+        fine-tunes are refused: twice the caps."""
+        return 2 * self.max_count, 2 * self.max_bytes
+
+    def kept(self, folder_size: int) -> int:
+        """How many fine-tunes of `folder_size` bytes the caps keep (at least the newest one)."""
+        return max(1, min(self.max_count, self.max_bytes // max(1, folder_size)))
+
+
+class Pins:
+    """Names pinned per live session (thread-safe): what `pinned_names` gives for its session."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()
+
+    def set(self, key: str, names: set[str]) -> None:
+        with self._lock:
+            self._by_session[key] = frozenset(names)
+
+    def drop(self, key: Any) -> None:
+        with self._lock:
+            self._by_session.pop(key, None)
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set().union(*self._by_session.values())
+
 
 class FinetuneStore:
     """The fine-tune root: name -> folder for the sessions that own them, and pruning."""
@@ -72,6 +113,33 @@ class FinetuneStore:
         self.limits = limits or StoreLimits()
         # Folders never deleted whatever the caps: the bundled checkpoints, the server's defaults.
         self.protected = [Path(p).resolve() for p in (protected or [])]
+        self.pins = Pins()  # fine-tunes live sessions use: never deleted while pinned
+
+    def pin(self, session: dict[str, Any], key: str) -> dict[str, Any]:
+        """`session` pinned under `key` (kept if it has one): its models stay until `unpin`."""
+        session = {**session, "pin": session.get("pin") or key}
+        self.pins.set(session["pin"], pinned_names(session))
+        return session
+
+    def typical_bytes(self, source: Path) -> int:
+        """The size of a fine-tune: the newest stored one, else `source` without what a
+        fine-tune does not copy (its stored features)."""
+        from .stored_features import FEATURES_FILE
+
+        stored = self.stored()
+        if stored:
+            return folder_bytes(stored[-1])
+        features = Path(source) / FEATURES_FILE
+        return folder_bytes(Path(source)) - (features.stat().st_size if features.is_file() else 0)
+
+    def crowded(self) -> str | None:
+        """Why no new fine-tune may be stored now (the pinned ones alone reach the ceiling), or None."""
+        pinned = [folder for folder in self.stored() if folder.name in self.pins.names()]
+        count, size = self.limits.ceiling()
+        if len(pinned) < count and sum(map(folder_bytes, pinned)) < size:
+            return None
+        return (f"This server already keeps {len(pinned)} fine-tunes that visitors are using, its limit: "
+                "a new one could not be stored. Try again when some visitors have left.")
 
     def folder(self, name: str) -> Path | None:
         """The stored fine-tune called `name`, if it exists."""
@@ -89,8 +157,9 @@ class FinetuneStore:
 
     def prune(self, keep: list[Path] | tuple[Path, ...] = ()) -> list[str]:
         """Delete the oldest fine-tunes until both caps hold; the folders in `keep` (the newest,
-        any the server serves to everyone) always stay. Returns the names deleted."""
-        kept = {Path(p).resolve() for p in keep}
+        any the server serves to everyone) and those pinned by live sessions always stay.
+        Returns the names deleted."""
+        kept, pinned = {Path(p).resolve() for p in keep}, self.pins.names()
         folders = self.stored()
         sizes = {p: folder_bytes(p) for p in folders}
         removed: list[str] = []
@@ -98,7 +167,7 @@ class FinetuneStore:
             count, total = len(folders) - len(removed), sum(sizes.values())
             if count <= self.limits.max_count and total <= self.limits.max_bytes:
                 break
-            if folder.resolve() in kept or self._protected(folder):
+            if folder.resolve() in kept or folder.name in pinned or self._protected(folder):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
@@ -141,7 +210,10 @@ class SessionModels:
         self, session: dict[str, Any], shared: dict[str, tuple[Path | None, bool]]
     ) -> dict[str, tuple[Path | None, bool]]:
         """kind -> (folder, swapped in) from one read of the server's sides (ModelRegistry.snapshot)
-        with this session's choices on top: one request never mixes two models."""
+        with this session's choices on top: one request never mixes two models. A pinned
+        session is pinned again (its pins may have been dropped when its connection broke)."""
+        if session.get("pin"):
+            self.store.pins.set(session["pin"], pinned_names(session))
         sides = dict(shared)
         for kind, name in session["models"].items():
             folder = self.folder_of(session, name)

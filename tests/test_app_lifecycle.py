@@ -65,6 +65,10 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
 @contextmanager
 def app_process(tmp: Path, env: dict[str, str], *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """`python app.py` on the bundled checkpoints, HOME and the fine-tune store in `tmp`."""
@@ -106,3 +110,29 @@ def test_the_first_classify_works_while_tensorflow_is_still_importing(tmp_path):
         answer = client.predict(handle_file(str(photo)), api_name="/classify")
         client.close()
     assert answer[1]["confidences"] and answer[3]["confidences"], answer
+
+
+@pytest.mark.slow
+def test_a_stopped_app_leaves_no_temp_folder_and_no_upload_behind(tmp_path):
+    import signal
+
+    from gradio_client import Client, handle_file
+
+    temp, cache = tmp_path / "tmp", tmp_path / "gradio"
+    temp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = temp / f"animalcls-plots-{dead.stdout.strip()}-x1y2"  # left by a process that was killed
+    stale.mkdir()
+    photo = make_image(tmp_path / "photo.jpg", (40, 200, 60), size=64)
+    with app_process(tmp_path, {"TMPDIR": str(temp), "GRADIO_TEMP_DIR": str(cache)}) as (url, process):
+        assert not stale.exists()
+        examples = _files(cache)  # Gradio keeps its copies of the example photos (the same ones at every start)
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 60})
+        client.predict(handle_file(str(photo)), api_name="/classify")
+        client.close()
+        assert [p for p in _files(cache) - examples if p.name == "photo.jpg"]  # the upload, in Gradio's cache
+        assert list(temp.glob(f"animalcls-plots-{process.pid}-*"))
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert not list(temp.glob("animalcls-*")), list(temp.iterdir())
+    assert _files(cache) <= examples, _files(cache) - examples
