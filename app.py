@@ -15,6 +15,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -215,5 +216,17 @@ def _models_ready_after(app: Any, warm_up: BackgroundWarmUp | None, started: flo
     return ready_after
 
 
+def _exit_now() -> None:
+    """After the server closed: run the exit handlers (the temp folders) and leave, without
+    waiting for worker threads parked in Gradio's pools (seen to hold a stopped app over 30 s)."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main()
+    _exit_now()
