@@ -126,6 +126,9 @@ def _validate_manifest(manifest: Any, where: Path) -> None:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint's manifest without loading the model (fast)."""
     folder = Path(path)
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file, not a checkpoint folder (the checkpoint comes first, "
+                              "then any images).")
     if not folder.is_dir():
         raise CheckpointError(f"Checkpoint folder not found: {folder}")
     manifest = read_json(folder / MANIFEST_FILE)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_checks import check_arguments, resolve_checkpoint, train_out
-from .cli_parser import build_parser
+from .cli_parser import DEFAULT_TOP, build_parser
 from .errors import AnimalclsError, Cancelled
 
 # ---------------------------------------------------------------- handlers
@@ -95,8 +95,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     answers = dict(zip(args.images, trust.answer_files(judge, args.images)))
     if judge.scope_note:  # said once, after the answers (an error comes alone); the fields stay, as null
         print(f"note: {judge.scope_note}; \"out_of_scope\" and \"scope_score\" are null.", file=sys.stderr)
+    top = args.top or DEFAULT_TOP
     if args.json:
-        print(json.dumps({image: a.to_json(args.top) for image, a in answers.items()}, indent=1))
+        print(json.dumps({image: a.to_json(top) for image, a in answers.items()}, indent=1))
         return 0
     manifest = judge.predictor.manifest
     print(f"Model: {manifest['name']} ({manifest['kind']}, {manifest['backbone']})")
@@ -105,7 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if answer.out_of_scope:
             print(f"  {trust.none_of_line(judge.class_names)} (scope score {answer.scope_score:.2f} > "
                   f"{judge.detector.threshold:.2f}); the probabilities below are not to be trusted")
-        for label, p in sorted(answer.probabilities.items(), key=lambda item: item[1], reverse=True)[: args.top]:
+        for label, p in sorted(answer.probabilities.items(), key=lambda item: item[1], reverse=True)[:top]:
             print(f"  {label:<12} {p:7.2%}")
     return 0
 
@@ -128,24 +129,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _predict_rows(args: argparse.Namespace) -> int:
     """Stream one CSV/JSON-lines row per image of the given files and folders."""
-    from . import atomic, batch_predict, checkpoints
+    from . import atomic, batch_predict, trust
 
-    _check_positive(batch_size=args.batch_size)
-    if args.json:
-        raise ValueError("--json is for explicit images; with folders use --format jsonl.")
-    folder = resolve_checkpoint(args.checkpoint)
-    checkpoints.read_manifest(folder)  # a bad checkpoint fails before discovery and model loading
-    paths = batch_predict.discover(args.images)
+    paths = batch_predict.discover(args.images)  # the arguments were checked (cli_checks.check_predict)
     fmt = args.format or "csv"
-    from .inference import load_predictor
-
-    predictor = load_predictor(folder, args.engine)
+    judge = trust.InputJudge(trust.judge_for(resolve_checkpoint(args.checkpoint), args.engine))
     if args.output:
         atomic.write_atomic(Path(args.output), lambda handle: batch_predict.write_rows(
-            predictor, paths, fmt, args.batch_size, handle))
+            judge, paths, fmt, args.batch_size, handle))
         print(f"Wrote {len(paths)} rows to {args.output}", file=sys.stderr)
     else:
-        batch_predict.write_rows(predictor, paths, fmt, args.batch_size, sys.stdout)
+        batch_predict.write_rows(judge, paths, fmt, args.batch_size, sys.stdout)
+    if judge.judge.scope_note:
+        print(f"note: {judge.judge.scope_note}; \"out_of_scope\" and \"scope_score\" are empty.", file=sys.stderr)
     return 0
 
 
@@ -190,7 +186,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from . import hub
 
-    print(hub.push_checkpoint(Path(args.checkpoint), args.repo_id, private=args.private, dry_run=args.dry_run))
+    print(hub.push_checkpoint(resolve_checkpoint(args.checkpoint), args.repo_id, private=args.private, dry_run=args.dry_run))
     return 0
 
 

@@ -9,7 +9,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import KINDS, default_pair, read_manifest
+from .checkpoints import (
+    KINDS,
+    SPLIT_FILE,
+    check_model_archive,
+    default_pair,
+    read_manifest,
+)
+from .data import Split, class_folders
 from .errors import AnimalclsError
 from .labels import resolve_classes
 from .settings import BACKBONE_IMAGE_SIZES, BUNDLED_DIR, default_backbone
@@ -24,7 +31,7 @@ class ArgumentError(AnimalclsError, ValueError):
 def check_arguments(args: argparse.Namespace) -> None:
     """Check every argument of `args.command` that can be checked without TensorFlow."""
     checks = {"train": check_train, "evaluate": check_evaluate, "predict": check_predict,
-              "finetune": check_finetune, "push": check_push}
+              "finetune": check_finetune, "push": check_push, "download": check_download, "export": check_export}
     if hasattr(args, "engine"):  # --engine, else ANIMALCLS_ENGINE: a bad value is said first
         from .inference import requested_engine  # TF-free module
 
@@ -72,35 +79,63 @@ def check_train(args: argparse.Namespace) -> None:
         _existing_file("Weights file", args.weights)
     if not args.data.startswith("hf://"):
         _existing_folder("Dataset folder", args.data)
+        class_folders(args.data, args.classes)  # every class has its folder, before TensorFlow
     out = train_out(args)
     if out.exists():
         raise ArgumentError(f"Checkpoint folder already exists: {out} (choose another --out).")
 
 
 def check_evaluate(args: argparse.Namespace) -> None:
-    _checkpoint_manifest(args.checkpoint)
+    folder, manifest = _checkpoint_manifest(args.checkpoint)
     if args.data and not args.data.startswith("hf://"):
         _existing_folder("Dataset folder", args.data)
+        class_folders(args.data, manifest["class_names"])
     if args.include_training_photos and not args.data:
         raise ArgumentError("--include-training-photos needs --data DIR (the recorded test split has none).")
-    if args.json and Path(args.json).is_dir():
-        raise ArgumentError(f"--json {args.json} is a folder: give a file name.")
+    _check_split(folder, needs_dataset=not args.data)
+    _output_file("--json", args.json)
+
+
+def _check_split(folder: Path, needs_dataset: bool) -> None:
+    """The checkpoint's split.json reads (when present or needed), and its dataset is here if `needs_dataset`."""
+    path = folder / SPLIT_FILE
+    if not path.is_file():
+        if needs_dataset:
+            raise ArgumentError(f"{folder} has no {SPLIT_FILE}: pass --data DIR.")
+        return
+    split = Split.load(path)
+    if needs_dataset:
+        split.require_root(folder)
 
 
 def check_predict(args: argparse.Namespace) -> None:
-    if args.top < 1:
-        raise ArgumentError(f"--top must be at least 1, got {args.top}.")
+    _positive_int("--top", args.top)
+    _positive_int("--batch-size", args.batch_size)
     _checkpoint_manifest(args.checkpoint)
     paths = [Path(image).expanduser() for image in args.images]
     # Folders (and --format/--output) stream rows through batch_predict; explicit images print answers.
     rows = bool(args.format or args.output or any(path.is_dir() for path in paths))
-    if rows and args.batch_size < 1:
-        raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if rows and args.json:
         raise ArgumentError("--json is for explicit images; with folders use --format jsonl.")
+    if rows and args.top is not None:
+        raise ArgumentError("--top is for explicit images: folder rows (and --format/--output) give every "
+                            "class's probability.")
     for path in paths:
         if not path.exists():
             raise ArgumentError(f"No such file or folder: {path}" if rows else f"Image file not found: {path}")
+    if rows:
+        _output_file("--output", args.output)
+        _some_images(paths)
+
+
+def _some_images(paths: list[Path]) -> None:
+    from .batch_predict import has_images  # TF-free
+    from .inference import IMAGE_SUFFIXES
+
+    if not has_images(paths):
+        names = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ArgumentError(f"No image files in {', '.join(map(str, paths))} (looked for {names}; "
+                            "hidden files and folders are skipped).")
 
 
 def check_finetune(args: argparse.Namespace) -> None:
@@ -118,6 +153,7 @@ def check_finetune(args: argparse.Namespace) -> None:
                             "fine-tuned on their recorded dataset (teach it with --data MY_PHOTOS).")
     if args.data and not args.data.startswith("hf://"):
         _existing_folder("Dataset folder", args.data)
+    _check_split(source, needs_dataset=False)  # it may train on stored features: the photos need not be here
     if args.out:
         out = Path(args.out).expanduser()
         if out.resolve() == source.resolve():
@@ -127,7 +163,42 @@ def check_finetune(args: argparse.Namespace) -> None:
 
 
 def check_push(args: argparse.Namespace) -> None:
-    _checkpoint_manifest(args.checkpoint)
+    _repo_id(args.repo_id)
+    folder, _ = _checkpoint_manifest(args.checkpoint)
+    check_model_archive(folder)
+
+
+def check_download(args: argparse.Namespace) -> None:
+    _repo_id(args.repo_id)
+
+
+def check_export(args: argparse.Namespace) -> None:
+    from .export import check_destination  # TF-free at import
+
+    folder, _ = _checkpoint_manifest(args.checkpoint)
+    check_model_archive(folder)
+    check_destination(args.out)
+
+
+def _repo_id(repo_id: str) -> None:
+    """ORG/NAME or NAME as the Hub spells them: no spaces, no '..', no path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ArgumentError(f"--repo-id is not a Hub repo id (ORG/NAME): {exc}") from None
+
+
+def _output_file(flag: str, arg: str | None) -> None:
+    """A file to write: not a folder, and in a folder that exists (nothing is created for a typo)."""
+    if arg is None:
+        return
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        raise ArgumentError(f"{flag} {path} is a folder: give a file name.")
+    if not path.parent.is_dir():
+        raise ArgumentError(f"{flag} {path}: the folder {path.parent} does not exist (create it first).")
 
 
 def _checkpoint_manifest(arg: str) -> tuple[Path, dict[str, Any]]:

@@ -10,6 +10,7 @@ from .cli_checks import PRESET_NAMES
 from .labels import DEFAULT_CLASSES
 
 TEACH_EPOCHS = 10  # teach.DEFAULT_EPOCHS, without importing it for --help
+DEFAULT_TOP = 5  # predict --top
 
 DESCRIPTION = """\
 Classify animal photos (cat, spider, butterfly, elephant, chicken) with a CNN trained from
@@ -149,7 +150,7 @@ def _add_predict(commands: Any) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer' "
                    "for the bundled default of that kind")
     p.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+")
-    p.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--top", type=int, help=f"how many classes to show for explicit images (default {DEFAULT_TOP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_engine(p)
     p.add_argument("--format", choices=["csv", "jsonl"], help="streamed rows: csv (default for folders) or jsonl")

@@ -104,7 +104,17 @@ class Split:
 
     @classmethod
     def load(cls, path: Path) -> Split:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        """Read a split file; a missing, unreadable or malformed one is a DataError naming it."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except DataError:
+            raise
+        except FileNotFoundError:
+            raise DataError(f"Missing split file: {path}") from None
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise DataError(f"Corrupt split file {path}: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:  # valid JSON, not a split
+            raise DataError(f"Corrupt split file {path}: not a split ({type(exc).__name__}: {exc}).") from None
 
     def summary(self) -> dict[str, Any]:
         """For manifests: sizes per part and class, and where the data came from (no absolute path)."""
@@ -131,6 +141,19 @@ class Split:
             if candidate.is_dir():
                 return candidate.resolve()
         return None
+
+    def require_root(self, checkpoint_dir: Path) -> Path:
+        """`locate_root`, or a DataError naming the folder that was looked for and where."""
+        root = self.locate_root(checkpoint_dir)
+        if root is not None:
+            return root
+        looked = [str((Path(checkpoint_dir) / self.root_relative).resolve())] if self.root_relative else []
+        looked += [self.root] if self.root else []
+        origin = self.describe_origin()
+        name = origin.get("hub_dataset") or origin.get("root_name") or (Path(looked[0]).name if looked else "")
+        where = f" (looked in {' and '.join(looked)})" if looked else " (the split records no location)"
+        raise DataError(f"The recorded dataset folder {name or '(unnamed)'} is not on this machine{where}: "
+                        "pass --data DIR to use a dataset elsewhere.")
 
     def paths(self, part: str, root: Path | None = None) -> tuple[list[str], list[int]]:
         """Absolute paths and labels of one part; `root` overrides the recorded dataset root."""
@@ -185,6 +208,12 @@ def file_sha1(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
+def class_folders(path: str | Path, classes: Sequence[str] | None = None) -> tuple[Path, dict[str, Path]]:
+    """(the dataset root, each class's folder): a DataError for a missing one, without reading an image."""
+    root = dataset_root(path)
+    return root, {name: _class_folder(root, name) for name in resolve_classes(classes)}
+
+
 def _class_folder(root: Path, class_name: str) -> Path:
     for candidate in folder_candidates(class_name):
         folder = root / candidate
@@ -204,9 +233,8 @@ def scan_folder(
     Unreadable files are skipped and listed in `Scan.skipped`; a class with no usable
     image raises `DataError` naming the class and folder.
     """
-    root = dataset_root(path)
-    class_names = resolve_classes(classes)
-    folders = {name: _class_folder(root, name) for name in class_names}
+    root, folders = class_folders(path, classes)
+    class_names = list(folders)
     candidates = [
         (label, file)
         for label, name in enumerate(class_names)

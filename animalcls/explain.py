@@ -205,6 +205,8 @@ def plan_job(checkpoint: Path, images: Sequence[str], out_dir: Path, json_file: 
     name = read_manifest(checkpoint)["name"]
     head_weights(checkpoint)  # an unsupported or unreadable head fails here, before any TF import
     for image in images:
+        if Path(image).is_dir():
+            raise ImageError(f"{image} is a folder: explain takes image files (e.g. {Path(image) / '*.jpg'}).")
         if not Path(image).is_file():
             raise ImageError(f"Image file not found: {image}")
     if out_dir.exists() and not out_dir.is_dir():

@@ -160,16 +160,45 @@ _LOCK = threading.Lock()
 def imagenet_features(photos: Sequence[Image.Image], provider: Judge | None = None) -> np.ndarray:
     """Pooled ImageNet Lite0 features at 224 px: from `provider` or the bundled transfer model
     when its pooled features are those (no TensorFlow with ONNX), else a TensorFlow Lite0."""
+    batch = np.stack([to_model_input(photo, scope.IMAGENET_IMAGE_SIZE) for photo in photos])
+    return imagenet_features_of(batch, provider)
+
+
+def imagenet_features_of(batch: np.ndarray, provider: Judge | None = None) -> np.ndarray:
+    """`imagenet_features` of photos already made 224 px model inputs."""
     provider = provider or bundled_provider()
     if provider is not None and provider.gives_imagenet:
-        return provider.answer(photos)[1]
+        return forward_outputs(provider.predictor, batch)[1]
     with _LOCK:
         if not _IMAGENET_MODEL:
             from .scope_build import imagenet_feature_model
 
             _IMAGENET_MODEL.append(imagenet_feature_model())
-    batch = np.stack([to_model_input(photo, scope.IMAGENET_IMAGE_SIZE) for photo in photos])
     return np.asarray(_IMAGENET_MODEL[0](batch, training=False))
+
+
+Verdicts = tuple[np.ndarray, list[bool | None], list[float | None]]
+
+
+class InputJudge:
+    """A Judge for photos already decoded to model inputs (folder prediction): called with one
+    batch per size of `sizes` (the model's, then 224 px when its detector needs ImageNet features
+    its own pass does not give), it returns (probabilities, out_of_scope, scope_score)."""
+
+    def __init__(self, judge: Judge) -> None:
+        self.judge, self.class_names = judge, judge.class_names
+        self.provider = bundled_provider() if judge.needs_imagenet else None
+        extra = (scope.IMAGENET_IMAGE_SIZE,) if judge.needs_imagenet else ()
+        self.sizes: tuple[int, ...] = (judge.predictor.image_size, *extra)
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> Verdicts:
+        _, pooled, probabilities = forward_outputs(self.judge.predictor, inputs[0])
+        detector, n = self.judge.detector, len(probabilities)
+        if detector is None:
+            return probabilities, [None] * n, [None] * n
+        imagenet = imagenet_features_of(inputs[1], self.provider) if self.judge.needs_imagenet else None
+        flags, scores = detector.decide(probabilities, pooled, imagenet)
+        return probabilities, [bool(f) for f in flags], [float(x) for x in scores]
 
 
 def bundled_provider() -> Judge | None:

@@ -218,11 +218,7 @@ def evaluation_paths(
     if data_dir is not None:
         return _photos_in(folder, data_dir, include_training)
     split = data.Split.load(_split_file(folder))
-    root = split.locate_root(folder)
-    if root is None:
-        raise data.DataError(
-            f"The recorded dataset folder {split.root} is not on this machine: pass --data DIR to evaluate elsewhere."
-        )
+    root = split.require_root(folder)
     paths, labels = split.paths("test", root)
     photos = {"description": f"the recorded test split: {len(paths)} photos of {root}", "root": str(root),
               "test_split": len(paths), "outside_split": 0, "training": 0, "training_left_out": 0}

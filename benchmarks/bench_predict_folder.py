@@ -61,10 +61,12 @@ def photo_folder(data: Path, per_class: int, work: Path) -> tuple[Path, str]:
 
 def time_folder(predictor, paths: list[Path]) -> float:
     from animalcls.batch_predict import write_rows
+    from animalcls.trust import InputJudge, Judge
 
+    judge = InputJudge(Judge(predictor))  # with the scope verdicts, as `predict` writes them
     with open(os.devnull, "w") as sink:
         start = time.perf_counter()
-        write_rows(predictor, paths, "csv", BATCH, sink)
+        write_rows(judge, paths, "csv", BATCH, sink)
         return time.perf_counter() - start
 
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     tf_predictor = load_predictor(checkpoint, "tf")
     onnx_predictor = load_predictor(checkpoint, "onnx")
     size = tf_predictor.image_size
-    arrays = [a for _, a, _ in decoded(paths, size, default_workers(), 64)]
+    arrays = [a[0] for _, a, _ in decoded(paths, (size,), default_workers(), 64)]
     batches = [np.stack(arrays[i : i + BATCH]) for i in range(0, len(arrays), BATCH)]
     for predictor in (tf_predictor, onnx_predictor):  # warm-up: tracing, first-run allocations
         predictor.forward(batches[0])

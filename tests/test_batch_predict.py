@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_image
 
 
@@ -47,19 +46,19 @@ def test_decoding_looks_ahead_a_bounded_number_of_images(photo_tree):
             pulled.append(i)
             yield photo_tree / "red0.jpg"
 
-    for consumed, (_, array, error) in enumerate(decoded(paths(), 16, workers=2, ahead=6), 1):
-        assert error is None and array.shape == (16, 16, 3)
+    for consumed, (_, arrays, error) in enumerate(decoded(paths(), (16, 8), workers=2, ahead=6), 1):
+        assert error is None and [a.shape for a in arrays] == [(16, 16, 3), (8, 8, 3)]
         assert len(pulled) <= consumed + 6  # never more than `ahead` decoded beyond the consumer
     assert len(pulled) == 40
 
 
 def test_stream_matches_predict_and_reports_bad_files(tiny_checkpoints, photo_tree):
-    from animalcls.batch_predict import discover, predict_stream
+    from animalcls.batch_predict import discover, plain, predict_stream
     from animalcls.inference import load_predictor
 
     predictor = load_predictor(tiny_checkpoints["scratch"])
     paths = discover([photo_tree])
-    batches = list(predict_stream(predictor.forward, paths, predictor.image_size, batch_size=3))
+    batches = list(predict_stream(plain(predictor.forward), paths, (predictor.image_size,), batch_size=3))
     assert [len(b) for b in batches] == [3, 3, 3]
     rows = [row for batch in batches for row in batch]
     assert [r.path for r in rows] == [str(p) for p in paths]
@@ -81,6 +80,8 @@ def test_cli_folder_to_csv_file(tiny_checkpoints, photo_tree, tmp_path, capsys):
     assert "Wrote 9 rows" in capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 9 and list(rows[0])[:2] == ["path", "label"]
+    assert list(rows[0])[-3:] == ["out_of_scope", "scope_score", "error"]
+    assert {(row["out_of_scope"], row["scope_score"]) for row in rows} == {("", "")}  # the tiny model has no detector
     classes = ["cat", "spider", "butterfly", "elephant", "chicken"]
     for row in rows:
         if row["error"]:
@@ -99,7 +100,8 @@ def test_cli_jsonl_to_stdout_for_explicit_files(tiny_checkpoints, photo_tree, ca
     out = capsys.readouterr().out
     assert code == 0
     first, second = (json.loads(line) for line in out.splitlines())
-    assert set(first) == {"path", "label", "probabilities"} and len(first["probabilities"]) == 5
+    assert set(first) == {"path", "label", "probabilities", "out_of_scope", "scope_score"}
+    assert len(first["probabilities"]) == 5 and first["out_of_scope"] is None  # the tiny model has no detector
     assert set(second) == {"path", "error"}
 
 
@@ -120,3 +122,31 @@ def test_cli_missing_input_is_an_error(tiny_checkpoints, tmp_path, capsys):
 
     code = main(["predict", str(tiny_checkpoints["scratch"]), str(tmp_path / "nowhere"), "--format", "csv"])
     assert code == 2 and "No such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["transfer", "scratch"])
+def test_folder_rows_carry_the_same_verdict_as_predict_json(kind, tmp_path, capsys):
+    """The bundled checkpoints have scope detectors (the scratch one needs ImageNet features at
+    224 px besides its own 128 px input): each row says what `predict --json` says."""
+    import shutil
+
+    from conftest import REPO
+
+    from animalcls.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat-chelsea.jpg", "elephant-asian.jpg", "none-dog.jpg", "none-koala.jpg"):
+        shutil.copy(REPO / "examples" / name, photos / name)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    images = sorted(str(p) for p in photos.iterdir() if p.name != "broken.jpg")
+    assert main(["predict", kind, *images, "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    assert main(["predict", kind, str(photos), "--output", str(tmp_path / "rows.csv"), "--batch-size", "3"]) == 0
+    rows = {row["path"]: row for row in csv.DictReader((tmp_path / "rows.csv").open())}
+    assert rows[str(photos / "broken.jpg")]["out_of_scope"] == "" and rows[str(photos / "broken.jpg")]["error"]
+    for image in images:
+        assert rows[image]["out_of_scope"] == str(expected[image]["out_of_scope"]).lower()
+        assert float(rows[image]["scope_score"]) == pytest.approx(expected[image]["scope_score"], abs=1e-4)
+    assert rows[str(photos / "none-dog.jpg")]["out_of_scope"] == "true"
+    assert rows[str(photos / "cat-chelsea.jpg")]["out_of_scope"] == "false"

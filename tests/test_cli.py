@@ -128,7 +128,47 @@ NONSENSE = [
     (["finetune", "{ckpt}", "--out", "{ckpt}"], "is the source checkpoint"),
     (["finetune", "{ckpt}", "--out", "{data}"], "Checkpoint folder already exists"),
     (["finetune", "{scratch}"], "only transfer checkpoints can be fine-tuned"),
+    # issue 19, "the CLI as a new user met it"
+    (["evaluate", "{moved}"], "The recorded dataset folder raw-img is not on this machine (looked in {tmp}/a/b/data/raw-img)"),
+    (["explain", "{ckpt}", "{photos}"], "{photos} is a folder: explain takes image files"),
+    (["evaluate", "{tmp}/x.jpg"], "{tmp}/x.jpg is a file, not a checkpoint folder"),
+    (["predict", "{ckpt}", "{tmp}/x.jpg", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["predict", "{ckpt}", "{photos}", "--top", "3"], "--top is for explicit images"),
+    (["predict", "{ckpt}", "{empty}"], "No image files in {empty}"),
+    (["predict", "{ckpt}", "{empty}", "--format", "jsonl"], "No image files in {empty}"),
+    (["push", "{ckpt}", "--repo-id", "not a repo id!!", "--dry-run"], "--repo-id is not a Hub repo id"),
+    (["push", "{ckpt}", "--repo-id", "../../etc", "--dry-run"], "--repo-id is not a Hub repo id"),
+    (["download", "--repo-id", "../../etc"], "--repo-id is not a Hub repo id"),
+    (["evaluate", "{badsplit}"], "Corrupt split file {badsplit}/split.json: Expecting"),
+    (["evaluate", "{notsplit}"], "Corrupt split file {notsplit}/split.json: not a split"),
+    (["finetune", "{badsplit}"], "Corrupt split file {badsplit}/split.json"),
+    (["predict", "{ckpt}", "{photos}", "--output", "{empty}"], "--output {empty} is a folder"),
+    (["predict", "{ckpt}", "{tmp}/x.jpg", "--output", "{tmp}/no/dir/out.csv"], "the folder {tmp}/no/dir does not exist"),
+    (["evaluate", "{ckpt}", "--json", "{tmp}/no/r.json"], "the folder {tmp}/no does not exist"),
+    (["evaluate", "{ckpt}", "--data", "{empty}"], "Class 'cat' has no folder in {empty}"),
+    (["train", "--data", "{data}", "--model", "scratch", "--classes", "cat", "unicorn"], "Class 'unicorn' has no folder"),
+    (["export", "{corrupt}", "--format", "onnx", "--out", "{tmp}/exported"], "Corrupt model.keras in {corrupt}"),
 ]
+
+
+def _broken_copies(tmp_path, transfer):
+    """Copies of a checkpoint as a new user meets them: moved away from its dataset, with a corrupt
+    or a not-a-split split.json, with a corrupt model.keras. Plus an empty folder and one of photos."""
+    import shutil
+
+    folders = {"moved": tmp_path / "a" / "b" / "c" / "moved", "badsplit": tmp_path / "badsplit",
+               "notsplit": tmp_path / "notsplit", "corrupt": tmp_path / "corrupt"}
+    for folder in folders.values():
+        shutil.copytree(transfer, folder)  # split.json's relative dataset root now points nowhere
+    (folders["badsplit"] / "split.json").write_text('{"a": 1\n"b": 2}')
+    (folders["notsplit"] / "split.json").write_text('{"a": 1}')
+    (folders["corrupt"] / "model.keras").write_text("garbage")
+    folders["empty"] = tmp_path / "empty"
+    folders["empty"].mkdir()
+    folders["photos"] = tmp_path / "photos"
+    folders["photos"].mkdir()
+    make_image(folders["photos"] / "y.jpg", (10, 200, 10))
+    return folders
 
 
 def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_checkpoints):
@@ -137,7 +177,7 @@ def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_ch
     data_dir = make_dataset(tmp_path / "data", per_class=1)
     make_image(tmp_path / "x.jpg", (200, 10, 10))
     values = {"tmp": tmp_path, "data": data_dir, "ckpt": tiny_checkpoints["transfer"],
-              "scratch": tiny_checkpoints["scratch"]}
+              "scratch": tiny_checkpoints["scratch"], **_broken_copies(tmp_path, tiny_checkpoints["transfer"])}
     cases = [[a.format(**values) for a in argv] for argv, _ in NONSENSE]
     script = (
         "import contextlib, io, json, sys\n"
@@ -165,6 +205,7 @@ def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_ch
         assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
         assert message.format(**values) in lines[0], (argv, err)
     assert report["heavy"] == []
+    assert not (tmp_path / "no").exists() and not (tmp_path / "exported").exists()  # nothing created for a typo
 
 
 def test_presets_named_by_the_parser_are_the_trainers():
