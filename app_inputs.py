@@ -3,12 +3,12 @@ gr.Number that answers a bad value with a message.
 
 Why subclasses with their own `preprocess`: Gradio checks that a file "was uploaded by a user"
 only when the payload carries `"meta": {"_type": "gradio.FileData"}`; a raw `{"path": "/etc/passwd"}`
-reaches gr.Image's `preprocess` unchecked (its ImageData, unlike gr.File's FileData, does not
-insist on "meta"), and a plain gr.Image then opens it. A subclass also
-survives Gradio rebuilding a component for one session after a gr.update
-(`block.__class__(**kwargs)`), which a method patched on an instance does not. `is_template`
-makes the page draw them with the parent's widget. Gradio writes a .pyi stub of this module
-(git ignores it). No extra constructor arguments: Gradio would put them in the page's config.
+reaches gr.Image's `preprocess` unchecked (its ImageData, unlike gr.File's FileData, does not insist
+on "meta"), and a plain gr.Image then opens it. A subclass also survives Gradio rebuilding a
+component for one session after a gr.update (`block.__class__(**kwargs)`), which a method patched
+on an instance does not. `is_template` makes the page draw them with the parent's widget. Gradio
+writes a .pyi stub of this module (git ignores it). No extra constructor arguments: Gradio would
+put them in the page's config.
 """
 
 from __future__ import annotations
