@@ -4,7 +4,8 @@ chosen on the validation photos, plain and degraded (never on the test split).
 The training photos are cached as uint8 and augmented a batch at a time inside the graph
 (`batch_augment`); every epoch ends with a backup (`keras.callbacks.BackupAndRestore`), so the
 same call after an interruption continues from the last finished epoch with the very batches an
-uninterrupted run would have drawn. `scripts/train_scratch_robust.py` is its command line.
+uninterrupted run would have drawn (only dropout's masks differ after a resume: Keras backs up
+no seed state). `scripts/train_scratch_robust.py` is its command line.
 """
 
 from __future__ import annotations

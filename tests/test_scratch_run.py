@@ -42,7 +42,7 @@ def _config(epochs: int):
     from animalcls.scratch_run import RunConfig
 
     return RunConfig(backbone="tiny", image_size=32, epochs=epochs, batch_size=8, warmup_epochs=1,
-                     augment={"jpeg_p": 0.0})
+                     augment={"jpeg_p": 0.0}, dropout=0.0)
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
@@ -59,8 +59,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
     assert finished_epochs(tmp_path / "resumed") == 3
     assert len(resumed.history["loss"]) == 3
     assert resumed.history["loss"][:2] == before["loss"]
-    # The third epoch starts from the backup's weights and draws the batches the straight run drew.
-    np.testing.assert_allclose(resumed.history["loss"][2], straight.history["loss"][2], rtol=0.05)
+    # The third epoch starts from the backup's weights and optimizer state and draws the batches
+    # the straight run drew, so it is the same epoch (no dropout: Keras backs up no seed state).
+    np.testing.assert_allclose(resumed.history["loss"], straight.history["loss"], rtol=1e-6)
     best = json.loads((tmp_path / "resumed" / BEST_FILE).read_text())
     scores = resumed.history["val_selection_score"]
     assert best["epoch"] == 1 + int(np.argmax(scores)) and best["score"] == max(scores)
