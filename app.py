@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = parse_args(argv)
     _check_port_free(args.host, args.port)
-    signal.signal(signal.SIGTERM, _interrupt)  # a clean stop: Gradio's cache and the temp folders are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: STOP.set())  # a clean stop: see _serve_until_stopped
     logs.quiet_tensorflow()  # filters TensorFlow's C++ start-up noise from stderr
     served = resolve_checkpoints(args.scratch, args.transfer, BUNDLED_DIR, not args.no_hub, args.hub_repo)
     share_thread_pool()  # this process is the app's: both models run on one pool of threads (if onnxruntime is here)
@@ -164,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {exc}") from None
     try:
         _finish_start(app, args, warm_up, started)
-        demo.block_thread()  # closes the server on SIGTERM or Ctrl-C
-    except KeyboardInterrupt:  # stopped while still starting
+        _serve_until_stopped(demo)
+    except KeyboardInterrupt:  # Ctrl-C
         demo.close()
     finally:
         logs.restore_stderr()
@@ -188,10 +189,17 @@ def _finish_start(app: Any, args: argparse.Namespace, warm_up: BackgroundWarmUp 
     app.models_ready.set()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (how a Space, Docker or systemd stops the app) as Ctrl-C: Gradio closes the server,
-    deleting its cached files (delete_cache), and the exit handlers remove the temp folders."""
-    raise KeyboardInterrupt
+# Set by SIGTERM (how a Space, Docker or systemd stops the app). A handler that raised instead
+# was lost when the signal came during a weakref callback ("Exception ignored"): the app hung.
+STOP = threading.Event()
+
+
+def _serve_until_stopped(demo: Any) -> None:
+    """Serve until SIGTERM, then close the server: Gradio deletes its cached files (delete_cache)
+    and the exit handlers remove the temp folders."""
+    while demo.is_running and not STOP.wait(0.2):
+        pass
+    demo.close()
 
 
 def import_pyplot() -> None:
