@@ -1,5 +1,6 @@
 """The app in a real Chromium through Playwright: classify, look at the Training tab, run a
-1-epoch fine-tune to the end. Screenshots of each tab go to /tmp/animalcls-shots/."""
+1-epoch fine-tune to the end. Screenshots of each tab go to pytest's temporary folder
+(`<basetemp>/shots*/`, printed with -s)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path("/tmp/animalcls-shots")
 VERDICT = re.compile(r"^(Both models agree|The models disagree)")  # "agree" alone matches both
 TIMEOUT_MS = 120_000  # the first classification loads both models and traces them
 
@@ -29,11 +29,40 @@ def url(tiny_checkpoints, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shots")
+    print(f"screenshots: {folder}")
+    return folder
+
+
+# Gradio's status tracker of an output: a `.wrap` inside the component's block, with class `hide`
+# unless an event that outputs to it is pending or running ("processing | 0.1s").
+BUSY_JS = "(id) => Array.from(document.querySelectorAll(`#${id} .wrap`)).some(w => !w.classList.contains('hide'))"
+WATCH_JS = """(id) => {
+    const busy = BUSY_JS;
+    window.__busySeen = window.__busySeen || {};
+    window.__busySeen[id] = busy(id);
+    (window.__busyWatch = window.__busyWatch || {})[id]?.disconnect();
+    const watch = new MutationObserver(() => { if (busy(id)) window.__busySeen[id] = true; });
+    watch.observe(document.querySelector(`#${id}`), {subtree: true, childList: true, attributes: true});
+    window.__busyWatch[id] = watch;
+}""".replace("BUSY_JS", BUSY_JS)
+DONE_JS = "(id) => window.__busySeen[id] && !(BUSY_JS)(id)".replace("BUSY_JS", BUSY_JS)
+
+
+def run_and_wait(page, output_id: str, action) -> None:
+    """Run `action` (it triggers an event) and wait until the output #output_id has been busy and
+    is done: what an earlier event left on the page never satisfies the wait."""
+    page.evaluate(WATCH_JS, output_id)
+    action()
+    page.wait_for_function(DONE_JS, arg=output_id)
+
+
+@pytest.fixture(scope="module")
 def page(url):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -43,16 +72,16 @@ def page(url):
         browser.close()
 
 
-def test_classify_tab(page, tiny_checkpoints):
+def test_classify_tab(page, tiny_checkpoints, shots):
     from animalcls.app_views import held_out_photos
 
     photo = held_out_photos([tiny_checkpoints["transfer"]])[0]
     page.locator("#examples-test").wait_for()  # the test-split gallery is shown: its dataset is here
-    page.locator("#classify-image input[type=file]").set_input_files(photo)  # an upload classifies...
+    upload = page.locator("#classify-image input[type=file]")
+    run_and_wait(page, "verdict", lambda: upload.set_input_files(photo))  # an upload classifies...
     verdict = page.locator("#verdict")
     verdict.get_by_text(VERDICT).wait_for()
-    with page.expect_response(lambda response: "queue/join" in response.url):
-        page.locator("#classify-button").click()  # ...and so does the button
+    run_and_wait(page, "verdict", page.locator("#classify-button").click)  # ...and so does the button
     verdict.get_by_text(VERDICT).wait_for()
     labels = {kind: page.locator(f"#label-{kind}").inner_text() for kind in ("scratch", "transfer")}
     for kind, text in labels.items():
@@ -64,10 +93,10 @@ def test_classify_tab(page, tiny_checkpoints):
     assert verdict.inner_text().startswith(expected), (verdict.inner_text(), labels)
     assert "Inference (forward pass)" in page.locator("#info-scratch").inner_text()
     assert "transfer-tiny" in page.locator("#info-transfer").inner_text()
-    page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
+    page.screenshot(path=str(shots / "classify.png"), full_page=True)
 
 
-def test_bad_upload_shows_a_clear_message(page, tmp_path):
+def test_bad_upload_shows_a_clear_message(page, tmp_path, shots):
     bad = tmp_path / "shopping-list.png"
     bad.write_text("eggs, milk")  # named .png, holds text
     page.locator("#classify-image input[type=file]").set_input_files(str(bad))
@@ -81,7 +110,7 @@ def test_bad_upload_shows_a_clear_message(page, tmp_path):
         assert "%" not in page.locator(f"#label-{kind}").inner_text()
         assert "Inference" not in page.locator(f"#info-{kind}").inner_text()
     assert page.locator("#classify-image img").count() == 0
-    page.screenshot(path=str(SHOTS / "classify-bad-upload.png"), full_page=True)
+    page.screenshot(path=str(shots / "classify-bad-upload.png"), full_page=True)
 
 
 def wait_for_transfer_header(page, swapped: bool) -> None:
@@ -92,7 +121,7 @@ def wait_for_transfer_header(page, swapped: bool) -> None:
         arg=swapped)
 
 
-def test_training_tab(page):
+def test_training_tab(page, shots):
     page.get_by_role("tab", name="Training").click()
     for kind in ("scratch", "transfer"):
         for part in ("history", "confusion"):
@@ -101,14 +130,15 @@ def test_training_tab(page):
         assert "weighted avg" in page.locator(f"#report-{kind}").inner_text()
     box = page.locator("#history-transfer img").first.bounding_box()
     assert box and box["width"] > 200 and box["height"] > 150
-    page.screenshot(path=str(SHOTS / "training.png"), full_page=True)
+    page.screenshot(path=str(shots / "training.png"), full_page=True)
 
 
-def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints):
+def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints, shots):
     from animalcls.app_views import held_out_photos
 
     page.get_by_role("tab", name="Classify").click()  # a photo on the Classify tab, classified
-    page.locator("#classify-image input[type=file]").set_input_files(held_out_photos([tiny_checkpoints["transfer"]])[1])
+    photo = held_out_photos([tiny_checkpoints["transfer"]])[1]
+    run_and_wait(page, "verdict", lambda: page.locator("#classify-image input[type=file]").set_input_files(photo))
     page.locator("#verdict").get_by_text(VERDICT).wait_for()
     page.get_by_role("tab", name="Fine-tune").click()
     epochs = page.locator("#ft-epochs input")
@@ -116,13 +146,13 @@ def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints):
     page.locator("#ft-start").click()
     status = page.locator("#ft-status")
     status.get_by_text(re.compile("Fine-tuning transfer-tiny")).wait_for()
-    page.screenshot(path=str(SHOTS / "finetune-running.png"), full_page=True)
+    page.screenshot(path=str(shots / "finetune-running.png"), full_page=True)
     status.get_by_text(re.compile(r"Done\.")).wait_for()
     assert "Saved as" in status.inner_text()
     page.locator("#ft-new-confusion img").first.wait_for(state="visible")
     assert "weighted avg" in page.locator("#ft-new-report").inner_text()
     assert page.locator("#ft-curves img, #ft-curves svg").count() > 0
-    page.screenshot(path=str(SHOTS / "finetune.png"), full_page=True)
+    page.screenshot(path=str(shots / "finetune.png"), full_page=True)
 
     page.locator("#ft-use").click()
     status.get_by_text(re.compile("Now classifying with")).wait_for()
@@ -130,7 +160,7 @@ def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints):
     # The photo on the Classify tab was classified again by the swapped-in model, unasked.
     wait_for_transfer_header(page, swapped=True)
     page.locator("#verdict").get_by_text(VERDICT).wait_for()
-    page.screenshot(path=str(SHOTS / "classify-after-use.png"), full_page=True)
+    page.screenshot(path=str(shots / "classify-after-use.png"), full_page=True)
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#ft-restore").click()
     status.get_by_text(re.compile("Restored the original models")).wait_for()

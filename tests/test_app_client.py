@@ -23,11 +23,20 @@ def server(tiny_checkpoints, tmp_path_factory):
         yield url, demo.animalcls_app
 
 
-@pytest.fixture(scope="module")
-def client(server):
+# httpx's default is 5 s; fetching /config right after a fine-tune on a loaded 2-core machine took longer.
+CLIENT_TIMEOUT_S = 120
+
+
+def new_client(url: str):
+    """A gradio_client session with a timeout a busy machine can meet (also each read of the event stream)."""
     from gradio_client import Client
 
-    return Client(server[0], verbose=False)
+    return Client(url, verbose=False, httpx_kwargs={"timeout": CLIENT_TIMEOUT_S})
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return new_client(server[0])
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +113,7 @@ def test_classify_latency(client, photo):
 @pytest.mark.slow
 def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client, photo, monkeypatch):
     import animalcls.finetune
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.utils import Status
 
     from test_app import blocking_finetune
@@ -114,7 +123,7 @@ def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client
     job = client.submit(3, 1e-3, 0, api_name="/finetune")
     assert started.wait(60), "the fine-tune never started"
     started.clear()
-    other = Client(server[0], verbose=False)
+    other = new_client(server[0])
     waiting = other.submit(1, 1e-3, 0, api_name="/finetune")
     deadline = time.monotonic() + 30
     while waiting.status().code != Status.IN_QUEUE and time.monotonic() < deadline:
@@ -186,7 +195,7 @@ def test_an_empty_upload_says_empty_file(client, tmp_path):
 
 @pytest.mark.slow
 def test_finetune_use_model_and_restore_stay_in_the_session(server, client, photo, tiny_checkpoints):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     status, *rest = client.predict(1, 1e-3, 0, api_name="/finetune")
     assert status.startswith("**Done.**"), status
@@ -195,7 +204,7 @@ def test_finetune_use_model_and_restore_stay_in_the_session(server, client, phot
     assert "swapped in" in transfer_header and new_name in transfer_header
     assert new_name in client.predict(handle_file(photo), api_name="/classify")[2]
     # Another session (a new Client) still gets the server's default, and may not use it by name.
-    other = Client(server[0], verbose=False)
+    other = new_client(server[0])
     assert new_name not in other.predict(handle_file(photo), api_name="/classify")[2]
     with pytest.raises(Exception, match="no model called"):
         other.predict(new_name, api_name="/use_model")
