@@ -35,6 +35,7 @@ API_NAMES = (
     "classify_user_example", "model_info", "finetune", "cancel_finetune", "use_model", "restore_models",
     "classify_after_use", "classify_after_restore",
     "reclassify_heatmaps", "cell_tables", "cell_photos_scratch", "cell_photos_transfer", "disagreements",
+    "end_session",  # private: the page closing (demo.unload)
     *TEACH_API_NAMES,
 )
 
@@ -90,6 +91,7 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
         demo.load(handlers.model_views, session, view_outputs, api_name="model_info", concurrency_limit=None,
                   show_progress="hidden")
     demo.unload(handlers.end_session)  # the visitor's fine-tunes are no longer pinned
+    list(demo.fns.values())[-1].api_visibility = "private"  # Gradio's unload; not an endpoint for clients
     demo.animalcls_app = handlers  # for tests and embedding
     demo.animalcls_teach = teach_panel
     return demo
