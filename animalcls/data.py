@@ -234,7 +234,7 @@ def scan_folder(
     image raises `DataError` naming the class and folder.
     """
     root, folders = class_folders(path, classes)
-    class_names = list(folders)
+    class_names = tuple(folders)  # resolve_classes order, as before
     candidates = [
         (label, file)
         for label, name in enumerate(class_names)
