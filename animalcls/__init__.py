@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-from .errors import AnimalclsError  # noqa: E402
-from .labels import DEFAULT_CLASSES  # noqa: E402
+from animalcls.core.errors import AnimalclsError  # noqa: E402
+from animalcls.core.labels import DEFAULT_CLASSES  # noqa: E402
 
 __all__ = ["AnimalclsError", "DEFAULT_CLASSES", "__version__"]

@@ -47,23 +47,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def child(root: Path, cache: Path, runs: int, epochs: int) -> None:
     """In a fresh process: `runs` fine-tunes through the app handler; JSON lines on stdout."""
-    os.environ.update(ANIMALCLS_FEATURE_CACHE=str(cache), GRADIO_ANALYTICS_ENABLED="False", MPLBACKEND="Agg",
-                      TF_CPP_MIN_LOG_LEVEL="2")
+    os.environ.update(
+        ANIMALCLS_FEATURE_CACHE=str(cache), GRADIO_ANALYTICS_ENABLED="False", MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2"
+    )
     os.chdir(root)
-    sys.path.insert(0, str(root))
-    import animalcls.finetune
-    from app_handlers import AnimalApp
+    import animalcls.heads.finetune
+    from animalcls.webapp.handlers import AnimalApp
 
     work = Path(tempfile.mkdtemp(prefix="bench-app-ft-"))
-    original, saved = animalcls.finetune.finetune, {}
+    original, saved = animalcls.heads.finetune.finetune, {}
 
     def timed(*args, **kwargs):
         result = original(*args, **kwargs)
         saved["wall"], saved["cpu"] = time.perf_counter(), time.process_time()
         return result
 
-    animalcls.finetune.finetune = timed
-    from animalcls.inference import load_predictor
+    animalcls.heads.finetune.finetune = timed
+    from animalcls.serving.inference import load_predictor
 
     animal_app = AnimalApp(use_hub=False, finetune_root=work / "ft", examples_dir=work)
     photo = str(root / "examples" / "cat-chelsea.jpg")
@@ -74,14 +74,32 @@ def child(root: Path, cache: Path, runs: int, epochs: int) -> None:
         assert updates[-1][0].startswith("**Done.**"), updates[-1][0]
         # What the first Classify after "Use this model" pays: loading the fine-tune to serve it.
         load_predictor(work / "ft" / updates[-1][6]).predict([photo])
-        print(json.dumps({"saved": saved["wall"] - wall, "saved_cpu": saved["cpu"] - cpu, "done": done_wall - wall,
-                          "done_cpu": done_cpu - cpu, "first": time.perf_counter() - done_wall}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "saved": saved["wall"] - wall,
+                    "saved_cpu": saved["cpu"] - cpu,
+                    "done": done_wall - wall,
+                    "done_cpu": done_cpu - cpu,
+                    "first": time.perf_counter() - done_wall,
+                }
+            ),
+            flush=True,
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(root: Path, cache: Path, runs: int, epochs: int) -> list[dict[str, float]]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--epochs", str(epochs), "--child", str(root),
-               str(cache), str(runs)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--epochs",
+        str(epochs),
+        "--child",
+        str(root),
+        str(cache),
+        str(runs),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     if out.returncode != 0:
         raise SystemExit(f"{root.name} failed:\n{out.stderr[-3000:]}")
@@ -128,19 +146,28 @@ def main(argv: list[str] | None = None) -> int:
     merged: dict[str, list[dict[str, float]]] = {}
     for name, values in rows:
         merged.setdefault(name, []).extend(values)
-    print(f"\napp fine-tune, {args.epochs} epochs, bundled transfer model, 2,100 + 300 + 600 photos; "
-          f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end")
-    print("| fine-tune | runs | saved: wall s | saved: CPU s | UI done: wall s | UI done: CPU s | then first classify: wall s |")
+    print(
+        f"\napp fine-tune, {args.epochs} epochs, bundled transfer model, 2,100 + 300 + 600 photos; "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+    )
+    print(
+        "| fine-tune | runs | saved: wall s | saved: CPU s | UI done: wall s | UI done: CPU s "
+        "| then first classify: wall s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, values in merged.items():
-        print(f"| {name} | {len(values)} | {median(values, 'saved'):.2f} | {median(values, 'saved_cpu'):.2f} | "
-              f"{median(values, 'done'):.2f} | {median(values, 'done_cpu'):.2f} | {median(values, 'first'):.2f} |")
+        print(
+            f"| {name} | {len(values)} | {median(values, 'saved'):.2f} | {median(values, 'saved_cpu'):.2f} | "
+            f"{median(values, 'done'):.2f} | {median(values, 'done_cpu'):.2f} | {median(values, 'first'):.2f} |"
+        )
     for kind in ("cold", "warm"):
         old = next((v for n, v in merged.items() if n.startswith(f"{kind}, old")), None)
         new = merged.get(f"{kind}, new")
         if old and new:
-            print(f"{kind}: old / new = {median(old, 'saved') / median(new, 'saved'):.1f}x wall, "
-                  f"{median(old, 'saved_cpu') / median(new, 'saved_cpu'):.1f}x CPU (to the saved checkpoint)")
+            print(
+                f"{kind}: old / new = {median(old, 'saved') / median(new, 'saved'):.1f}x wall, "
+                f"{median(old, 'saved_cpu') / median(new, 'saved_cpu'):.1f}x CPU (to the saved checkpoint)"
+            )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 BACKBONES: tuple[tuple[str, int], ...] = (("efficientnet_lite0", 224), ("inception_v3", 299))
 WARMUP = 3  # the first call traces the graph; the next ones settle oneDNN's kernel choice.
@@ -23,7 +21,7 @@ def time_backbone(name: str, size: int, batch: int, repeats: int) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from animalcls.backbones import build_backbone
+    from animalcls.models.backbones import build_backbone
 
     model = build_backbone(name, size, weights=None)
     forward = tf.function(lambda x: model(x, training=False))
@@ -54,18 +52,20 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name} batch {batch}: {results[name, batch]:.1f} ms", flush=True)
 
     fast, slow = BACKBONES[0][0], BACKBONES[1][0]
-    print(f"\nTensorFlow {tf.__version__}, {len(tf.config.list_physical_devices('CPU'))} CPU device(s), "
-          f"median of timed runs after {WARMUP} warm-up calls, in a tf.function\n")
+    print(
+        f"\nTensorFlow {tf.__version__}, {len(tf.config.list_physical_devices('CPU'))} CPU device(s), "
+        f"median of timed runs after {WARMUP} warm-up calls, in a tf.function\n"
+    )
     print("| backbone | input | batch 1 (ms) | batch 32 (ms) | batch 32 (img/s) |")
     print("|---|---|---|---|---|")
     for name, size in BACKBONES:
         b1, b32 = results[name, 1], results[name, 32]
         print(f"| {name} | {size} | {b1:.1f} | {b32:.0f} | {32000.0 / b32:.1f} |")
-    print(f"| ratio {slow} / {fast} | | {results[slow, 1] / results[fast, 1]:.2f}x "
-          f"| {results[slow, 32] / results[fast, 32]:.2f}x | |")
+    print(
+        f"| ratio {slow} / {fast} | | {results[slow, 1] / results[fast, 1]:.2f}x "
+        f"| {results[slow, 32] / results[fast, 32]:.2f}x | |"
+    )
 
 
 if __name__ == "__main__":
-    # Run as a script from a checkout: make the package beside this folder importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -56,14 +56,16 @@ def paired_timings(fns: list[Callable[[], object]], repeats: int) -> list[tuple[
             fn()
             times.append(time.perf_counter() - start)
         rounds.append(times)
-    return [(statistics.median(r[i] for r in rounds), statistics.median(r[i] / r[0] for r in rounds))
-            for i in range(len(fns))]
+    return [
+        (statistics.median(r[i] for r in rounds), statistics.median(r[i] / r[0] for r in rounds))
+        for i in range(len(fns))
+    ]
 
 
 def score_cam(head: Any, forward: Callable, batch: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Score-CAM (Wang et al.) on the `channels` strongest channels: each channel's map, upsampled
     and scaled to [0, 1], masks the input; its weight is the rise of the class probability."""
-    from animalcls import cam
+    from animalcls.trust import cam
 
     feature_map, _, probabilities = forward(batch)
     classes = probabilities.argmax(axis=1)
@@ -85,8 +87,8 @@ def score_cam(head: Any, forward: Callable, batch: np.ndarray, channels: int) ->
 
 
 def quadrant_sample(folder: Path, data: Path, per_class: int, seed: int) -> tuple[list[Any], list[int], list[int]]:
-    from animalcls.explain import quadrant_canvas
-    from animalcls.inference import load_image
+    from animalcls.serving.inference import load_image
+    from animalcls.trust.explain import quadrant_canvas
 
     split = json.loads((folder / "split.json").read_text())
     rng = np.random.default_rng(seed)
@@ -104,9 +106,9 @@ def quadrant_sample(folder: Path, data: Path, per_class: int, seed: int) -> tupl
 
 
 def evaluate_model(arg: str, args: argparse.Namespace) -> tuple[list[tuple], list[tuple]]:
-    from animalcls.cli import resolve_checkpoint
-    from animalcls.explain import explain_batch, feature_forward, head_weights
-    from animalcls.inference import load_predictor, to_model_input
+    from animalcls.cli.main import resolve_checkpoint
+    from animalcls.serving.inference import load_predictor, to_model_input
+    from animalcls.trust.explain import explain_batch, feature_forward, head_weights
 
     folder = resolve_checkpoint(arg)
     predictor = load_predictor(folder)
@@ -126,22 +128,32 @@ def evaluate_model(arg: str, args: argparse.Namespace) -> tuple[list[tuple], lis
         quality_rows.append(_quality(name, method, probabilities, heatmaps, quadrants, labels))
     k, n = args.score_cam_channels, args.score_cam_images
     (plain, _), (seconds, ratio) = paired_timings(
-        [lambda: predictor.forward(one), lambda: score_cam(head, forward, one, k)], 3)
+        [lambda: predictor.forward(one), lambda: score_cam(head, forward, one, k)], 3
+    )
     channels = forward(one)[0].shape[-1]
     cost_rows.append((name, f"forward + score-cam ({k} ch)", seconds * 1e3, ratio))
     full = 1 + (ratio - 1) * channels / k
     cost_rows.append((name, f"score-cam, all {channels} ch (extrapolated)", full * plain * 1e3, full))
     pick = np.linspace(0, len(inputs) - 1, min(n, len(inputs))).astype(int)  # every class, not just the first
     probabilities, heatmaps = score_cam(head, forward, inputs[pick], k)
-    quality_rows.append(_quality(name, f"score-cam ({k} ch)", probabilities, heatmaps,
-                                 [quadrants[i] for i in pick], [labels[i] for i in pick]))
+    quality_rows.append(
+        _quality(
+            name,
+            f"score-cam ({k} ch)",
+            probabilities,
+            heatmaps,
+            [quadrants[i] for i in pick],
+            [labels[i] for i in pick],
+        )
+    )
     return cost_rows, quality_rows
 
 
-def _quality(name: str, method: str, probabilities: np.ndarray, heatmaps: np.ndarray, quadrants: list[int],
-             labels: list[int]) -> tuple:
-    from animalcls import cam
-    from animalcls.explain import quadrant_hits
+def _quality(
+    name: str, method: str, probabilities: np.ndarray, heatmaps: np.ndarray, quadrants: list[int], labels: list[int]
+) -> tuple:
+    from animalcls.trust import cam
+    from animalcls.trust.explain import quadrant_hits
 
     hits = quadrant_hits(heatmaps, quadrants)
     mass = np.mean([cam.quadrant_mass(h, q) for h, q in zip(heatmaps, quadrants)])
@@ -152,7 +164,6 @@ def _quality(name: str, method: str, probabilities: np.ndarray, heatmaps: np.nda
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(REPO))
     if not args.data.is_dir():
         print(f"error: no photos at {args.data}", file=sys.stderr)
         return 2
@@ -167,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, what, ms, ratio in costs:
         print(f"| {name:<28} | {what:<38} | {ms:8.1f} | {ratio:9.2f} |")
     print(f"\nQuadrant test (photo in a random quadrant of a grey canvas twice its size; seed {args.seed})")
-    print(f"| {'model':<28} | {'method':<18} | {'canvases':>8} | {'>50% in quadrant':>16} | "
-          f"{'mean mass there':>15} | {'accuracy':>8} |")
+    print(
+        f"| {'model':<28} | {'method':<18} | {'canvases':>8} | {'>50% in quadrant':>16} | "
+        f"{'mean mass there':>15} | {'accuracy':>8} |"
+    )
     print(f"|{'-' * 30}|{'-' * 20}|{'-' * 10}|{'-' * 18}|{'-' * 17}|{'-' * 10}|")
     for name, method, count, rate, mass, accuracy in qualities:
         print(f"| {name:<28} | {method:<18} | {count:>8} | {rate:>16.1%} | {mass:>15.1%} | {accuracy:>8.1%} |")

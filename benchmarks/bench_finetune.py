@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def subset_folder(data: Path, classes: tuple[str, ...], per_class: int, work: Path) -> Path:
     """Symlink the first `per_class` files of each class folder (sorted, so runs compare)."""
-    from animalcls.data import _class_folder, dataset_root
+    from animalcls.data.dataset import _class_folder, dataset_root
 
     root, out = dataset_root(data), work / "subset"
     for name in classes:
@@ -58,8 +57,9 @@ def subset_folder(data: Path, classes: tuple[str, ...], per_class: int, work: Pa
 
 def source_checkpoint(data: Path, args: argparse.Namespace, work: Path) -> Path:
     """A transfer checkpoint (fresh head) with a recorded split of `data`."""
-    from animalcls import checkpoints, workflows
-    from animalcls.train import PRESETS, FitResult
+    from animalcls.store import checkpoints
+    from animalcls.training import workflows
+    from animalcls.training.train import PRESETS, FitResult
 
     weights = None if args.weights == "none" else args.weights
     config = PRESETS["transfer"].replace(backbone=args.backbone, image_size=args.image_size)
@@ -75,8 +75,9 @@ def source_checkpoint(data: Path, args: argparse.Namespace, work: Path) -> Path:
 
 def time_cold_extraction(source: Path, cache_root: Path) -> tuple[float, int]:
     """Extract exactly what finetune() needs into an empty cache."""
-    from animalcls import checkpoints, data
-    from animalcls.features import FeatureCache, cached_feature_groups
+    from animalcls.data import dataset as data
+    from animalcls.serving.features import FeatureCache, cached_feature_groups
+    from animalcls.store import checkpoints
 
     model = checkpoints.load_checkpoint(source).model
     split = data.Split.load(source / checkpoints.SPLIT_FILE)
@@ -92,7 +93,10 @@ def time_naive(source: Path, epochs: int, batch_size: int, work: Path) -> tuple[
     """train.fit through the frozen backbone on images, then test evaluation on images."""
     import keras
 
-    from animalcls import checkpoints, data, evaluate, finetune, train, workflows
+    from animalcls.data import dataset as data
+    from animalcls.heads import finetune
+    from animalcls.store import checkpoints
+    from animalcls.training import evaluate, train, workflows
 
     manifest = checkpoints.read_manifest(source)
     config = finetune.finetune_config(manifest, epochs, 1e-3, batch_size)
@@ -110,7 +114,6 @@ def time_naive(source: Path, epochs: int, batch_size: int, work: Path) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -118,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["ANIMALCLS_FEATURE_CACHE"] = str(cache_root)
     os.environ["ANIMALCLS_RUNS"] = str(work / "runs")
 
-    from animalcls import checkpoints
-    from animalcls.finetune import finetune
-    from animalcls.labels import DEFAULT_CLASSES
-    from animalcls.logs import quiet_tensorflow
+    from animalcls.core.labels import DEFAULT_CLASSES
+    from animalcls.core.logs import quiet_tensorflow
+    from animalcls.heads.finetune import finetune
+    from animalcls.store import checkpoints
 
     quiet_tensorflow()
     data = subset_folder(args.data, DEFAULT_CLASSES, args.per_class, work)
@@ -148,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         ("    of which fit on images", naive_fit, "", ""),
     ]
     size = checkpoints.read_manifest(source)["image_size"]
-    print(f"\n{args.backbone} @ {size}px, weights {args.weights}, {args.per_class or 'all'} images/class, "
-          f"{args.epochs} epochs, batch {args.batch_size}, {os.cpu_count()} CPUs")
+    print(
+        f"\n{args.backbone} @ {size}px, weights {args.weights}, {args.per_class or 'all'} images/class, "
+        f"{args.epochs} epochs, batch {args.batch_size}, {os.cpu_count()} CPUs"
+    )
     print(f"{'step':<34}{'seconds':>9}{'epochs':>8}{'test acc':>10}")
     for name, seconds, epochs, acc in rows:
         acc_text = f"{acc:.4f}" if isinstance(acc, float) else acc

@@ -44,18 +44,26 @@ import runpy
 runpy.run_path("app.py", run_name="__main__")
 """
 ENDPOINTS = {
-    "classify": lambda image: [image, False], "classify_upload": lambda image: [image, False],
-    "reclassify_heatmaps": lambda image: [image, True], "classify_test_example": lambda image: [image, True],
-    "classify_user_example": lambda image: [image, False], "classify_after_use": lambda image: [image, False],
-    "classify_after_restore": lambda image: [image, False], "teach_add": lambda image: ["dog", None, image],
+    "classify": lambda image: [image, False],
+    "classify_upload": lambda image: [image, False],
+    "reclassify_heatmaps": lambda image: [image, True],
+    "classify_test_example": lambda image: [image, True],
+    "classify_user_example": lambda image: [image, False],
+    "classify_after_use": lambda image: [image, False],
+    "classify_after_restore": lambda image: [image, False],
+    "teach_add": lambda image: ["dog", None, image],
     "teach_classify": lambda image: [image],
 }
 
 
 def call(url: str, api: str, data: list[Any]) -> tuple[str, Any, float]:
     started = time.perf_counter()
-    reply = httpx.post(f"{url}gradio_api/call/{api}", content=json.dumps({"data": data}),
-                       headers={"content-type": "application/json"}, timeout=120)
+    reply = httpx.post(
+        f"{url}gradio_api/call/{api}",
+        content=json.dumps({"data": data}),
+        headers={"content-type": "application/json"},
+        timeout=120,
+    )
     if reply.status_code != 200:
         return f"http {reply.status_code}", reply.text[:200], time.perf_counter() - started
     with httpx.stream("GET", f"{url}gradio_api/call/{api}/{reply.json()['event_id']}", timeout=300) as stream:
@@ -75,14 +83,20 @@ def inline(data: bytes) -> dict[str, Any]:
 
 def png(side: int, padding: int = 0) -> bytes:
     """A black greyscale PNG, built row by row; `padding` bytes of an ancillary chunk make it big."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     packer, row = zlib.compressobj(9), bytes(side + 1)
     pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
     extra = chunk(b"zzPd", b"\0" * padding) if padding else b""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)) + extra
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + extra
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -95,8 +109,13 @@ def start_app(app_dir: Path, work: Path) -> tuple[str, subprocess.Popen, Path]:
         port = sock.getsockname()[1]
     opened = work / "opened.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_"))}
-    env.update(HOME=str(work / "home"), GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1", OPEN_LOG=str(opened))
+    env.update(
+        HOME=str(work / "home"),
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+        OPEN_LOG=str(opened),
+    )
     log = open(work / "app.log", "w")
     process = subprocess.Popen([sys.executable, "-c", HOOK], cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -117,12 +136,29 @@ def hostile(url: str, app_dir: Path, cache: Path, secret: Path) -> list[dict[str
     for name, target in (("passwd.png", Path("/etc/passwd")), ("confusion.png", confusion), ("secret.png", secret)):
         (links / name).unlink(missing_ok=True)
         (links / name).symlink_to(target)
-    paths = ["/etc/passwd", "/etc/shadow", "/proc/self/environ", "/", str(secret), str(confusion),
-             str(confusion.relative_to(app_dir)), "../../../../../../etc/passwd", f"{cache}/../../etc/passwd",
-             *(str(p) for p in links.iterdir()), f"file={secret}", f"/gradio_api/file={confusion}",
-             f"{url}gradio_api/file={confusion}", "http://127.0.0.1:1/x.png", "http://169.254.169.254/latest"]
-    return [*({"path": p} for p in paths), *({"path": p, "meta": META} for p in paths),
-            {"url": f"file://{secret}"}, {"url": f"{url}gradio_api/file={confusion}"}]
+    paths = [
+        "/etc/passwd",
+        "/etc/shadow",
+        "/proc/self/environ",
+        "/",
+        str(secret),
+        str(confusion),
+        str(confusion.relative_to(app_dir)),
+        "../../../../../../etc/passwd",
+        f"{cache}/../../etc/passwd",
+        *(str(p) for p in links.iterdir()),
+        f"file={secret}",
+        f"/gradio_api/file={confusion}",
+        f"{url}gradio_api/file={confusion}",
+        "http://127.0.0.1:1/x.png",
+        "http://169.254.169.254/latest",
+    ]
+    return [
+        *({"path": p} for p in paths),
+        *({"path": p, "meta": META} for p in paths),
+        {"url": f"file://{secret}"},
+        {"url": f"{url}gradio_api/file={confusion}"},
+    ]
 
 
 def wait_quiet(opened: Path, quiet_s: float = 5.0, limit_s: float = 180.0) -> None:
@@ -140,7 +176,9 @@ def sweep(url: str, app_dir: Path, work: Path, opened: Path) -> None:
     secret = work / "secret.png"
     secret.write_bytes(png(64))
     payloads = hostile(url, app_dir, cache, secret)
-    endpoints = {api: shape for api, shape in ENDPOINTS.items() if not call(url, api, shape(None))[0].startswith("http")}
+    endpoints = {
+        api: shape for api, shape in ENDPOINTS.items() if not call(url, api, shape(None))[0].startswith("http")
+    }
     print(f"image endpoints served: {', '.join(endpoints)}")
     wait_quiet(opened)
     began, answers = time.time(), Counter()
@@ -164,8 +202,10 @@ def sweep(url: str, app_dir: Path, work: Path, opened: Path) -> None:
                 continue
             is_module = any(resolved.is_relative_to(p) for p in python) and resolved.suffix in (".py", ".pyc", ".so")
             (modules if is_module else outside).add(str(resolved))
-    print(f"files opened meanwhile outside the upload cache and examples/: {len(outside)}, plus {len(modules)} "
-          "Python module files (imports)")
+    print(
+        f"files opened meanwhile outside the upload cache and examples/: {len(outside)}, plus {len(modules)} "
+        "Python module files (imports)"
+    )
     for path in sorted(outside):
         print(f"  {path}")
 
@@ -174,10 +214,12 @@ def bombs(url: str, pid: int, repeat: int) -> None:
     call(url, "classify", [inline(png(64)), False])  # what a first call loads, loaded
     bomb = png(12000)
     big = png(8, padding=51 * 2**20)
-    cases = {"inline 12000x12000 PNG (%.2f MB) to /classify" % (len(bomb) / 2**20): ("classify", lambda: inline(bomb)),
-             "inline 12000x12000 PNG to /teach_add (webcam)": ("teach_add", lambda: inline(bomb)),
-             "uploaded 12000x12000 PNG to /classify": ("classify", lambda: upload(url, "bomb.png", bomb)),
-             "inline 51 MB PNG (%.0f MB body) to /classify" % (len(big) * 4 / 3 / 2**20): ("classify", lambda: inline(big))}
+    cases = {
+        "inline 12000x12000 PNG (%.2f MB) to /classify" % (len(bomb) / 2**20): ("classify", lambda: inline(bomb)),
+        "inline 12000x12000 PNG to /teach_add (webcam)": ("teach_add", lambda: inline(bomb)),
+        "uploaded 12000x12000 PNG to /classify": ("classify", lambda: upload(url, "bomb.png", bomb)),
+        "inline 51 MB PNG (%.0f MB body) to /classify" % (len(big) * 4 / 3 / 2**20): ("classify", lambda: inline(big)),
+    }
     for what, (api, make) in cases.items():
         grown, seconds = [], []
         for _ in range(repeat):
@@ -187,8 +229,11 @@ def bombs(url: str, pid: int, repeat: int) -> None:
             event, data, took = call(url, api, ENDPOINTS[api](payload))
             grown.append((status_kb(pid, "VmHWM") - before) / 1024)
             seconds.append(took)
-        print(f"{what}: peak RSS +{max(grown):.0f} MB (max of {repeat}), {statistics.median(seconds):.2f} s median "
-              f"({max(seconds):.2f} max); answer: {event}: {str(data.get('error') if isinstance(data, dict) else data)[:110]}")
+        answer = str(data.get("error") if isinstance(data, dict) else data)[:110]
+        print(
+            f"{what}: peak RSS +{max(grown):.0f} MB (max of {repeat}), {statistics.median(seconds):.2f} s median "
+            f"({max(seconds):.2f} max); answer: {event}: {answer}"
+        )
 
 
 def main() -> None:
@@ -201,8 +246,8 @@ def main() -> None:
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(app_dir)], check=True)
     url, process, opened = start_app(app_dir, work)
     try:
-        print(f"app.py of {subprocess.check_output(['git', 'rev-parse', '--short', 'HEAD'], cwd=app_dir, text=True).strip()}"
-              f" serving at {url} (pid {process.pid})")
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=app_dir, text=True).strip()
+        print(f"app.py of {commit} serving at {url} (pid {process.pid})")
         sweep(url, app_dir, work, opened)
         bombs(url, process.pid, args.repeat)
         print(f"server log tracebacks: {(work / 'app.log').read_text().count('Traceback')}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "animals10-offline" / "raw-img"
 BATCH = 32
 
@@ -60,8 +58,8 @@ def photo_folder(data: Path, per_class: int, work: Path) -> tuple[Path, str]:
 
 
 def time_folder(predictor, paths: list[Path]) -> float:
-    from animalcls.batch_predict import write_rows
-    from animalcls.trust import InputJudge, Judge
+    from animalcls.serving.batch_predict import write_rows
+    from animalcls.trust.verdicts import InputJudge, Judge
 
     judge = InputJudge(Judge(predictor))  # with the scope verdicts, as `predict` writes them
     with open(os.devnull, "w") as sink:
@@ -81,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from animalcls.batch_predict import decoded, default_workers, discover
-    from animalcls.cli import resolve_checkpoint
-    from animalcls.inference import load_predictor
-    from animalcls.logs import quiet_tensorflow
+    from animalcls.cli.main import resolve_checkpoint
+    from animalcls.core.logs import quiet_tensorflow
+    from animalcls.serving.batch_predict import decoded, default_workers, discover
+    from animalcls.serving.inference import load_predictor
 
     quiet_tensorflow()
     work = Path(tempfile.mkdtemp(prefix="bench-predict-folder-"))
@@ -106,13 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     rate = {k: len(paths) / statistics.median(v) for k, v in times.items()}
     delta = float(np.max(np.abs(tf_predictor.forward(batches[0]) - onnx_predictor.forward(batches[0]))))
 
-    print(f"\n{checkpoint.name} at {size} px, {len(paths)} images ({source}), batch {BATCH}, "
-          f"{default_workers()} decoding threads, {os.cpu_count()} CPUs, median of {args.repeats}")
+    print(
+        f"\n{checkpoint.name} at {size} px, {len(paths)} images ({source}), batch {BATCH}, "
+        f"{default_workers()} decoding threads, {os.cpu_count()} CPUs, median of {args.repeats}"
+    )
     print(f"| {'what':<58} | {'img/s':>7} | {'vs (a)':>6} |")
     print(f"|{'-' * 60}|{'-' * 9}|{'-' * 8}|")
-    rows = [("(a) TF tf.function, batch 32, forward only (pre-decoded)", "forward"),
-            ("(b) predict FOLDER through TensorFlow (decode + forward + CSV)", "tf"),
-            ("(c) predict FOLDER through ONNX Runtime (decode + forward + CSV)", "onnx")]
+    rows = [
+        ("(a) TF tf.function, batch 32, forward only (pre-decoded)", "forward"),
+        ("(b) predict FOLDER through TensorFlow (decode + forward + CSV)", "tf"),
+        ("(c) predict FOLDER through ONNX Runtime (decode + forward + CSV)", "onnx"),
+    ]
     for name, key in rows:
         print(f"| {name:<58} | {rate[key]:>7.1f} | {rate[key] / rate['forward']:>5.2f}x |")
     print(f"\nmax |Δp| TF vs ONNX on one batch: {delta:.1e}")

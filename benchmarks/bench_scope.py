@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 BUNDLED = ["scratch-efficientnet_lite0", "transfer-efficientnet_lite0"]
 
@@ -32,7 +31,9 @@ BUNDLED = ["scratch-efficientnet_lite0", "transfer-efficientnet_lite0"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="*", type=Path, default=[REPO / "checkpoints" / n for n in BUNDLED])
-    p.add_argument("--shared", type=Path, default=SHARED, help="folder with animals10-offline, other-animals, cross-source-val")
+    p.add_argument(
+        "--shared", type=Path, default=SHARED, help="folder with animals10-offline, other-animals, cross-source-val"
+    )
     p.add_argument("--cache", type=Path, help="folder to keep extracted arrays in (reused when present)")
     p.add_argument("--batch-size", type=int, default=64)
     return p.parse_args(argv)
@@ -40,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def photo_sets(checkpoint: Path, shared: Path) -> dict[str, list[str]]:
     """Every photo set by name; the out-of-scope and cross-source sets split into halves."""
-    from animalcls.data import Split
-    from animalcls.scope_build import folder_groups, half_split
+    from animalcls.data.dataset import Split
+    from animalcls.trust.scope_build import folder_groups, half_split
 
     split = Split.load(checkpoint / "split.json")
     root = split.locate_root(checkpoint)
@@ -62,18 +63,28 @@ def load_arrays(checkpoint: Path, files: list[str], args: argparse.Namespace) ->
         data = dict(np.load(cached))
         if set(files) <= set(data["files"].tolist()):
             return data
-    from animalcls import scope_build
-    from animalcls.checkpoints import load_checkpoint
+    from animalcls.store.checkpoints import load_checkpoint
+    from animalcls.trust import scope_build
 
     ck = load_checkpoint(checkpoint)
     from_pool = scope_build.shares_imagenet_base(ck.model, ck.manifest)
     start = time.perf_counter()
     arrays = scope_build.extract_arrays(ck.model, files, ck.image_size, from_pool, args.batch_size)
     print(f"{checkpoint.name}: arrays of {len(files)} photos in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    head = {f"head_{layer.name}_{i}": np.asarray(w) for layer in ck.model.layers
-            if layer.name in ("fc512", "predictions") for i, w in enumerate(layer.get_weights())}
-    data = {"files": np.array(files), "probs": arrays.probabilities, "feats": arrays.features,
-            "inet": arrays.imagenet_features, "from_pool": np.array(from_pool), **head}
+    head = {
+        f"head_{layer.name}_{i}": np.asarray(w)
+        for layer in ck.model.layers
+        if layer.name in ("fc512", "predictions")
+        for i, w in enumerate(layer.get_weights())
+    }
+    data = {
+        "files": np.array(files),
+        "probs": arrays.probabilities,
+        "feats": arrays.features,
+        "inet": arrays.imagenet_features,
+        "from_pool": np.array(from_pool),
+        **head,
+    }
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cached, **data)
@@ -97,7 +108,7 @@ def imagenet_mass(features: np.ndarray, kernel: np.ndarray, bias: np.ndarray, sy
 
 def knn_own(train: np.ndarray):
     """kNN (k=10, PCA-64) on the model's own pooled features instead of ImageNet's."""
-    from animalcls.scope import KnnReference
+    from animalcls.trust.scope import KnnReference
 
     reference = KnnReference.fit(train)
     return lambda arrays: reference.score(arrays.features, 10)
@@ -118,9 +129,9 @@ def mahalanobis_scorer(train: np.ndarray, labels: np.ndarray):
 
 
 def evaluate_model(checkpoint: Path, args: argparse.Namespace) -> list[dict]:
-    from animalcls import scope_build as sb
-    from animalcls.checkpoints import read_manifest
-    from animalcls.data import Split
+    from animalcls.data.dataset import Split
+    from animalcls.store.checkpoints import read_manifest
+    from animalcls.trust import scope_build as sb
 
     manifest = read_manifest(checkpoint)
     sets = photo_sets(checkpoint, args.shared)
@@ -135,11 +146,18 @@ def evaluate_model(checkpoint: Path, args: argparse.Namespace) -> list[dict]:
     split = Split.load(checkpoint / "split.json")
     out_cal = [arrays("cane_cal"), arrays("other_cal")]
     calibration = sb.Calibration(
-        class_names=list(manifest["class_names"]), train=arrays("train"),
-        train_labels=np.array([label for _, label in split.train]), train_files=[rel for rel, _ in split.train],
-        val=arrays("val"), cross_source=arrays("cross_cal"),
-        out_of_scope=sb.ScopeArrays(*(np.concatenate(parts) for parts in zip(*(
-            (a.probabilities, a.features, a.imagenet_features) for a in out_cal)))),
+        class_names=list(manifest["class_names"]),
+        train=arrays("train"),
+        train_labels=np.array([label for _, label in split.train]),
+        train_files=[rel for rel, _ in split.train],
+        val=arrays("val"),
+        cross_source=arrays("cross_cal"),
+        out_of_scope=sb.ScopeArrays(
+            *(
+                np.concatenate(parts)
+                for parts in zip(*((a.probabilities, a.features, a.imagenet_features) for a in out_cal))
+            )
+        ),
     )
     head = sb.imagenet_head()
     reported = ("cane_held", "other_held", "test", "cross_held")
@@ -147,7 +165,10 @@ def evaluate_model(checkpoint: Path, args: argparse.Namespace) -> list[dict]:
     for method in ("maxprob", "imagenet", "knn", "combined"):
         detector = sb.fit_detector(calibration, method, bool(data.get("from_pool", False)), head=head)
         score = {n: sb._score(detector, arrays(n)) for n in reported}
-        label = {"knn": "knn (ImageNet features, PCA-64)", "imagenet": "imagenet log-odds (other animals vs the classes)"}
+        label = {
+            "knn": "knn (ImageNet features, PCA-64)",
+            "imagenet": "imagenet log-odds (other animals vs the classes)",
+        }
         rows.append(row(label.get(method, method), score, detector.threshold, detector))
     baseline = {n: sb.scope.maxprob_score(arrays(n).probabilities) for n in reported}
     rows.insert(0, row("max prob < 0.9 (fixed)", baseline, 0.1))
@@ -155,16 +176,18 @@ def evaluate_model(checkpoint: Path, args: argparse.Namespace) -> list[dict]:
     synsets = sb.scope.IMAGENET_SYNSETS
     class_synsets = sorted({i for n in manifest["class_names"] for i in synsets[n]})
     measured_only = {
-        "imagenet mass (classes' synsets)": lambda a: -np.log(np.clip(imagenet_mass(a.imagenet_features, kernel, bias,
-                                                                               class_synsets), 1e-12, 1.0)),
+        "imagenet mass (classes' synsets)": lambda a: (
+            -np.log(np.clip(imagenet_mass(a.imagenet_features, kernel, bias, class_synsets), 1e-12, 1.0))
+        ),
         "energy": lambda a: -np.log(np.exp(logits(data, a.features)).sum(axis=1)),
         "max logit": lambda a: -logits(data, a.features).max(axis=1),
         "knn on the model's own features": knn_own(calibration.train.features),
         "mahalanobis": mahalanobis_scorer(calibration.train.features.astype(np.float64), calibration.train_labels),
     }
     for name, fn in measured_only.items():
-        threshold = sb.choose_threshold([(fn(calibration.val), sb.VAL_FLAG_RATE),
-                                         (fn(calibration.cross_source), sb.CROSS_SOURCE_FLAG_RATE)])
+        threshold = sb.choose_threshold(
+            [(fn(calibration.val), sb.VAL_FLAG_RATE), (fn(calibration.cross_source), sb.CROSS_SOURCE_FLAG_RATE)]
+        )
         rows.append(row(name, {n: fn(arrays(n)) for n in reported}, threshold))
     return rows
 
@@ -181,11 +204,15 @@ def row(method: str, score: dict[str, np.ndarray], threshold: float, detector=No
 
 def print_table(name: str, rows: list[dict]) -> None:
     print(f"\n{name}\n")
-    print("| method | cane flagged | other-animals flagged | test flagged | cross-source flagged | ROC AUC | threshold |")
+    print(
+        "| method | cane flagged | other-animals flagged | test flagged | cross-source flagged | ROC AUC | threshold |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['cane_held']:.1%} | {r['other_held']:.1%} | {r['test']:.1%} | "
-              f"{r['cross_held']:.1%} | {r['auc']:.3f} | {r['threshold']:.4g} |")
+        print(
+            f"| {r['method']} | {r['cane_held']:.1%} | {r['other_held']:.1%} | {r['test']:.1%} | "
+            f"{r['cross_held']:.1%} | {r['auc']:.3f} | {r['threshold']:.4g} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for checkpoint in args.checkpoints:
         print_table(checkpoint.name, evaluate_model(checkpoint, args))
-    print("\nRates on photos never used for fitting: held-out halves (cane 150, other-animals 374, "
-          "cross-source 197) and the test split (600). Thresholds fitted on the val split and the "
-          "calibration halves. AUC: test + cross-source held-out vs cane + other-animals held-out.")
+    print(
+        "\nRates on photos never used for fitting: held-out halves (cane 150, other-animals 374, "
+        "cross-source 197) and the test split (600). Thresholds fitted on the val split and the "
+        "calibration halves. AUC: test + cross-source held-out vs cane + other-animals held-out."
+    )
     return 0
 
 

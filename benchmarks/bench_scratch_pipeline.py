@@ -1,7 +1,7 @@
 """Is the scratch model's training step waiting for its input? Images per second of one training
 step of EfficientNet-Lite0 from scratch on constant data (`train_on_batch`, the network alone)
-against full steps fed by the in-graph batch augmentation (animalcls/batch_augment.py) and by
-the per-photo numpy/PIL stream (animalcls/augment.py), all in one process, one after another.
+against full steps fed by the in-graph batch augmentation (animalcls/data/batch_augment.py) and by
+the per-photo numpy/PIL stream (animalcls/data/augment.py), all in one process, one after another.
 
     python benchmarks/bench_scratch_pipeline.py --data ../shared/data/animals10-offline/raw-img
 
@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 class _Timer:
@@ -42,9 +38,9 @@ class _Timer:
 
 
 def build(size: int):
-    from animalcls import models
-    from animalcls.scratch_run import RunConfig
-    from animalcls.train import compile_model
+    from animalcls.models import builders as models
+    from animalcls.training.scratch_run import RunConfig
+    from animalcls.training.train import compile_model
 
     config = RunConfig(image_size=size)
     model = models.build_scratch("efficientnet_lite0", 5, size, 0.2, 0.9)
@@ -80,21 +76,29 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=640)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the table shows medians")
     args = parser.parse_args()
-    from animalcls.logs import quiet_tensorflow
+    from animalcls.core.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    from animalcls import augment
-    from animalcls.batch_augment import BatchAugment, decode_once, training_dataset
+    from animalcls.data import augment
+    from animalcls.data.batch_augment import BatchAugment, decode_once, training_dataset
 
-    paths = sorted(glob.glob(str(Path(args.data) / "*" / "*.jpeg")))[:: 5][: args.photos]
+    paths = sorted(glob.glob(str(Path(args.data) / "*" / "*.jpeg")))[::5][: args.photos]
     labels = [i % 5 for i in range(len(paths))]
     recipe = BatchAugment(args.size)
     began = time.perf_counter()
     cached = decode_once(paths, recipe.cache_size)
     decode_rate = len(paths) / (time.perf_counter() - began)
     graph, _ = training_dataset(cached, labels, 5, recipe, args.batch)
-    pil = augment.batch_stream(augment.load_photos(paths), labels, 5, augment.RobustAugment(args.size), args.batch,
-                               mix_p=0.5, workers=2, prefetch=4)
+    pil = augment.batch_stream(
+        augment.load_photos(paths),
+        labels,
+        5,
+        augment.RobustAugment(args.size),
+        args.batch,
+        mix_p=0.5,
+        workers=2,
+        prefetch=4,
+    )
     measure = {
         "constant data (train_on_batch)": lambda: constant_rate(args.size, args.batch, args.steps),
         "in-graph batch augmentation (batch_augment)": lambda: fit_rate(graph, args.size, args.batch, args.steps),
@@ -106,8 +110,10 @@ def main() -> int:
         for name, rate in measure.items():
             rates[name].append(rate())
     rows = [(name, float(np.median(values))) for name, values in rates.items()]
-    print(f"\nEfficientNet-Lite0 from scratch, {args.size} px, batch {args.batch}; one-off decode of "
-          f"{len(paths)} photos: {decode_rate:.0f} img/s\n")
+    print(
+        f"\nEfficientNet-Lite0 from scratch, {args.size} px, batch {args.batch}; one-off decode of "
+        f"{len(paths)} photos: {decode_rate:.0f} img/s\n"
+    )
     print(f"| training step fed by | img/s (median of {args.rounds}) | constant / this |\n|---|---|---|")
     for name, rate in rows:
         print(f"| {name} | {rate:.1f} | {rows[0][1] / rate:.2f} |")

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 WARMUP = 3
 
 START_ONNX = """
 import time; t0 = time.perf_counter()
 import numpy as np
-from animalcls.onnx_engine import load_engine
+from animalcls.serving.onnx_engine import load_engine
 engine = load_engine({folder!r}, build=False)
 engine.probabilities(np.zeros((1, engine.image_size, engine.image_size, 3), np.float32))
 print(time.perf_counter() - t0)
@@ -35,7 +34,7 @@ print(time.perf_counter() - t0)
 START_TF = """
 import time; t0 = time.perf_counter()
 import numpy as np
-from animalcls.inference import load_predictor
+from animalcls.serving.inference import load_predictor
 predictor = load_predictor({folder!r}, engine="tf")
 predictor.forward(np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32))
 print(time.perf_counter() - t0)
@@ -44,8 +43,9 @@ print(time.perf_counter() - t0)
 
 def photo_batch(folder: Path, size: int, count: int) -> np.ndarray:
     """`count` test photos of the checkpoint's split, or random pixels without ../shared."""
-    from animalcls import checkpoints, data
-    from animalcls.inference import load_image, to_model_input
+    from animalcls.data import dataset as data
+    from animalcls.serving.inference import load_image, to_model_input
+    from animalcls.store import checkpoints
 
     raw = REPO.parent / "shared" / "data" / "animals10-offline" / "raw-img"
     if not raw.is_dir():
@@ -74,15 +74,20 @@ def start_seconds(template: str, folder: Path, runs: int) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     values = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", template.format(folder=str(folder))], env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", template.format(folder=str(folder))],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         values.append(float(out.stdout.split()[-1]))
     return statistics.median(values)
 
 
 def bench_model(kind: str, folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    from animalcls.inference import load_predictor
-    from animalcls.onnx_engine import load_engine
+    from animalcls.serving.inference import load_predictor
+    from animalcls.serving.onnx_engine import load_engine
 
     predictor, engine = load_predictor(folder, engine="tf"), load_engine(folder, build=False)
     engines = {"tf": predictor.forward, "onnx": engine.probabilities}
@@ -94,8 +99,10 @@ def bench_model(kind: str, folder: Path, args: argparse.Namespace) -> dict[str, 
         delta = np.abs(predictor.forward(batch) - engine.probabilities(batch)).max()
         assert predictor.engine == "tf", "the TF column must run TensorFlow"
         row["delta"] = max(row.get("delta", 0.0), float(delta))
-        print(f"  {kind} batch {batch_size}: TF {row[f'tf{batch_size}']:.1f} ms, "
-              f"ONNX {row[f'onnx{batch_size}']:.1f} ms", flush=True)
+        print(
+            f"  {kind} batch {batch_size}: TF {row[f'tf{batch_size}']:.1f} ms, ONNX {row[f'onnx{batch_size}']:.1f} ms",
+            flush=True,
+        )
     row["start_onnx"] = start_seconds(START_ONNX, folder, args.starts)
     row["start_tf"] = start_seconds(START_TF, folder, args.starts)
     return row
@@ -110,19 +117,25 @@ def main(argv: list[str] | None = None) -> None:
 
     from importlib.metadata import version
 
-    from animalcls.checkpoints import default_pair
-    from animalcls.onnx_engine import default_threads
+    from animalcls.serving.onnx_engine import default_threads
+    from animalcls.store.checkpoints import default_pair
 
     rows = {kind: bench_model(kind, folder, args) for kind, folder in sorted(default_pair().items())}
-    print(f"\nTensorFlow {version('tensorflow-cpu')} vs onnxruntime {version('onnxruntime')} "
-          f"({default_threads()} intra-op threads), {os.cpu_count()} CPUs; medians after {WARMUP} warm-up calls\n")
-    print("| model | TF batch 1 | ONNX batch 1 | speed-up | TF batch 32 | ONNX batch 32 | speed-up "
-          "| max \\|Δp\\| | start TF | start ONNX |")
+    print(
+        f"\nTensorFlow {version('tensorflow-cpu')} vs onnxruntime {version('onnxruntime')} "
+        f"({default_threads()} intra-op threads), {os.cpu_count()} CPUs; medians after {WARMUP} warm-up calls\n"
+    )
+    print(
+        "| model | TF batch 1 | ONNX batch 1 | speed-up | TF batch 32 | ONNX batch 32 | speed-up "
+        "| max \\|Δp\\| | start TF | start ONNX |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for kind, r in rows.items():
-        print(f"| {kind} | {r['tf1']:.1f} ms | {r['onnx1']:.1f} ms | {r['tf1'] / r['onnx1']:.1f}x "
-              f"| {r['tf32']:.0f} ms | {r['onnx32']:.0f} ms | {r['tf32'] / r['onnx32']:.1f}x | {r['delta']:.1e} "
-              f"| {r['start_tf']:.2f} s | {r['start_onnx']:.2f} s |")
+        print(
+            f"| {kind} | {r['tf1']:.1f} ms | {r['onnx1']:.1f} ms | {r['tf1'] / r['onnx1']:.1f}x "
+            f"| {r['tf32']:.0f} ms | {r['onnx32']:.0f} ms | {r['tf32'] / r['onnx32']:.1f}x | {r['delta']:.1e} "
+            f"| {r['start_tf']:.2f} s | {r['start_onnx']:.2f} s |"
+        )
     print("\nstart = a fresh process importing the engine, loading the model and classifying one image.")
 
 

@@ -44,9 +44,16 @@ def space(app_dir: Path, work: Path) -> Iterator[tuple[str, subprocess.Popen, fl
     """(url, process, seconds from spawn to the first HTTP 200) of app.py run as a Space."""
     home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))}
-    env.update(HOME=str(home), GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))
+    }
+    env.update(
+        HOME=str(home),
+        GRADIO_SERVER_NAME="0.0.0.0",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+    )
     log = open(work / f"app-{port}.log", "w")
     spawned = time.monotonic()
     process = subprocess.Popen([sys.executable, "app.py"], cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -92,8 +99,11 @@ def first_requests(app_dir: Path, work: Path, starts: int) -> None:
                 ok, sent_after = False, time.monotonic() - start
                 print(f"  failed: {type(exc).__name__}: {str(exc)[:200]}")
             good += ok
-            print(f"start {n + 1}: page after {page_after:.1f} s, classify sent {sent_after:.2f} s after the page, "
-                  f"{'ok' if ok else 'FAILED'}", flush=True)
+            print(
+                f"start {n + 1}: page after {page_after:.1f} s, classify sent {sent_after:.2f} s after the page, "
+                f"{'ok' if ok else 'FAILED'}",
+                flush=True,
+            )
     print(f"first classify within a second of the page: {good}/{starts} answered")
 
 
@@ -128,7 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-space-"))
     app_dir = clone(work)
-    print(f"clone of {subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()} in {work}")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    print(f"clone of {commit.stdout.strip()} in {work}")
     if args.what == "first":
         first_requests(app_dir, work, args.starts)
     else:

@@ -31,9 +31,9 @@ ENGINES = ("onnx", "tf")
 
 IN_PROCESS = """
 import statistics, time
-from animalcls.checkpoints import default_pair
-from animalcls.inference import load_image, load_predictor, to_model_input
-from animalcls.onnx_engine import share_thread_pool
+from animalcls.store.checkpoints import default_pair
+from animalcls.serving.inference import load_image, load_predictor, to_model_input
+from animalcls.serving.onnx_engine import share_thread_pool
 share_thread_pool()  # as app.py does (without effect on the TF engine)
 predictors = [load_predictor(folder) for folder in default_pair().values()]
 photo = {photo!r}
@@ -57,21 +57,37 @@ print(times["forward"], times["whole"])
 
 
 def engine_env(engine: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "ANIMALCLS_ENGINE": engine, "TF_CPP_MIN_LOG_LEVEL": "3",
-            "GRADIO_ANALYTICS_ENABLED": "False"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ANIMALCLS_ENGINE": engine,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
 
 
 def in_process_ms(engine: str, photo: Path) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", IN_PROCESS.format(photo=str(photo))], env=engine_env(engine), cwd=REPO,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS.format(photo=str(photo))],
+        env=engine_env(engine),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     forward, whole = map(float, out.stdout.split()[-2:])
     return forward, whole
 
 
 def predict_seconds(engine: str, photo: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "animalcls", "predict", "transfer", str(photo)], env=engine_env(engine),
-                   cwd=REPO, capture_output=True, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "animalcls", "predict", "transfer", str(photo)],
+        env=engine_env(engine),
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
     return time.perf_counter() - start
 
 
@@ -88,8 +104,9 @@ def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float, float,
     port = free_port()
     command = [sys.executable, "app.py", "--no-hub", "--port", str(port)]
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=engine_env(engine), cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        command, env=engine_env(engine), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         page = _first_page_seconds(port, start, timeout)
         for line in process.stdout:
@@ -148,23 +165,32 @@ def main(argv: list[str] | None = None) -> None:
             for engine in ENGINES:
                 forward, whole = in_process_ms(engine, photo)
                 page, rss, ready, serving = app_ready(engine)
-                for key, value in (("forward", forward), ("whole", whole), ("predict", predict_seconds(engine, photo)),
-                                   ("ready", ready), ("serving", serving), ("page", page), ("rss", rss),
-                                   ("gradio", gradio_import_seconds())):
+                for key, value in (
+                    ("forward", forward),
+                    ("whole", whole),
+                    ("predict", predict_seconds(engine, photo)),
+                    ("ready", ready),
+                    ("serving", serving),
+                    ("page", page),
+                    ("rss", rss),
+                    ("gradio", gradio_import_seconds()),
+                ):
                     results[engine].setdefault(key, []).append(value)
             print(f"  run {run + 1}/{args.runs} done", flush=True)
     med = {e: {k: statistics.median(v) for k, v in r.items()} for e, r in results.items()}
     print(f"\nMedians of {args.runs} fresh processes per figure; {os.cpu_count()} CPUs; photo {photo.name}\n")
     print("| target | ONNX Runtime | TensorFlow | ratio |")
     print("|---|---|---|---|")
-    rows = (("both models, one photo, in-process: forward passes", "forward", "{:.1f} ms"),
-            ("both models, one photo, in-process: with decode + resize", "whole", "{:.1f} ms"),
-            ("`predict transfer PHOTO` as a process", "predict", "{:.2f} s"),
-            ("`app.py` start to models ready (the app's own clock)", "ready", "{:.1f} s"),
-            ("`app.py` start to serving (the app's own clock)", "serving", "{:.1f} s"),
-            ("`app.py` spawned to its page answering HTTP 200", "page", "{:.1f} s"),
-            ("`import gradio` alone, a fresh process (same for both)", "gradio", "{:.1f} s"),
-            ("`app.py` memory when the models are ready", "rss", "{:.0f} MB"))
+    rows = (
+        ("both models, one photo, in-process: forward passes", "forward", "{:.1f} ms"),
+        ("both models, one photo, in-process: with decode + resize", "whole", "{:.1f} ms"),
+        ("`predict transfer PHOTO` as a process", "predict", "{:.2f} s"),
+        ("`app.py` start to models ready (the app's own clock)", "ready", "{:.1f} s"),
+        ("`app.py` start to serving (the app's own clock)", "serving", "{:.1f} s"),
+        ("`app.py` spawned to its page answering HTTP 200", "page", "{:.1f} s"),
+        ("`import gradio` alone, a fresh process (same for both)", "gradio", "{:.1f} s"),
+        ("`app.py` memory when the models are ready", "rss", "{:.0f} MB"),
+    )
     for label, key, fmt in rows:
         onnx, tf = med["onnx"][key], med["tf"][key]
         print(f"| {label} | {fmt.format(onnx)} | {fmt.format(tf)} | {tf / onnx:.1f}x |")

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "animals10-offline" / "raw-img"
 KINDS = ("scratch", "transfer")
 
@@ -42,23 +41,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load(kind: str) -> dict:
-    from animalcls.checkpoints import default_pair, load_checkpoint
-    from animalcls.teach import head_from_file, keras_extractor, onnx_extractor, stored_features
+    from animalcls.heads.teach import head_from_file, keras_extractor, onnx_extractor, stored_features
+    from animalcls.store.checkpoints import default_pair, load_checkpoint
 
     folder = default_pair()[kind]
     model = load_checkpoint(folder).model
     onnx = onnx_extractor(folder)
-    return {"folder": folder, "model": model, "size": int(model.input_shape[1]), "head": head_from_file(folder),
-            "stored": stored_features(folder), "extract": onnx or keras_extractor(model), "tf": keras_extractor(model),
-            "engine": "onnxruntime" if onnx else "tensorflow"}
+    return {
+        "folder": folder,
+        "model": model,
+        "size": int(model.input_shape[1]),
+        "head": head_from_file(folder),
+        "stored": stored_features(folder),
+        "extract": onnx or keras_extractor(model),
+        "tf": keras_extractor(model),
+        "engine": "onnxruntime" if onnx else "tensorflow",
+    }
 
 
 def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int, epochs: int) -> dict:
-    from animalcls.teach import photo_batch, score, teach_head, with_mirrors
-    from animalcls.teach_head import TrainSettings
+    from animalcls.heads.teach import photo_batch, score, teach_head, with_mirrors
+    from animalcls.heads.teach_head import TrainSettings
 
     features = side["extract"](with_mirrors(photo_batch(dogs, side["size"])))
-    plain, mirrored = features[: len(dogs)], features[len(dogs):]
+    plain, mirrored = features[: len(dogs)], features[len(dogs) :]
     names = [*side["stored"].class_names, "dog"]
     out = {}
     for k in shots:
@@ -76,8 +82,8 @@ def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int,
 def time_teach(side: dict, photos: list[Path], epochs: int, engine: str) -> tuple[float, float, float]:
     """(seconds to decode + extract, seconds to train, CPU seconds of this process) for
     `photos` as one new class."""
-    from animalcls.teach import photo_batch, teach_head, with_mirrors
-    from animalcls.teach_head import TrainSettings
+    from animalcls.heads.teach import photo_batch, teach_head, with_mirrors
+    from animalcls.heads.teach_head import TrainSettings
 
     start, cpu = time.perf_counter(), time.process_time()
     features = side["extract" if engine == "onnx" else "tf"](with_mirrors(photo_batch(photos, side["size"])))
@@ -96,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     dogs = [dogs[i] for i in np.random.default_rng(42).permutation(len(dogs))]
     pool = len(dogs) // 2
     sides = {kind: load(kind) for kind in KINDS}
-    print(f"Feature engines: {', '.join(k + ' ' + s['engine'] for k, s in sides.items())}; "
-          f"{args.draws} draws, {args.epochs} epochs, pool {pool} / held-out {len(dogs) - pool} dog photos\n")
+    print(
+        f"Feature engines: {', '.join(k + ' ' + s['engine'] for k, s in sides.items())}; "
+        f"{args.draws} draws, {args.epochs} epochs, pool {pool} / held-out {len(dogs) - pool} dog photos\n"
+    )
     if not args.skip_curve:
         print_curve(sides, dogs, pool, args)
     print_timing(sides, dogs[:10], args)
@@ -109,13 +117,20 @@ def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespa
     print("| dog photos | scratch: dog | scratch: 5 old classes | transfer: dog | transfer: 5 old classes |")
     print("|---|---|---|---|---|")
     for k in args.shots:
-        cells = [f"{curves[kind][k][:, col].mean():.3f} ± {curves[kind][k][:, col].std():.3f}"
-                 for kind in KINDS for col in (0, 1)]
+        cells = [
+            f"{curves[kind][k][:, col].mean():.3f} ± {curves[kind][k][:, col].std():.3f}"
+            for kind in KINDS
+            for col in (0, 1)
+        ]
         print(f"| {k} | " + " | ".join(cells) + " |")
-    before = {kind: float((s["head"].probabilities(s["stored"].test).argmax(1) == s["stored"].test_labels).mean())
-              for kind, s in sides.items()}
-    print(f"\nBefore teaching, on the same 600 test features: scratch {before['scratch']:.3f}, "
-          f"transfer {before['transfer']:.3f}\n")
+    before = {
+        kind: float((s["head"].probabilities(s["stored"].test).argmax(1) == s["stored"].test_labels).mean())
+        for kind, s in sides.items()
+    }
+    print(
+        f"\nBefore teaching, on the same 600 test features: scratch {before['scratch']:.3f}, "
+        f"transfer {before['transfer']:.3f}\n"
+    )
 
 
 def print_timing(sides: dict, ten: list[Path], args: argparse.Namespace) -> None:
@@ -135,8 +150,10 @@ def print_timing(sides: dict, ten: list[Path], args: argparse.Namespace) -> None
     for engine in engines:
         for kind in KINDS:
             rows = np.asarray(runs[(kind, engine)])
-            print(f"| {kind}, {engine} | {np.median(rows[:, 0]):.2f} | {np.median(rows[:, 1]):.2f} | "
-                  f"{np.median(rows[:, :2].sum(axis=1)):.2f} | {np.median(rows[:, 2]):.2f} |")
+            print(
+                f"| {kind}, {engine} | {np.median(rows[:, 0]):.2f} | {np.median(rows[:, 1]):.2f} | "
+                f"{np.median(rows[:, :2].sum(axis=1)):.2f} | {np.median(rows[:, 2]):.2f} |"
+            )
         totals = [sum(sum(runs[(k, engine)][i][:2]) for k in KINDS) for i in range(args.repeats)]
         cpu = [sum(runs[(k, engine)][i][2] for k in KINDS) for i in range(args.repeats)]
         print(f"| both models, {engine} | | | **{statistics.median(totals):.2f}** | {statistics.median(cpu):.2f} |")

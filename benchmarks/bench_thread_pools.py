@@ -21,17 +21,20 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SETUPS = {"spin": "per-session pools, spinning", "sleep": "per-session pools, sleeping",
-          "shared": "one shared pool (the app)"}
+SETUPS = {
+    "spin": "per-session pools, spinning",
+    "sleep": "per-session pools, sleeping",
+    "shared": "one shared pool (the app)",
+}
 
 ONE_PROCESS = """
 import statistics, sys, time
 import numpy as np
 import onnxruntime as ort
-from animalcls.checkpoints import default_pair
-from animalcls.inference import load_image, to_model_input
-from animalcls.onnx_engine import default_threads
-from animalcls.onnx_store import INPUT_NAME, OUTPUTS, ONNX_FILE
+from animalcls.store.checkpoints import default_pair
+from animalcls.serving.inference import load_image, to_model_input
+from animalcls.serving.onnx_engine import default_threads
+from animalcls.store.onnx_store import INPUT_NAME, OUTPUTS, ONNX_FILE
 setup, photo = sys.argv[1], sys.argv[2]
 if setup == "shared":
     ort.set_global_thread_pool_sizes(default_threads(), 1)
@@ -66,8 +69,14 @@ print(median_ms(both), median_ms(alone(0)), median_ms(alone(1)))
 
 def one_process(setup: str, photo: Path) -> list[float]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", ONE_PROCESS, setup, str(photo)], env=env, cwd=REPO,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_PROCESS, setup, str(photo)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [float(x) for x in out.stdout.split()[-3:]]
 
 
@@ -75,7 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="fresh processes per set-up")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).parent))
     import tempfile
 
     from bench_startup import test_photo

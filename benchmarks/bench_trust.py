@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def median_ms(fn, rounds: int) -> float:
@@ -36,28 +33,32 @@ def main() -> None:
     parser.add_argument("--engine", default=None)
     args = parser.parse_args()
 
-    from animalcls import checkpoints, trust
-    from animalcls.explain import overlay
-    from animalcls.inference import load_image, load_predictor
-    from animalcls.preprocessing import to_model_input
+    from animalcls.data.preprocessing import to_model_input
+    from animalcls.serving.inference import load_image, load_predictor
+    from animalcls.store import checkpoints
+    from animalcls.trust import verdicts as trust
+    from animalcls.trust.explain import overlay
 
     photo = load_image(REPO / "examples" / "cat-chelsea.jpg")
     pair = checkpoints.default_pair()
     judges = {kind: trust.Judge(load_predictor(pair[kind], args.engine)) for kind in ("transfer", "scratch")}
     imagenet = judges["transfer"].answer([photo])[1]  # what the app lends scratch's detector
     out = Path(tempfile.mkdtemp(prefix="bench-trust-"))
-    print(f"engine: {judges['transfer'].predictor.engine}; photo {photo.width}x{photo.height}; "
-          f"median of {args.rounds} rounds, batch 1\n")
+    print(
+        f"engine: {judges['transfer'].predictor.engine}; photo {photo.width}x{photo.height}; "
+        f"median of {args.rounds} rounds, batch 1\n"
+    )
     print("| model | forward pass only | + verdict (scope) | + Grad-CAM | + overlay file (448 px JPEG) |")
     print("|---|---|---|---|---|")
     for kind, judge in judges.items():
         predictor = judge.predictor
         lent = imagenet if judge.needs_imagenet else None
-        forward = median_ms(lambda: predictor.forward(to_model_input(photo, predictor.image_size)[None]), args.rounds)
-        verdict = median_ms(lambda: judge.answer([photo], lent), args.rounds)
-        heatmap = median_ms(lambda: judge.answer([photo], lent, heatmaps=True), args.rounds)
+        batch = to_model_input(photo, predictor.image_size)[None]
+        forward = median_ms(lambda p=predictor, b=batch: p.forward(b), args.rounds)
+        verdict = median_ms(lambda j=judge, lent=lent: j.answer([photo], lent), args.rounds)
+        heatmap = median_ms(lambda j=judge, lent=lent: j.answer([photo], lent, heatmaps=True), args.rounds)
 
-        def with_file() -> None:
+        def with_file(judge=judge, lent=lent) -> None:
             answer = judge.answer([photo], lent, heatmaps=True)[0][0]
             small = photo.copy()
             small.thumbnail((448, 448))

@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (folder / "scope.json").is_file():
             print(f"error: {folder} has no scope.json", file=sys.stderr)
             return 2
-    from animalcls.scope_build import add_test_features
+    from animalcls.trust.scope_build import add_test_features
 
     for folder in args.checkpoints:
         print(f"{folder}: {add_test_features(folder)} test features added")

@@ -13,11 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> int:
@@ -29,11 +25,13 @@ def main() -> int:
     for name in ("weights", "info", "history", "split"):
         if not Path(getattr(args, name)).is_file():
             parser.error(f"--{name} {getattr(args, name)} is not a file")
-    from animalcls.logs import quiet_tensorflow
+    from animalcls.core.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    from animalcls import data, evaluate, models, workflows
-    from animalcls.train import FitResult, TrainConfig
+    from animalcls.data import dataset as data
+    from animalcls.models import builders as models
+    from animalcls.training import evaluate, workflows
+    from animalcls.training.train import FitResult, TrainConfig
 
     info = json.loads(Path(args.info).read_text())
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -63,7 +61,11 @@ def main() -> int:
         "train_images_per_second": info["train_images_per_second"],
         "started_from": info.get("init"),
         "training_photos": "the split's train/val photos"
-        + (f", re-encoded at {info['pack']['size']} px, JPEG quality {info['pack']['jpeg_quality']}" if info.get("pack") else ""),
+        + (
+            f", re-encoded at {info['pack']['size']} px, JPEG quality {info['pack']['jpeg_quality']}"
+            if info.get("pack")
+            else ""
+        ),
     }
     workflows.save_with_figures(out, model, manifest, history, evaluation, split)
     print(f"{out}: test accuracy {evaluation['accuracy']:.4f}")

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 METHODS = ("combined", "knn", "imagenet", "maxprob")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", type=Path)
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data",
-                   help="folder with animals10-offline, other-animals and cross-source-val")
+    p.add_argument(
+        "--shared",
+        type=Path,
+        default=REPO.parent / "shared" / "data",
+        help="folder with animals10-offline, other-animals and cross-source-val",
+    )
     p.add_argument("--method", choices=METHODS, default="combined")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="replace existing scope files")
@@ -43,7 +45,7 @@ def cached_extractor(path: Path):
     """extract_arrays, answered from a bench_scope.py cache file where it holds every photo."""
     import numpy as np
 
-    from animalcls.scope_build import ScopeArrays, extract_arrays
+    from animalcls.trust.scope_build import ScopeArrays, extract_arrays
 
     data = dict(np.load(path)) if path.is_file() else {"files": np.array([])}
     row_of = {f: i for i, f in enumerate(data["files"].tolist())}
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tqdm import tqdm
 
-    from animalcls.scope_build import build_scope, shared_calibration_sets
+    from animalcls.trust.scope_build import build_scope, shared_calibration_sets
 
     sets = shared_calibration_sets(args.shared)
     out_of_scope = sets["cane"][0] + sets["other"][0]
@@ -75,8 +77,16 @@ def main(argv: list[str] | None = None) -> int:
                 bar.refresh()
 
             extract = cached_extractor(args.cache / f"scope_{folder.name}.npz") if args.cache else None
-            detector = build_scope(folder, out_of_scope, cross_source, args.method, args.batch_size,
-                                   on_batch, overwrite=args.overwrite, extract=extract)
+            detector = build_scope(
+                folder,
+                out_of_scope,
+                cross_source,
+                args.method,
+                args.batch_size,
+                on_batch,
+                overwrite=args.overwrite,
+                extract=extract,
+            )
         scores = ", ".join(detector.score_names)
         print(f"{folder}: {args.method} ({scores}), threshold {detector.threshold:.4g}")
     return 0

@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
@@ -56,7 +55,7 @@ DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 
 def predict_all(predictor, images: list[Image.Image], batch: int = 64) -> np.ndarray:
-    from animalcls.preprocessing import to_model_input
+    from animalcls.data.preprocessing import to_model_input
 
     out = []
     for start in range(0, len(images), batch):
@@ -92,7 +91,7 @@ def unknown_class_spread(predictor, folder: Path) -> dict[str, object]:
 
 def cross_source_accuracy(predictor, folder: str) -> dict[str, object]:
     """Accuracy on photos of the same classes from other sources, overall and per class."""
-    from animalcls import data
+    from animalcls.data import dataset as data
 
     scan = data.scan_folder(folder, predictor.class_names)
     truth = np.asarray([s.label for s in scan.samples])
@@ -107,16 +106,21 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "checkpoints" / "robustness.json"))
     parser.add_argument("--scratch", help="scratch checkpoint folder (default: the bundled one)")
     parser.add_argument("--transfer", help="transfer checkpoint folder (default: the bundled one)")
-    parser.add_argument("--cross-source", metavar="DIR",
-                        help="also score photos of the five classes from other sources (e.g. "
-                        "../shared/data/cross-source-val/raw-img), overall and per class")
+    parser.add_argument(
+        "--cross-source",
+        metavar="DIR",
+        help="also score photos of the five classes from other sources (e.g. "
+        "../shared/data/cross-source-val/raw-img), overall and per class",
+    )
     parser.add_argument("--kinds", nargs="+", choices=["scratch", "transfer"], default=["scratch", "transfer"])
     args = parser.parse_args()
-    from animalcls.logs import quiet_tensorflow
+    from animalcls.core.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    from animalcls import atomic, checkpoints, data
-    from animalcls.inference import load_predictor
+    from animalcls.core import atomic
+    from animalcls.data import dataset as data
+    from animalcls.serving.inference import load_predictor
+    from animalcls.store import checkpoints
 
     root = data.dataset_root(args.data)
     results = {}
@@ -153,21 +157,31 @@ def markdown(results: dict) -> str:
     kinds = sorted(results)
     lines = ["| test photos | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for name in DEGRADATIONS:
-        lines.append(f"| {name} | " + " | ".join(f"{results[k]['degraded_test_accuracy'][name]:.3f}" for k in kinds) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{results[k]['degraded_test_accuracy'][name]:.3f}" for k in kinds) + " |"
+        )
     lines.append("| worst class, any of them | " + " | ".join(_worst(results[k]) for k in kinds) + " |")
     if all(results[k].get("cross_source") for k in kinds):
         lines += ["", "| cross-source photos | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
         lines.append("| all | " + " | ".join(f"{results[k]['cross_source']['accuracy']:.3f}" for k in kinds) + " |")
         for name in results[kinds[0]]["cross_source"]["per_class"]:
-            lines.append(f"| {name} | " + " | ".join(
-                f"{results[k]['cross_source']['per_class'][name]:.3f}" for k in kinds) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{results[k]['cross_source']['per_class'][name]:.3f}" for k in kinds)
+                + " |"
+            )
     if all(results[k]["cane_dogs"] for k in kinds):
         names = list(results[kinds[0]]["cane_dogs"]["argmax_counts"])
         lines += ["", "| 300 dog photos predicted as | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
         for n in names:
-            lines.append(f"| {n} | " + " | ".join(str(results[k]["cane_dogs"]["argmax_counts"][n]) for k in kinds) + " |")
-        lines.append("| mean top probability | " + " | ".join(
-            f"{results[k]['cane_dogs']['mean_top_probability']:.2f}" for k in kinds) + " |")
+            lines.append(
+                f"| {n} | " + " | ".join(str(results[k]["cane_dogs"]["argmax_counts"][n]) for k in kinds) + " |"
+            )
+        lines.append(
+            "| mean top probability | "
+            + " | ".join(f"{results[k]['cane_dogs']['mean_top_probability']:.2f}" for k in kinds)
+            + " |"
+        )
     return "\n".join(lines)
 
 

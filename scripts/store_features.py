@@ -3,18 +3,14 @@ so the app can fine-tune its head where the photos are absent (a Hugging Face Sp
 
     python scripts/store_features.py checkpoints/transfer-efficientnet_lite0 [--data DIR]
 
-Writes CHECKPOINT/features.npz (float16; see animalcls/stored_features.py). When the folder's
+Writes CHECKPOINT/features.npz (float16; see animalcls/store/stored_features.py). When the folder's
 scope.npz already holds the train features, features.npz keeps only val and test.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
@@ -27,9 +23,10 @@ def main() -> None:
 
     import numpy as np
 
-    from animalcls import checkpoints, data
-    from animalcls.features import backbone_key
-    from animalcls.stored_features import SCOPE_NPZ, extract_parts, load_features, save_features
+    from animalcls.data import dataset as data
+    from animalcls.serving.features import backbone_key
+    from animalcls.store import checkpoints
+    from animalcls.store.stored_features import SCOPE_NPZ, extract_parts, load_features, save_features
 
     split = data.Split.load(args.checkpoint / "split.json")
     root = data.dataset_root(args.data) if args.data else split.locate_root(args.checkpoint)

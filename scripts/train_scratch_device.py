@@ -32,7 +32,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -40,7 +39,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 PACK_SIZE, PACK_QUALITY = 160, 80
 VARIANTS = {
@@ -111,20 +109,27 @@ def train(args: argparse.Namespace) -> None:
         photos, labels, part, class_names = load_split(Path(args.data), Path(args.split))
     import keras
 
-    from animalcls import augment, models
-    from animalcls.train import PRESETS, CosineWarmup, HistoryRecorder, compile_model
+    from animalcls.data import augment
+    from animalcls.models import builders as models
+    from animalcls.training.train import PRESETS, CosineWarmup, HistoryRecorder, compile_model
 
     aug_overrides, config_overrides = VARIANTS[args.variant]
     config = PRESETS["scratch-robust"].replace(
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        warmup_epochs=args.warmup_epochs, **config_overrides
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs,
+        **config_overrides,
     )
     config = config.replace(mix=args.mix)
     recipe = augment.RobustAugment(image_size=config.image_size, **aug_overrides)
     keras.utils.set_random_seed(config.seed)
     if args.precision != "float32":
         keras.config.set_dtype_policy(args.precision)
-    model = models.build_scratch(config.backbone, len(class_names), config.image_size, config.dropout, config.bn_momentum)
+    model = models.build_scratch(
+        config.backbone, len(class_names), config.image_size, config.dropout, config.bn_momentum
+    )
     if args.init:
         # Longer training of an earlier from-scratch run: its weights, never pretrained ones.
         model.set_weights(keras.models.load_model(Path(args.init) / "model.keras", compile=False).get_weights())
@@ -133,8 +138,15 @@ def train(args: argparse.Namespace) -> None:
         model.jit_compile = False  # XLA's compile of this step took over 15 min on 2 busy CPU cores
     train_idx, val_idx = np.flatnonzero(part == 0)[: args.limit], np.flatnonzero(part == 1)[: args.limit]
     stream = augment.batch_stream(
-        [photos[i] for i in train_idx], labels[train_idx], len(class_names), recipe, config.batch_size,
-        seed=config.seed, mix_p=config.mix, workers=args.workers, prefetch=2 * args.workers,
+        [photos[i] for i in train_idx],
+        labels[train_idx],
+        len(class_names),
+        recipe,
+        config.batch_size,
+        seed=config.seed,
+        mix_p=config.mix,
+        workers=args.workers,
+        prefetch=2 * args.workers,
     )
     size = (config.image_size, config.image_size)
     x_val = np.stack([np.asarray(photos[i].resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)) for i in val_idx])
@@ -145,13 +157,19 @@ def train(args: argparse.Namespace) -> None:
     recorder = HistoryRecorder(out / f"{args.variant}.history.json")
     fit_start = time.perf_counter()
     model.fit(
-        stream, steps_per_epoch=augment.steps_per_epoch(len(train_idx), config.batch_size),
-        validation_data=(x_val.astype(np.float32), y_val), epochs=config.epochs,
-        callbacks=[recorder, cosine, budget, *_keep_last(args, out)], verbose=args.verbose, shuffle=False,
+        stream,
+        steps_per_epoch=augment.steps_per_epoch(len(train_idx), config.batch_size),
+        validation_data=(x_val.astype(np.float32), y_val),
+        epochs=config.epochs,
+        callbacks=[recorder, cosine, budget, *_keep_last(args, out)],
+        verbose=args.verbose,
+        shuffle=False,
     )
     fit_seconds = time.perf_counter() - fit_start
     keras.config.set_dtype_policy("float32")
-    plain = models.build_scratch(config.backbone, len(class_names), config.image_size, config.dropout, config.bn_momentum)
+    plain = models.build_scratch(
+        config.backbone, len(class_names), config.image_size, config.dropout, config.bn_momentum
+    )
     plain.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
     plain.save_weights(out / f"{args.variant}.weights.h5")
     info = {
@@ -168,7 +186,9 @@ def train(args: argparse.Namespace) -> None:
         ),
         "final_val_accuracy": recorder.history.get("val_accuracy", [None])[-1],
         "init": Path(args.init).name if args.init else None,
-        "pack": None if not args.pack else {"size": PACK_SIZE, "jpeg_quality": PACK_QUALITY, "train": int(len(train_idx)), "val": int(len(val_idx))},
+        "pack": None
+        if not args.pack
+        else {"size": PACK_SIZE, "jpeg_quality": PACK_QUALITY, "train": int(len(train_idx)), "val": int(len(val_idx))},
     }
     (out / f"{args.variant}.json").write_text(json.dumps(info, indent=1))
     print(json.dumps({k: info[k] for k in ("variant", "fit_seconds", "train_images_per_second", "final_val_accuracy")}))
@@ -232,7 +252,9 @@ def bench_inception(args: argparse.Namespace) -> None:
         keras.utils.set_random_seed(0)
         model = keras.applications.InceptionV3(weights=None, input_shape=(args.size, args.size, 3), classes=1000)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
-        x = jax.device_put(np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32))
+        x = jax.device_put(
+            np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
+        )
         y = jax.device_put(np.random.default_rng(1).integers(0, 1000, (args.batch,)))
         t0 = time.perf_counter()
         for _ in range(2):
@@ -242,20 +264,35 @@ def bench_inception(args: argparse.Namespace) -> None:
         for _ in range(args.steps):
             loss = model.train_on_batch(x, y)
         seconds = time.perf_counter() - t0
-        rows.append({
-            "policy": policy, "batch": args.batch, "steps": args.steps, "compile_and_2_steps_s": round(compile_s, 1),
-            "images_per_second": round(args.batch * args.steps / seconds, 1), "last_loss": float(np.asarray(loss)),
-        })
+        rows.append(
+            {
+                "policy": policy,
+                "batch": args.batch,
+                "steps": args.steps,
+                "compile_and_2_steps_s": round(compile_s, 1),
+                "images_per_second": round(args.batch * args.steps / seconds, 1),
+                "last_loss": float(np.asarray(loss)),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         del model
     keras.config.set_dtype_policy("float32")
-    result = {"device": _device_name(), "backend": keras.backend.backend(), "keras": keras.__version__,
-              "jax": jax.__version__, "image_size": args.size, "rows": rows}
+    result = {
+        "device": _device_name(),
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "jax": jax.__version__,
+        "image_size": args.size,
+        "rows": rows,
+    }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "inception_bench.json").write_text(json.dumps(result, indent=1))
     table = ["| precision | batch | img/s | compile + 2 steps (s) |", "|---|---|---|---|"]
-    table += [f"| {r['policy']} | {r.get('batch', '')} | {r.get('images_per_second', r.get('skipped'))} | "
-              f"{r.get('compile_and_2_steps_s', '')} |" for r in rows]
+    table += [
+        f"| {r['policy']} | {r.get('batch', '')} | {r.get('images_per_second', r.get('skipped'))} | "
+        f"{r.get('compile_and_2_steps_s', '')} |"
+        for r in rows
+    ]
     (Path(args.out) / "inception_bench.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -8,9 +8,9 @@ Three stages, each skipped when its output exists, so rerunning the same command
 interruption resumes where it stopped:
 
 1. train: EfficientNet-Lite0 from random initialisation on the 2,100 training photos of the
-   bundled split (photos decoded once, batches augmented in the graph: animalcls/batch_augment.py),
+   bundled split (photos decoded once, batches augmented in the graph: animalcls/data/batch_augment.py),
    the epoch chosen on the 300 validation photos plain, blurred and downscaled
-   (animalcls/scratch_run.py). Log: OUT/train.log; per-epoch history: OUT/history.json.
+   (animalcls/training/scratch_run.py). Log: OUT/train.log; per-epoch history: OUT/history.json.
 2. checkpoint: the best epoch's weights as a complete checkpoint folder,
    OUT/scratch-efficientnet_lite0 (evaluated on the test split: the only time it is read).
 3. compare: validation views, cross-source photos and the test split under each degradation of
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 BUNDLED = REPO / "checkpoints" / "scratch-efficientnet_lite0"
 NAME = "scratch-efficientnet_lite0"
@@ -48,8 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="only the first N train and val photos (a dry run)")
-    parser.add_argument("--stages", nargs="+", default=["train", "checkpoint", "compare"],
-                        choices=["train", "checkpoint", "compare"])
+    parser.add_argument(
+        "--stages", nargs="+", default=["train", "checkpoint", "compare"], choices=["train", "checkpoint", "compare"]
+    )
     args = parser.parse_args()
     for flag in ("epochs", "image_size", "batch_size"):
         if getattr(args, flag) < 1:
@@ -62,8 +62,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_stage(args: argparse.Namespace, out: Path) -> None:
-    from animalcls import data
-    from animalcls.scratch_run import RunConfig, finished_epochs, run
+    from animalcls.data import dataset as data
+    from animalcls.training.scratch_run import RunConfig, finished_epochs, run
 
     if finished_epochs(out) >= args.epochs:
         logging.info("all %d epochs already trained in %s", args.epochs, out)
@@ -75,32 +75,65 @@ def train_stage(args: argparse.Namespace, out: Path) -> None:
     if args.limit:
         train_paths, train_labels = train_paths[: args.limit], train_labels[: args.limit]
         val_paths, val_labels = val_paths[: args.limit], val_labels[: args.limit]
-    config = RunConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-                       learning_rate=args.learning_rate)
-    (out / "config.json").write_text(json.dumps({**config.__dict__, "augment": config.batch_augment().to_json()}, indent=1))
+    config = RunConfig(
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+    )
+    (out / "config.json").write_text(
+        json.dumps({**config.__dict__, "augment": config.batch_augment().to_json()}, indent=1)
+    )
     result = run(config, train_paths, train_labels, val_paths, val_labels, len(split.class_names), out)
     info_file = out / "run.json"
     earlier = json.loads(info_file.read_text())["fit_seconds"] if info_file.is_file() else 0.0
     total = earlier + result.fit_seconds
     config_json = config.train_config().to_json()
-    info_file.write_text(json.dumps({
-        "variant": "robust-graph", "config": {**config_json, "epochs_run": len(result.history.get("loss", []))},
-        "augment": config.batch_augment().to_json(), "precision": "float32", "backend": "tensorflow",
-        "keras": __import__("keras").__version__, "device": "cpu (2 cores)", "fit_seconds": round(total, 1),
-        "train_images_per_second": round(result.images_per_second, 1), "best_epoch": result.best_epoch,
-        "init": None, "pack": None,
-    }, indent=1))
-    logging.info("best epoch %d (selection score %.4f); %.0f s of training", result.best_epoch, result.best_score, total)
+    info_file.write_text(
+        json.dumps(
+            {
+                "variant": "robust-graph",
+                "config": {**config_json, "epochs_run": len(result.history.get("loss", []))},
+                "augment": config.batch_augment().to_json(),
+                "precision": "float32",
+                "backend": "tensorflow",
+                "keras": __import__("keras").__version__,
+                "device": "cpu (2 cores)",
+                "fit_seconds": round(total, 1),
+                "train_images_per_second": round(result.images_per_second, 1),
+                "best_epoch": result.best_epoch,
+                "init": None,
+                "pack": None,
+            },
+            indent=1,
+        )
+    )
+    logging.info(
+        "best epoch %d (selection score %.4f); %.0f s of training", result.best_epoch, result.best_score, total
+    )
 
 
 def checkpoint_stage(args: argparse.Namespace, out: Path) -> Path:
     target = out / NAME
     if not target.exists():
-        subprocess.run([
-            sys.executable, str(REPO / "scripts" / "adopt_device_weights.py"), "--weights", str(out / "best.weights.h5"),
-            "--info", str(out / "run.json"), "--history", str(out / "history.json"), "--data", args.data,
-            "--split", args.split, "--out", str(target), "--name", NAME,
-        ], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "adopt_device_weights.py"),
+                "--weights",
+                str(out / "best.weights.h5"),
+                "--info",
+                str(out / "run.json"),
+                "--history",
+                str(out / "history.json"),
+                "--data",
+                args.data,
+                "--split",
+                args.split,
+                "--out",
+                str(target),
+                "--name",
+                NAME,
+            ],
+            check=True,
+        )
     return target
 
 
@@ -108,17 +141,39 @@ def compare_stage(args: argparse.Namespace, out: Path, candidate: Path) -> None:
     robustness = out / "robustness.json"
     if not robustness.is_file():
         extra = ["--cross-source", args.cross_source] if args.cross_source else []
-        subprocess.run([
-            sys.executable, str(REPO / "scripts" / "robustness.py"), "--data", args.data, "--kinds", "scratch",
-            "--scratch", str(candidate), "--out", str(robustness), *extra,
-        ], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "robustness.py"),
+                "--data",
+                args.data,
+                "--kinds",
+                "scratch",
+                "--scratch",
+                str(candidate),
+                "--out",
+                str(robustness),
+                *extra,
+            ],
+            check=True,
+        )
     old = out / "robustness-bundled.json"
     if not old.is_file():
         extra = ["--cross-source", args.cross_source] if args.cross_source else []
-        subprocess.run([
-            sys.executable, str(REPO / "scripts" / "robustness.py"), "--data", args.data, "--kinds", "scratch",
-            "--out", str(old), *extra,
-        ], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "robustness.py"),
+                "--data",
+                args.data,
+                "--kinds",
+                "scratch",
+                "--out",
+                str(old),
+                *extra,
+            ],
+            check=True,
+        )
     print(compare_table(json.loads(old.read_text())["scratch"], json.loads(robustness.read_text())["scratch"], out))
 
 
@@ -129,7 +184,9 @@ def compare_table(old: dict, new: dict, out: Path) -> str:
     for name, value in old["degraded_test_accuracy"].items():
         lines.append(f"| test, {name} | {value:.3f} | {new['degraded_test_accuracy'][name]:.3f} |")
     if old.get("cross_source") and new.get("cross_source"):
-        lines.append(f"| cross-source, all | {old['cross_source']['accuracy']:.3f} | {new['cross_source']['accuracy']:.3f} |")
+        lines.append(
+            f"| cross-source, all | {old['cross_source']['accuracy']:.3f} | {new['cross_source']['accuracy']:.3f} |"
+        )
         for cls, value in old["cross_source"]["per_class"].items():
             lines.append(f"| cross-source, {cls} | {value:.3f} | {new['cross_source']['per_class'][cls]:.3f} |")
     for key in ("val_plain_accuracy", "val_blur2_accuracy", "val_down48_accuracy"):
@@ -142,9 +199,12 @@ def main() -> int:
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler()])
-    from animalcls.logs import quiet_tensorflow
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.FileHandler(out / "train.log"), logging.StreamHandler()],
+    )
+    from animalcls.core.logs import quiet_tensorflow
 
     quiet_tensorflow()
     began = time.time()

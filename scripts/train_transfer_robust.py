@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
 # Degradations stronger than the default recipe's: the frozen features need to see them often.
 HEAD_AUGMENT = dict(crop_scale=(0.35, 1.0), blur_p=0.4, downscale_p=0.4, jpeg_p=0.3, grey_p=0.2)
 # Mostly degraded views (blur of radius 1-3.5 at 192 px in 8 of 10): where the worst class fails.
-HEAVY_AUGMENT = dict(crop_scale=(0.35, 1.0), blur_p=0.8, blur_radius=(1.0, 3.5), downscale_p=0.6, jpeg_p=0.4, grey_p=0.2)
+HEAVY_AUGMENT = dict(
+    crop_scale=(0.35, 1.0), blur_p=0.8, blur_radius=(1.0, 3.5), downscale_p=0.6, jpeg_p=0.4, grey_p=0.2
+)
 RECIPES = {"head": (HEAD_AUGMENT, 1), "heavy": (HEAVY_AUGMENT, 2)}  # name -> (settings, seed offset)
 
 
@@ -46,12 +43,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--constant-lr", action="store_true",
-                        help="keep the learning rate constant (default: cosine decay to 0 over the epochs)")
-    parser.add_argument("--select", choices=("worst-class", "loss"), default="worst-class",
-                        help="how the epoch is picked on the validation photos (default worst-class)")
-    parser.add_argument("--cross-source", metavar="DIR",
-                        help="photos from other sources (validation only): the tie-break of --select worst-class")
+    parser.add_argument(
+        "--constant-lr",
+        action="store_true",
+        help="keep the learning rate constant (default: cosine decay to 0 over the epochs)",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("worst-class", "loss"),
+        default="worst-class",
+        help="how the epoch is picked on the validation photos (default worst-class)",
+    )
+    parser.add_argument(
+        "--cross-source",
+        metavar="DIR",
+        help="photos from other sources (validation only): the tie-break of --select worst-class",
+    )
     parser.add_argument("--seed", type=int, default=42, help="head initialisation and shuffling")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "model.keras").is_file():
@@ -68,16 +75,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from animalcls.logs import quiet_tensorflow
+    from animalcls.core.logs import quiet_tensorflow
 
     quiet_tensorflow()
     import keras
-
-    from animalcls import augment, checkpoints, data, evaluate, workflows
-    from animalcls.features import feature_model
-    from animalcls.preprocessing import to_model_input
-    from animalcls.train import FitResult, HistoryRecorder, TrainConfig
     from robustness import DEGRADATIONS
+
+    from animalcls.data import augment
+    from animalcls.data import dataset as data
+    from animalcls.data.preprocessing import to_model_input
+    from animalcls.serving.features import feature_model
+    from animalcls.store import checkpoints
+    from animalcls.training import evaluate, workflows
+    from animalcls.training.train import FitResult, HistoryRecorder, TrainConfig
 
     source = checkpoints.load_checkpoint(args.checkpoint)
     model, size = source.model, source.image_size
@@ -131,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     picker = EpochPicker(x_val, y_val, cross, n, args.select)
     fit_start = time.perf_counter()
     for _ in range(args.epochs):  # one fit call per epoch, as the experiments behind the recipe ran
-        head.fit(x_train, keras.utils.to_categorical(y_train, n), batch_size=64, epochs=1, verbose=0,
-                 shuffle=True, callbacks=[recorder])
+        head.fit(
+            x_train,
+            keras.utils.to_categorical(y_train, n),
+            batch_size=64,
+            epochs=1,
+            verbose=0,
+            shuffle=True,
+            callbacks=[recorder],
+        )
         picker.score(head)
     head.set_weights(picker.best_weights)
     for name in ("fc512", "predictions"):
@@ -145,16 +162,26 @@ def main(argv: list[str] | None = None) -> int:
     split.root = split.root_relative = os.path.relpath(scan.root.resolve(), out.resolve())
     test_paths, test_labels = split.paths("test", scan.root)
     evaluation = evaluate.evaluate_paths(model, test_paths, test_labels, scan.class_names, size)
-    config = TrainConfig(**{k: v for k, v in source.manifest["training"].items() if k in TrainConfig.__dataclass_fields__})
-    config = config.replace(epochs=args.epochs, learning_rate=args.learning_rate, label_smoothing=args.label_smoothing,
-                            robust_augment=True, keep_best=True, seed=args.seed,
-                            cosine=not args.constant_lr)
+    config = TrainConfig(
+        **{k: v for k, v in source.manifest["training"].items() if k in TrainConfig.__dataclass_fields__}
+    )
+    config = config.replace(
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        label_smoothing=args.label_smoothing,
+        robust_augment=True,
+        keep_best=True,
+        seed=args.seed,
+        cosine=not args.constant_lr,
+    )
     history = {**recorder.history, **picker.history}
     result = FitResult(history, time.perf_counter() - fit_start, False, best_epoch)
     manifest = workflows.make_manifest(out.name, config, scan, split, result)
     manifest["training"]["where"] = {
         "script": "scripts/train_transfer_robust.py",
-        "started_from": f"the frozen backbone of {Path(args.checkpoint).name}; head freshly initialised (seed {args.seed})",
+        "started_from": (
+            f"the frozen backbone of {Path(args.checkpoint).name}; head freshly initialised (seed {args.seed})"
+        ),
         "method": f"head trained on frozen features of the plain photo, {args.views} HEAD_AUGMENT and "
         f"{args.heavy_views} HEAVY_AUGMENT RobustAugment views per training photo; epoch picked by {args.select} "
         "on the validation photos plain and under each degradation"
@@ -182,8 +209,12 @@ class EpochPicker:
 
     def __init__(self, x_val: list[np.ndarray], y_val: np.ndarray, cross, classes: int, select: str) -> None:
         self.x_val, self.y_val, self.cross, self.classes, self.select = x_val, y_val, cross, classes, select
-        self.history: dict[str, list[float]] = {"val_loss": [], "val_accuracy": [], "val_worst_class": [],
-                                                 "cross_source_accuracy": []}
+        self.history: dict[str, list[float]] = {
+            "val_loss": [],
+            "val_accuracy": [],
+            "val_worst_class": [],
+            "cross_source_accuracy": [],
+        }
         self.best_key, self.best_epoch, self.best_weights = None, 0, None
 
     def score(self, model) -> None:
@@ -195,12 +226,19 @@ class EpochPicker:
             worst.append(min(float((predicted[self.y_val == c] == c).mean()) for c in range(self.classes)))
             loss.append(float(-np.log(probs[np.arange(len(self.y_val)), self.y_val] + 1e-9).mean()))
         cross = float((model.predict_on_batch(self.cross[0]).argmax(1) == self.cross[1]).mean()) if self.cross else 0.0
-        row = {"val_loss": float(np.mean(loss)), "val_accuracy": float(np.mean(accuracy)),
-               "val_worst_class": min(worst), "cross_source_accuracy": cross}
+        row = {
+            "val_loss": float(np.mean(loss)),
+            "val_accuracy": float(np.mean(accuracy)),
+            "val_worst_class": min(worst),
+            "cross_source_accuracy": cross,
+        }
         for key, value in row.items():
             self.history[key].append(value)
-        key = ((row["val_worst_class"], cross, row["val_accuracy"], -row["val_loss"]) if self.select == "worst-class"
-               else (-row["val_loss"],))
+        key = (
+            (row["val_worst_class"], cross, row["val_accuracy"], -row["val_loss"])
+            if self.select == "worst-class"
+            else (-row["val_loss"],)
+        )
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_epoch, self.best_weights = key, len(self.history["val_loss"]), model.get_weights()
 

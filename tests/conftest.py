@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_RAW = REPO.parent / "shared" / "data" / "animals10-offline" / "raw-img"
 
 # One colour per class, so the tiny net can learn them in a few epochs.
-COLOURS = {"gatto": (220, 40, 40), "ragno": (40, 220, 40), "farfalla": (40, 40, 220),
-           "elefante": (220, 220, 40), "gallina": (40, 220, 220), "cane": (120, 120, 120)}
+COLOURS = {
+    "gatto": (220, 40, 40),
+    "ragno": (40, 220, 40),
+    "farfalla": (40, 40, 220),
+    "elefante": (220, 220, 40),
+    "gallina": (40, 220, 220),
+    "cane": (120, 120, 120),
+}
 
 
 def copy_checkpoint(source: Path, target: Path) -> Path:
@@ -32,7 +39,7 @@ def copy_checkpoint(source: Path, target: Path) -> Path:
     checkpoint would pass --data: the copy reads the same photos from its new place."""
     import shutil
 
-    from animalcls.data import Split
+    from animalcls.data.dataset import Split
 
     shutil.copytree(source, target)
     split = Split.load(source / "split.json")
@@ -52,7 +59,7 @@ def make_image(path: Path, colour: tuple[int, int, int], size: int = 24, seed: i
 
 def make_dataset(root: Path, per_class: int = 10, italian: bool = True, size: int = 24) -> Path:
     """An Animals-10 style `root/raw-img/<italian>/` (or English `root/<class>/`) tree."""
-    from animalcls.labels import ITALIAN_TO_ENGLISH
+    from animalcls.core.labels import ITALIAN_TO_ENGLISH
 
     base = root / "raw-img" if italian else root
     for index, (folder, colour) in enumerate(COLOURS.items()):
@@ -80,8 +87,8 @@ def synthetic_data(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A scratch and a transfer checkpoint on the tiny backbone, trained once per session."""
-    from animalcls.workflows import train_checkpoint
-    from animalcls.train import PRESETS
+    from animalcls.training.train import PRESETS
+    from animalcls.training.workflows import train_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     data_dir = make_dataset(root / "data", per_class=10)
@@ -97,22 +104,26 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 def launched_app(checkpoints: dict[str, Path], tmp: Path, **options: object) -> Iterator[tuple[str, object]]:
     """A running app on a free loopback port with the given checkpoints: (url, Blocks)."""
     import socket
-    import sys
 
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # app.py lives at the repository root
     import app
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
         patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
-        demo = app.build_demo(checkpoints["scratch"], checkpoints["transfer"], use_hub=False,
-                              finetune_root=tmp / "finetunes", examples_dir=tmp / "examples", **options)
+        demo = app.build_demo(
+            checkpoints["scratch"],
+            checkpoints["transfer"],
+            use_hub=False,
+            finetune_root=tmp / "finetunes",
+            examples_dir=tmp / "examples",
+            **options,
+        )
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.LAUNCH_OPTIONS)
+        demo.launch(
+            server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_OPTIONS
+        )
         try:
             yield f"http://127.0.0.1:{port}/", demo
         finally:
@@ -124,3 +135,58 @@ def shared_raw() -> Path:
     if not SHARED_RAW.is_dir():
         pytest.skip(f"real photos not available at {SHARED_RAW}")
     return SHARED_RAW
+
+
+# ---------------------------------------------------------------- shared by the app and browser tests
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+BROWSER_TIMEOUT_MS = 120_000  # the first classification loads both models and traces them
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where browser tests write their screenshots (printed with -s)."""
+    folder = tmp_path_factory.mktemp("shots")
+    print(f"screenshots: {folder}")
+    return folder
+
+
+class FakeResult:
+    def __init__(self, path: Path, cancelled: bool, history: dict) -> None:
+        self.path, self.source, self.cancelled, self.history = path, None, cancelled, history
+        self.evaluation = None
+        self.seconds = 1.0
+
+
+def blocking_finetune(started: threading.Event):
+    """A stand-in for animalcls.heads.finetune.finetune that trains until cancelled."""
+
+    def fake(
+        checkpoint_dir,
+        data_dir=None,
+        epochs=5,
+        learning_rate=1e-3,
+        unfreeze_layers=0,
+        out_dir=None,
+        hooks=None,
+        batch_size=64,
+        stored=None,
+        figures=True,
+    ):
+        hooks.on_batch(1, 1, 4, {"loss": 1.5, "accuracy": 0.25})
+        hooks.on_epoch(1, {"loss": [1.5], "accuracy": [0.25]})
+        started.set()
+        assert hooks.cancel.wait(30), "never cancelled"
+        return FakeResult(Path(checkpoint_dir), True, {"loss": [1.5], "accuracy": [0.25]})
+
+    return fake

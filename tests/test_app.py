@@ -13,16 +13,13 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+from conftest import REPO, blocking_finetune, make_image
 from PIL import Image
 
-from animalcls import app_views
-
-from conftest import REPO, make_image
-
-sys.path.insert(0, str(REPO))
 import app  # noqa: E402 - app.py lives at the repository root
-import app_layout  # noqa: E402
-from app_handlers import AnimalApp, UnusableUpload  # noqa: E402
+from animalcls.webapp import layout as app_layout  # noqa: E402
+from animalcls.webapp import views as app_views
+from animalcls.webapp.handlers import AnimalApp, UnusableUpload  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
@@ -39,14 +36,17 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def animal_app(tiny_checkpoints, tmp_path: Path) -> AnimalApp:
     return AnimalApp(
-        tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "finetunes",
-        use_hub=False, examples_dir=tmp_path / "no-examples",
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        finetune_root=tmp_path / "finetunes",
+        use_hub=False,
+        examples_dir=tmp_path / "no-examples",
     )
 
 
 @pytest.fixture
 def test_photo(tiny_checkpoints) -> str:
-    from animalcls.app_views import held_out_photos
+    from animalcls.webapp.views import held_out_photos
 
     return held_out_photos([tiny_checkpoints["transfer"]])[0]
 
@@ -63,17 +63,21 @@ def drain(generator) -> list[tuple]:
 
 
 def test_import_loads_no_model_no_tensorflow_and_no_gradio():
-    code = ("import sys; sys.path.insert(0, '.'); import app; "
-            "print(*(name in sys.modules for name in ('tensorflow', 'keras', 'gradio', 'onnxruntime')))")
+    code = (
+        "import sys; import app; "
+        "print(*(name in sys.modules for name in ('tensorflow', 'keras', 'gradio', 'onnxruntime')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False"] * 4
 
 
 def test_a_bad_argument_stops_the_app_before_gradio_or_any_model_loads(tmp_path):
-    code = ("import sys; sys.path.insert(0, '.'); import app\n"
-            "try:\n    app.main(['--port', '7860', '--max-epochs', '0'])\n"
-            "finally:\n    print(*(name in sys.modules for name in ('gradio', 'tensorflow', 'onnxruntime')))")
+    code = (
+        "import sys; import app\n"
+        "try:\n    app.main(['--port', '7860', '--max-epochs', '0'])\n"
+        "finally:\n    print(*(name in sys.modules for name in ('gradio', 'tensorflow', 'onnxruntime')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stdout.split() == ["False"] * 3
@@ -85,15 +89,30 @@ def test_build_demo_has_stable_api_names(tiny_checkpoints, tmp_path):
     examples = tmp_path / "examples"
     examples.mkdir()
     make_image(examples / "my-cat.jpg", (200, 40, 40))
-    demo = app.build_demo(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
-                          finetune_root=tmp_path / "ft", examples_dir=examples)
+    demo = app.build_demo(
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        use_hub=False,
+        finetune_root=tmp_path / "ft",
+        examples_dir=examples,
+    )
     assert isinstance(demo, gr.Blocks)
     names = {fn.api_name: fn for fn in demo.fns.values()}
     # Every event named explicitly: no auto-generated or de-duplicated ("_1") names.
     assert sorted(names) == sorted(app_layout.API_NAMES)
     public = sorted(name for name, fn in names.items() if fn.api_visibility == "public")
-    assert public == ["cancel_finetune", "classify", "finetune", "model_info", "restore_models",
-                      "teach_add", "teach_classify", "teach_clear", "teach_train", "use_model"]
+    assert public == [
+        "cancel_finetune",
+        "classify",
+        "finetune",
+        "model_info",
+        "restore_models",
+        "teach_add",
+        "teach_classify",
+        "teach_clear",
+        "teach_train",
+        "use_model",
+    ]
     assert names["classify_test_example"].concurrency_id == names["classify"].concurrency_id
     # Classification never queues behind a fine-tune: separate concurrency groups; fine-tunes
     # run one at a time, the others wait in Gradio's queue (which shows their place).
@@ -116,10 +135,17 @@ def test_parse_args_flags_and_env(monkeypatch):
 
 
 def _start_app(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    environment = {**{k: v for k, v in __import__("os").environ.items() if not k.startswith("ANIMALCLS_")},
-                   **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "app.py"), "--no-hub", "--no-warm-up", *args],
-                          capture_output=True, text=True, env=environment, timeout=120)
+    environment = {
+        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("ANIMALCLS_")},
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO / "app.py"), "--no-hub", "--no-warm-up", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -129,7 +155,8 @@ def test_a_bad_port_setting_is_one_line(variable, value):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "error: argument --port: the port (--port, ANIMALCLS_PORT or GRADIO_SERVER_PORT) must be a number "
-        f"from 1 to 65535, got '{value}'"]
+        f"from 1 to 65535, got '{value}'"
+    ]
 
 
 @pytest.mark.slow  # starts the app up to its launch (Gradio import, Blocks built)
@@ -144,7 +171,8 @@ def test_a_busy_port_is_one_line():
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: the port is already in use (choose another with --port or "
-        "ANIMALCLS_PORT, or --host)."]
+        "ANIMALCLS_PORT, or --host)."
+    ]
 
 
 # ---------------------------------------------------------------- Classify tab
@@ -159,17 +187,21 @@ def test_classify_good_image(animal_app, test_photo):
         assert len(label) == 5 and abs(sum(label.values()) - 1) < 1e-3
     assert set(scratch_label) == set(transfer_label) == {"cat", "spider", "butterfly", "elephant", "chicken"}
     tops = [max(label, key=label.get) for label in (scratch_label, transfer_label)]
-    expected = (f"**Both models agree: {tops[0]}.**" if tops[0] == tops[1] else
-                f"**The models disagree:** scratch says **{tops[0]}**, transfer says **{tops[1]}**.")
+    expected = (
+        f"**Both models agree: {tops[0]}.**"
+        if tops[0] == tops[1]
+        else f"**The models disagree:** scratch says **{tops[0]}**, transfer says **{tops[1]}**."
+    )
     assert verdict.startswith(expected)  # "agree" alone would also match "disagree"
     # The comparison table lists every class once, in the same order for both models.
-    rows = [line.split("|")[1].strip() for line in verdict.splitlines()
-            if line.startswith("| ") and "class" not in line]
+    rows = [
+        line.split("|")[1].strip() for line in verdict.splitlines() if line.startswith("| ") and "class" not in line
+    ]
     assert rows == ["cat", "spider", "butterfly", "elephant", "chicken"]
 
 
 def test_classify_agreement_text():
-    from animalcls.app_views import comparison_markdown
+    from animalcls.webapp.views import comparison_markdown
 
     transfer = ({"cat": 0.6, "dog": 0.4}, 0.01)
     same = comparison_markdown({"scratch": ({"cat": 0.9, "dog": 0.1}, 0.01), "transfer": transfer})
@@ -218,7 +250,7 @@ def test_image_input_passes_the_reason_for_a_non_image(tmp_path, monkeypatch):
     """Gradio's own preprocessing fails on a non-image before the handler; ours passes the reason on."""
     from gradio.data_classes import ImageData
 
-    from app_inputs import UploadedImage
+    from animalcls.webapp.inputs import UploadedImage
 
     cache = tmp_path / "gradio-cache"  # the input reads only Gradio's upload folder
     cache.mkdir()
@@ -236,8 +268,9 @@ def test_image_input_passes_the_reason_for_a_non_image(tmp_path, monkeypatch):
 def test_an_unusable_upload_clears_the_photo_and_results_with_one_message(animal_app, test_photo):
     with pytest.raises(gr.Error, match="notes.txt is not an image"):  # the API's /classify: an error
         animal_app.classify(UnusableUpload("notes.txt is not an image"))
-    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, banner, *trust = animal_app.classify_new(
-        UnusableUpload("notes.txt is not an image"))
+    photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, banner, *trust = (
+        animal_app.classify_new(UnusableUpload("notes.txt is not an image"))
+    )
     assert photo is None and scratch_label is None and transfer_label is None
     assert not banner and trust[0] is None  # no verdict; the heatmaps are hidden
     assert "scratch-tiny" in scratch_info and "Inference" not in scratch_info
@@ -266,7 +299,7 @@ class CountingLock:
 def test_classify_reads_the_model_registry_once(animal_app, tiny_checkpoints, test_photo):
     """A swap right after the request read the registry (here: the scratch model put on the
     transfer side) must not show up in that request's answer."""
-    from animalcls.inference import load_predictor
+    from animalcls.serving.inference import load_predictor
 
     registry = animal_app.registry
     registry._lock = CountingLock(lambda: registry._paths.update(transfer=tiny_checkpoints["scratch"]))
@@ -290,7 +323,7 @@ def test_report_tables_hold_no_nan(animal_app):
 
 
 def test_example_photos_come_from_the_test_split(animal_app, tiny_checkpoints, tmp_path):
-    from animalcls.data import Split
+    from animalcls.data.dataset import Split
 
     test_photos, user_photos = animal_app.example_photos()
     split = Split.load(tiny_checkpoints["transfer"] / "split.json")
@@ -336,10 +369,10 @@ def test_no_checkpoints_at_all(tmp_path):
 
 def test_one_side_missing(tiny_checkpoints, tmp_path):
     animal_app = AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
-    assert animal_app.notices == [
-        "No transfer checkpoint found (looked in empty/): the transfer side is empty."]
+    assert animal_app.notices == ["No transfer checkpoint found (looked in empty/): the transfer side is empty."]
     scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(
-        str(make_image(tmp_path / "ok.png", (30, 200, 30))))
+        str(make_image(tmp_path / "ok.png", (30, 200, 30)))
+    )
     assert scratch_label and transfer_label is None
     assert "No **transfer** checkpoint" in transfer_info
     assert verdict.startswith("Only the scratch model is available")
@@ -349,10 +382,13 @@ def test_bundled_defaults_and_hub_failure(tiny_checkpoints, tmp_path, monkeypatc
     root = tmp_path / "bundled"  # a stand-in for checkpoints/ holding one checkpoint of each kind
     for kind in ("scratch", "transfer"):
         shutil.copytree(tiny_checkpoints[kind], root / f"{kind}-tiny")
-    import animalcls.hub
+    import animalcls.store.hub
 
-    monkeypatch.setattr(animalcls.hub, "pull_app_checkpoints",
-                        lambda repo_id=None: ({}, "Could not load checkpoints from the Hub repo x/y (offline)."))
+    monkeypatch.setattr(
+        animalcls.store.hub,
+        "pull_app_checkpoints",
+        lambda repo_id=None: ({}, "Could not load checkpoints from the Hub repo x/y (offline)."),
+    )
     animal_app = AnimalApp(checkpoints_root=root, use_hub=True)
     assert animal_app.registry.paths() == {"scratch": root / "scratch-tiny", "transfer": root / "transfer-tiny"}
     assert animal_app.notices == ["Could not load checkpoints from the Hub repo x/y (offline)."]
@@ -362,10 +398,13 @@ def test_bundled_defaults_and_hub_failure(tiny_checkpoints, tmp_path, monkeypatc
 
 
 def test_hub_checkpoints_are_used_when_pulled(tiny_checkpoints, tmp_path, monkeypatch):
-    import animalcls.hub
+    import animalcls.store.hub
 
-    monkeypatch.setattr(animalcls.hub, "pull_app_checkpoints",
-                        lambda repo_id=None: ({"transfer": tiny_checkpoints["transfer"]}, None))
+    monkeypatch.setattr(
+        animalcls.store.hub,
+        "pull_app_checkpoints",
+        lambda repo_id=None: ({"transfer": tiny_checkpoints["transfer"]}, None),
+    )
     animal_app = AnimalApp(checkpoints_root=tmp_path / "empty", use_hub=True)
     assert animal_app.registry.path("transfer") == tiny_checkpoints["transfer"]
     assert animal_app.registry.path("scratch") is None
@@ -382,13 +421,21 @@ def test_training_tab_views(animal_app):
             assert fact in facts
         assert Image.open(history).size[0] > 300 and Image.open(confusion).size[0] > 200
         assert list(report.columns) == ["class", "precision", "recall", "f1-score", "support"]
-        assert list(report["class"]) == ["cat", "spider", "butterfly", "elephant", "chicken", "accuracy",
-                                         "macro avg", "weighted avg"]
+        assert list(report["class"]) == [
+            "cat",
+            "spider",
+            "butterfly",
+            "elephant",
+            "chicken",
+            "accuracy",
+            "macro avg",
+            "weighted avg",
+        ]
         assert report.iloc[5]["support"] == 10
 
 
 def test_plots_are_drawn_when_the_pngs_are_missing(tiny_checkpoints, tmp_path):
-    from animalcls.app_views import confusion_file, history_file
+    from animalcls.webapp.views import confusion_file, history_file
 
     folder = tmp_path / "no-pngs"
     shutil.copytree(tiny_checkpoints["scratch"], folder)
@@ -398,38 +445,19 @@ def test_plots_are_drawn_when_the_pngs_are_missing(tiny_checkpoints, tmp_path):
     assert Image.open(drawn).size[0] > 300 and Path(drawn).parent.parent == tmp_path / "render"
     assert history_file(folder, tmp_path / "render") == drawn  # drawn once, then served as a file
     assert Image.open(confusion_file(folder, tmp_path / "render")).size[0] > 200
-    assert history_file(tiny_checkpoints["scratch"], tmp_path / "render") == str(tiny_checkpoints["scratch"] / "history.png")
+    assert history_file(tiny_checkpoints["scratch"], tmp_path / "render") == str(
+        tiny_checkpoints["scratch"] / "history.png"
+    )
 
 
 # ---------------------------------------------------------------- Fine-tune tab
 
 
-class FakeResult:
-    def __init__(self, path: Path, cancelled: bool, history: dict) -> None:
-        self.path, self.source, self.cancelled, self.history = path, None, cancelled, history
-        self.evaluation = None
-        self.seconds = 1.0
-
-
-def blocking_finetune(started: threading.Event):
-    """A stand-in for animalcls.finetune.finetune that trains until cancelled."""
-
-    def fake(checkpoint_dir, data_dir=None, epochs=5, learning_rate=1e-3, unfreeze_layers=0, out_dir=None,
-             hooks=None, batch_size=64, stored=None, figures=True):
-        hooks.on_batch(1, 1, 4, {"loss": 1.5, "accuracy": 0.25})
-        hooks.on_epoch(1, {"loss": [1.5], "accuracy": [0.25]})
-        started.set()
-        assert hooks.cancel.wait(30), "never cancelled"
-        return FakeResult(Path(checkpoint_dir), True, {"loss": [1.5], "accuracy": [0.25]})
-
-    return fake
-
-
 def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
-    import animalcls.finetune
+    import animalcls.heads.finetune
 
     started = threading.Event()
-    monkeypatch.setattr(animalcls.finetune, "finetune", blocking_finetune(started))
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", blocking_finetune(started))
     first = animal_app.finetune(2, 1e-3, 0)
     assert "starting" in next(first)[0]
     assert started.wait(30)
@@ -444,35 +472,45 @@ def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
 
 
 def test_finetune_settings_are_checked(tiny_checkpoints, tmp_path):
-    animal_app = AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False,
-                               finetune_root=tmp_path / "ft", examples_dir=tmp_path / "none", max_unfreeze=5)
-    for epochs, rate, unfreeze, text in ((0, 1e-3, 0, "Epochs"), (2, 0, 0, "learning rate"), (2, 1e-3, -1, "negative"),
-                                         ("x", 1e-3, 0, "whole numbers")):
+    animal_app = AnimalApp(
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        use_hub=False,
+        finetune_root=tmp_path / "ft",
+        examples_dir=tmp_path / "none",
+        max_unfreeze=5,
+    )
+    for epochs, rate, unfreeze, text in (
+        (0, 1e-3, 0, "Epochs"),
+        (2, 0, 0, "learning rate"),
+        (2, 1e-3, -1, "negative"),
+        ("x", 1e-3, 0, "whole numbers"),
+    ):
         with pytest.raises(gr.Error, match=text):
             next(animal_app.finetune(epochs, rate, unfreeze))
 
 
 def test_finetune_failure_is_reported(animal_app, monkeypatch):
-    import animalcls.finetune
-    from animalcls.errors import DataError
+    import animalcls.heads.finetune
+    from animalcls.core.errors import DataError
 
     def broken(*args, **kwargs):
         raise DataError("12 image(s) of the recorded split are missing")
 
-    monkeypatch.setattr(animalcls.finetune, "finetune", broken)
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", broken)
     with pytest.raises(gr.Error, match="The fine-tune failed: 12 image"):
         drain(animal_app.finetune(1, 1e-3, 0))
     assert not animal_app.runner.busy
 
 
 def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch):
-    import animalcls.finetune
-    from animalcls.features import FeatureExtractionCancelled
+    import animalcls.heads.finetune
+    from animalcls.serving.features import FeatureExtractionCancelled
 
     def cancelled(*args, **kwargs):
         raise FeatureExtractionCancelled("Cancelled during feature extraction.")
 
-    monkeypatch.setattr(animalcls.finetune, "finetune", cancelled)
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", cancelled)
     final = drain(animal_app.finetune(1, 1e-3, 0))[-1]
     assert final[0].startswith("**Cancelled** while extracting backbone features")
     assert final[6] is None  # the result's name: none (a skip reaches API callers as {'__type__': 'update'})
@@ -535,8 +573,14 @@ def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, 
 
 @pytest.mark.slow
 def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, test_photo):
-    shared = AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "ft",
-                           use_hub=False, examples_dir=tmp_path / "none", use_for_everyone=True)
+    shared = AnimalApp(
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        finetune_root=tmp_path / "ft",
+        use_hub=False,
+        examples_dir=tmp_path / "none",
+        use_for_everyone=True,
+    )
     *_, name, _, mine = drain(shared.finetune(1, 1e-3, 0, None))[-1]
     message, *_ = shared.use_model(name, mine)
     assert "every visitor" in message and shared.registry.path("transfer").name == name
@@ -550,19 +594,29 @@ def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, te
 
 
 def test_finetune_caps(tiny_checkpoints, tmp_path):
-    capped = AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], finetune_root=tmp_path / "ft",
-                           use_hub=False, examples_dir=tmp_path / "none", max_epochs=4, max_unfreeze=0)
+    capped = AnimalApp(
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        finetune_root=tmp_path / "ft",
+        use_hub=False,
+        examples_dir=tmp_path / "none",
+        max_epochs=4,
+        max_unfreeze=0,
+    )
     with pytest.raises(gr.Error, match="between 1 and 4"):
         next(capped.finetune(5, 1e-3, 0))
     with pytest.raises(gr.Error, match="At most 0 backbone layers"):
         next(capped.finetune(2, 1e-3, 3))
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--max-epochs", "0"], {}, "--max-epochs, --max-finetunes and --max-finetune-mb must be at least 1"),
-    (["--max-unfreeze", "-1"], {}, "--max-unfreeze at least 0"),
-    ([], {"ANIMALCLS_MAX_FINETUNES": "many"}, "argument --max-finetunes: invalid int value: 'many'"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--max-epochs", "0"], {}, "--max-epochs, --max-finetunes and --max-finetune-mb must be at least 1"),
+        (["--max-unfreeze", "-1"], {}, "--max-unfreeze at least 0"),
+        ([], {"ANIMALCLS_MAX_FINETUNES": "many"}, "argument --max-finetunes: invalid int value: 'many'"),
+    ],
+)
 def test_nonsense_operator_limits_are_one_line(args, env, message, monkeypatch, capsys):
     for name, value in env.items():
         monkeypatch.setenv(name, value)

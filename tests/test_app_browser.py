@@ -5,34 +5,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, launched_app
 
-from conftest import launched_app
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
-
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore:::gradio.queueing")]
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VERDICT = re.compile(r"^(Both models agree|The models disagree)")  # "agree" alone matches both
-TIMEOUT_MS = 120_000  # the first classification loads both models and traces them
 
 
 @pytest.fixture(scope="module")
 def url(tiny_checkpoints, tmp_path_factory):
     with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-browser")) as (address, _):
         yield address
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shots")
-    print(f"screenshots: {folder}")
-    return folder
 
 
 # Gradio's status tracker of an output: a `.wrap` inside the component's block, with class `hide`
@@ -66,14 +51,14 @@ def page(url):
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
         page.goto(url)
         yield page
         browser.close()
 
 
 def test_classify_tab(page, tiny_checkpoints, shots):
-    from animalcls.app_views import held_out_photos
+    from animalcls.webapp.views import held_out_photos
 
     photo = held_out_photos([tiny_checkpoints["transfer"]])[0]
     page.locator("#examples-test").wait_for()  # the test-split gallery is shown: its dataset is here
@@ -84,12 +69,15 @@ def test_classify_tab(page, tiny_checkpoints, shots):
     run_and_wait(page, "verdict", page.locator("#classify-button").click)  # ...and so does the button
     verdict.get_by_text(VERDICT).wait_for()
     labels = {kind: page.locator(f"#label-{kind}").inner_text() for kind in ("scratch", "transfer")}
-    for kind, text in labels.items():
+    for _kind, text in labels.items():
         assert sum(name in text for name in ("cat", "spider", "butterfly", "elephant", "chicken")) == 5, text
         assert "%" in text
     tops = [page.locator(f"#label-{kind} .output-class").inner_text().strip() for kind in ("scratch", "transfer")]
-    expected = f"Both models agree: {tops[0]}." if tops[0] == tops[1] else (
-        f"The models disagree: scratch says {tops[0]}, transfer says {tops[1]}.")
+    expected = (
+        f"Both models agree: {tops[0]}."
+        if tops[0] == tops[1]
+        else (f"The models disagree: scratch says {tops[0]}, transfer says {tops[1]}.")
+    )
     assert verdict.inner_text().startswith(expected), (verdict.inner_text(), labels)
     assert "Inference (forward pass)" in page.locator("#info-scratch").inner_text()
     assert "transfer-tiny" in page.locator("#info-transfer").inner_text()
@@ -118,7 +106,8 @@ def wait_for_transfer_header(page, swapped: bool) -> None:
     page.wait_for_function(
         "(swapped) => { const t = document.querySelector('#info-transfer').innerText;"
         " return t.includes('swapped in') === swapped && t.includes('Inference (forward pass)'); }",
-        arg=swapped)
+        arg=swapped,
+    )
 
 
 def test_training_tab(page, shots):
@@ -134,7 +123,7 @@ def test_training_tab(page, shots):
 
 
 def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints, shots):
-    from animalcls.app_views import held_out_photos
+    from animalcls.webapp.views import held_out_photos
 
     page.get_by_role("tab", name="Classify").click()  # a photo on the Classify tab, classified
     photo = held_out_photos([tiny_checkpoints["transfer"]])[1]

@@ -7,9 +7,7 @@ import threading
 import time
 
 import pytest
-
 from conftest import launched_app, make_image
-
 
 # Gradio's own queue code triggers pandas deprecation warnings.
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
@@ -18,8 +16,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 @pytest.fixture(scope="module")
 def server(tiny_checkpoints, tmp_path_factory):
     """(url, AnimalApp) of a running server; closed after the module."""
-    with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-client"),
-                      max_epochs=100, max_unfreeze=2) as (url, demo):  # caps wide enough for a real fine-tune
+    with launched_app(tiny_checkpoints, tmp_path_factory.mktemp("app-client"), max_epochs=100, max_unfreeze=2) as (
+        url,
+        demo,
+    ):  # caps wide enough for a real fine-tune
         yield url, demo.animalcls_app
 
 
@@ -41,7 +41,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def photo(tiny_checkpoints) -> str:
-    from animalcls.app_views import held_out_photos
+    from animalcls.webapp.views import held_out_photos
 
     return held_out_photos([tiny_checkpoints["transfer"]])[0]
 
@@ -63,7 +63,8 @@ def test_classify_round_trip(client, photo):
     from gradio_client import handle_file
 
     scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = client.predict(
-        handle_file(photo), api_name="/classify")
+        handle_file(photo), api_name="/classify"
+    )
     assert "scratch-tiny" in scratch_info and "transfer-tiny" in transfer_info
     for label in (scratch_label, transfer_label):
         assert len(label["confidences"]) == 5
@@ -112,14 +113,14 @@ def test_classify_latency(client, photo):
 
 @pytest.mark.slow
 def test_finetunes_queue_one_at_a_time_and_only_the_owner_cancels(server, client, photo, monkeypatch):
-    import animalcls.finetune
+    from conftest import blocking_finetune
     from gradio_client import handle_file
     from gradio_client.utils import Status
 
-    from test_app import blocking_finetune
+    import animalcls.heads.finetune
 
     started = threading.Event()
-    monkeypatch.setattr(animalcls.finetune, "finetune", blocking_finetune(started))
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", blocking_finetune(started))
     job = client.submit(3, 1e-3, 0, api_name="/finetune")
     assert started.wait(60), "the fine-tune never started"
     started.clear()
@@ -168,11 +169,14 @@ def test_classify_stays_responsive_during_a_real_finetune(server, client, photo)
     assert status.startswith("**Cancelled**; kept the ") and "finished epoch(s)" in status
 
 
-@pytest.mark.parametrize("settings, message", [
-    (("three", 1e-3, 0), r"Epochs .*must be a number"),
-    ((3, "fast", 0), "Learning rate must be a number"),
-    ((3, 1e-3, "all"), "must be a number"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (("three", 1e-3, 0), r"Epochs .*must be a number"),
+        ((3, "fast", 0), "Learning rate must be a number"),
+        ((3, 1e-3, "all"), "must be a number"),
+    ],
+)
 def test_non_numeric_finetune_settings_get_a_message(client, settings, message):
     with pytest.raises(Exception, match=message):
         client.predict(*settings, api_name="/finetune")

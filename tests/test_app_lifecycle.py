@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, make_image
 
 # On PYTHONPATH as sitecustomize: matplotlib.pyplot's import writes a mark file and takes
@@ -77,8 +76,16 @@ def app_process(tmp: Path, env: dict[str, str], *args: str) -> Iterator[tuple[st
     env = {**base, "HOME": str(tmp / "home"), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env}
     (tmp / "home").mkdir(exist_ok=True)
     log = open(tmp / "app.log", "a")
-    command = [sys.executable, str(REPO / "app.py"), "--no-hub", "--port", str(port),
-               "--finetune-out", str(tmp / "finetunes"), *args]
+    command = [
+        sys.executable,
+        str(REPO / "app.py"),
+        "--no-hub",
+        "--port",
+        str(port),
+        "--finetune-out",
+        str(tmp / "finetunes"),
+        *args,
+    ]
     process = subprocess.Popen(command, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"

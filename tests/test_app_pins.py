@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from animalcls.app_sessions import FinetuneStore, StoreLimits, new_session
 from conftest import launched_app, make_image
+
+from animalcls.webapp.sessions import FinetuneStore, StoreLimits, new_session
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
@@ -42,8 +42,10 @@ def test_a_used_finetune_survives_other_visitors_finetunes_until_its_session_end
     photo = handle_file(str(make_image(tmp_path / "photo.jpg", (220, 40, 40), size=48)))
     with launched_app(tiny_checkpoints, tmp_path, limits=StoreLimits(max_count=2, max_bytes=10**9)) as (url, demo):
         store = demo.animalcls_app.store
-        x, y = Client(url, verbose=False, httpx_kwargs={"timeout": 60}), Client(url, verbose=False,
-                                                                                 httpx_kwargs={"timeout": 60})
+        x, y = (
+            Client(url, verbose=False, httpx_kwargs={"timeout": 60}),
+            Client(url, verbose=False, httpx_kwargs={"timeout": 60}),
+        )
         mine = x.predict(1, 1e-3, 0, api_name="/finetune")[6]
         x.predict(mine, api_name="/use_model")
         for _ in range(3):  # more than the store keeps
@@ -77,18 +79,20 @@ def test_pinned_finetunes_stay_and_past_the_ceiling_a_new_one_is_refused(tmp_pat
 
 
 def test_the_store_is_pruned_at_start_and_the_tab_says_the_real_limit(tiny_checkpoints, tmp_path):
-    import sys
 
-    from conftest import REPO
-
-    sys.path.insert(0, str(REPO))
-    from app_handlers import AnimalApp
+    from animalcls.webapp.handlers import AnimalApp
 
     root = tmp_path / "finetunes"
     for i in range(4):
         _folder(root, f"transfer-tiny-ft-{i}", 3 * 2**20, age=100 - i)
-    app = AnimalApp(tiny_checkpoints["scratch"], tiny_checkpoints["transfer"], use_hub=False, finetune_root=root,
-                    examples_dir=tmp_path, limits=StoreLimits(max_count=5, max_bytes=7 * 2**20))
+    app = AnimalApp(
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        use_hub=False,
+        finetune_root=root,
+        examples_dir=tmp_path,
+        limits=StoreLimits(max_count=5, max_bytes=7 * 2**20),
+    )
     assert sorted(p.name for p in app.store.stored()) == ["transfer-tiny-ft-2", "transfer-tiny-ft-3"]
     intro = app.finetune_intro()
     assert "The newest 2 fine-tunes are kept" in intro and "5 fine-tunes" not in intro, intro

@@ -11,9 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import REPO, launched_app
+from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
@@ -78,22 +77,30 @@ def _without_gradio_cache(text: str) -> str:
 def test_no_server_internals_on_the_page_or_in_api_answers(server, tiny_checkpoints, tmp_path):
     from gradio_client import Client, handle_file
 
-    from animalcls.app_views import held_out_photos
+    from animalcls.webapp.views import held_out_photos
 
     url, animal_app = server
-    pages = [urllib.request.urlopen(url, timeout=30).read().decode(),
-             urllib.request.urlopen(url + "config", timeout=30).read().decode()]
+    pages = [
+        urllib.request.urlopen(url, timeout=30).read().decode(),
+        urllib.request.urlopen(url + "config", timeout=30).read().decode(),
+    ]
     client = Client(url, verbose=False)
     photo = held_out_photos([tiny_checkpoints["transfer"]])[0]
     answers = [client.predict(api_name="/model_info"), client.predict(handle_file(photo), api_name="/classify")]
     finetuned = client.predict(1, 1e-3, 0, api_name="/finetune")
-    answers += [finetuned, client.predict(finetuned[6], api_name="/use_model"),
-                client.predict(api_name="/restore_models"), client.predict(api_name="/cancel_finetune")]
+    answers += [
+        finetuned,
+        client.predict(finetuned[6], api_name="/use_model"),
+        client.predict(api_name="/restore_models"),
+        client.predict(api_name="/cancel_finetune"),
+    ]
     bad = tmp_path / "not-an-image.png"
     bad.write_text("hello")
-    for call in (lambda: client.predict(handle_file(str(bad)), api_name="/classify"),
-                 lambda: client.predict("no-such-model", api_name="/use_model"),
-                 lambda: client.predict(999, 1e-3, 0, api_name="/finetune")):
+    for call in (
+        lambda: client.predict(handle_file(str(bad)), api_name="/classify"),
+        lambda: client.predict("no-such-model", api_name="/use_model"),
+        lambda: client.predict(999, 1e-3, 0, api_name="/finetune"),
+    ):
         with pytest.raises(Exception) as error:
             call()
         answers.append(str(error.value))
@@ -102,6 +109,10 @@ def test_no_server_internals_on_the_page_or_in_api_answers(server, tiny_checkpoi
         values = answer if isinstance(answer, (list, tuple)) else [answer]
         texts += [json.dumps(v, default=str) for v in values if not (isinstance(v, str) and os.path.isfile(v))]
     forbidden = _forbidden(animal_app.finetune_root.parent)
-    leaks = [(word, text[max(0, text.find(word) - 80):text.find(word) + 80])
-             for text in texts for word in forbidden if word and word in text]
+    leaks = [
+        (word, text[max(0, text.find(word) - 80) : text.find(word) + 80])
+        for text in texts
+        for word in forbidden
+        if word and word in text
+    ]
     assert not leaks, leaks[:5]

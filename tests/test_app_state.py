@@ -6,8 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from animalcls.app_state import BackgroundWarmUp, FinetuneRunner
-from animalcls.hooks import TrainHooks
+from animalcls.core.hooks import TrainHooks
+from animalcls.webapp.state import BackgroundWarmUp, FinetuneRunner
 
 
 def quick_job(hooks: TrainHooks) -> str:
@@ -55,8 +55,9 @@ def test_a_failing_job_shows_its_last_work_then_failed():
     assert isinstance(job.error, RuntimeError)
 
 
-def test_only_models_with_fresh_graphs_load_before_gradio(tiny_checkpoints: dict[str, Path], tmp_path: Path,
-                                                         monkeypatch) -> None:
+def test_only_models_with_fresh_graphs_load_before_gradio(
+    tiny_checkpoints: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     from conftest import copy_checkpoint
 
     assert BackgroundWarmUp.can_start_early(dict(tiny_checkpoints))
@@ -75,7 +76,7 @@ def test_background_warm_up_reports_when_an_empty_pair_is_ready():
 
 
 def test_background_warm_up_loads_the_models_into_the_process_cache(tiny_checkpoints: dict[str, Path]):
-    from animalcls import inference
+    from animalcls.serving import inference
 
     warm_up = BackgroundWarmUp(dict(tiny_checkpoints), time.perf_counter()).start()
     warm_up.wait()

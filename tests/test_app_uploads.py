@@ -16,13 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import REPO, launched_app, make_image
 from PIL import Image
 
-from conftest import REPO, launched_app, make_image
-
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
-sys.path.insert(0, str(REPO))
-from app_inputs import REFUSED  # noqa: E402
+from animalcls.webapp.inputs import REFUSED  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}
 # Every event whose input is a photo, with the API data around it (State inputs are not sent).
@@ -53,8 +51,9 @@ def call(url: str, api_name: str, data: list[Any], event_data: Any = None) -> tu
     """(event, data) of one raw call: "complete" and the outputs, or "error" and Gradio's error dict.
     json.dumps, not httpx's encoder: the payloads include NaN, which a hostile client can send."""
     body = json.dumps({"data": data, **({"event_data": event_data} if event_data is not None else {})})
-    started = httpx.post(f"{url}gradio_api/call/{api_name}", content=body,
-                         headers={"content-type": "application/json"}, timeout=60)
+    started = httpx.post(
+        f"{url}gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
     assert started.status_code == 200, started.text
     with httpx.stream("GET", f"{url}gradio_api/call/{api_name}/{started.json()['event_id']}", timeout=120) as reply:
         text = "".join(reply.iter_text())
@@ -76,6 +75,7 @@ def inline(data: bytes, mime: str = "image/png") -> dict[str, Any]:
 
 def png_bomb(side: int) -> bytes:
     """A valid black greyscale PNG of side x side pixels (about 0.4 MB at 12000), built row by row."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -93,10 +93,20 @@ def _record_opens(event: str, args: tuple[Any, ...]) -> None:
 def hostile_payloads(url: str, secret: Path, inside_link: Path) -> list[dict[str, Any]]:
     """Ways to name a server file: absolute, relative, through a link inside the cache, as a route."""
     confusion = next(REPO.glob("checkpoints/*/confusion_matrix.png"), secret)
-    paths = ["/etc/passwd", str(secret), str(confusion), os.path.relpath(secret), os.path.relpath(confusion),
-             f"{inside_link.parent.parent}/{os.path.relpath(secret, inside_link.parent.parent)}", str(inside_link),
-             f"file={secret}",
-             f"/gradio_api/file={secret}", f"{url}gradio_api/file={secret}", "/", "/proc/self/environ"]
+    paths = [
+        "/etc/passwd",
+        str(secret),
+        str(confusion),
+        os.path.relpath(secret),
+        os.path.relpath(confusion),
+        f"{inside_link.parent.parent}/{os.path.relpath(secret, inside_link.parent.parent)}",
+        str(inside_link),
+        f"file={secret}",
+        f"/gradio_api/file={secret}",
+        f"{url}gradio_api/file={secret}",
+        "/",
+        "/proc/self/environ",
+    ]
     return [*({"path": p} for p in paths), {"url": f"file://{secret}"}, {"path": str(secret), "url": "x"}]
 
 
@@ -116,8 +126,11 @@ def test_no_payload_makes_the_app_open_a_file_it_was_not_sent(server, tmp_path):
     sys.addaudithook(_record_opens)  # cannot be removed: it records only while _OPENED is a list
     _OPENED = []
     try:
-        answers = {(api, json.dumps(p)): call(url, api, shape(p))
-                   for p in hostile_payloads(url, secret, inside_link) for api, shape in IMAGE_ENDPOINTS.items()}
+        answers = {
+            (api, json.dumps(p)): call(url, api, shape(p))
+            for p in hostile_payloads(url, secret, inside_link)
+            for api, shape in IMAGE_ENDPOINTS.items()
+        }
         opened = {os.path.realpath(p) for p in _OPENED}
     finally:
         _OPENED = None
@@ -169,14 +182,27 @@ def test_an_inline_image_over_50_mb_is_refused(server):
     Image.new("RGB", (8, 8), (200, 30, 30)).save(small, format="PNG")
     head, tail = small.getvalue()[:33], small.getvalue()[33:]  # after the IHDR chunk
     padding = b"\0" * (51 * 2**20)
-    padded = head + struct.pack(">I", len(padding)) + b"zzPd" + padding + struct.pack(">I", zlib.crc32(b"zzPd" + padding)) + tail
+    padded = (
+        head
+        + struct.pack(">I", len(padding))
+        + b"zzPd"
+        + padding
+        + struct.pack(">I", zlib.crc32(b"zzPd" + padding))
+        + tail
+    )
     event, answer = call(url, "classify", [inline(padded), False])
     assert event == "error" and "larger than 50 MB" in answer["error"], answer
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("empty", "is an empty file"), ("text", "is not an image"), ("bomb", "40,000,000"), ("ico", "is not an image"),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("empty", "is an empty file"),
+        ("text", "is not an image"),
+        ("bomb", "40,000,000"),
+        ("ico", "is not an image"),
+    ],
+)
 def test_teach_classify_names_what_is_wrong_with_the_photo(server, tmp_path, kind, expected):
     url, _ = server
     path = tmp_path / ("photo.ico" if kind == "ico" else "photo.png")
@@ -188,23 +214,33 @@ def test_teach_classify_names_what_is_wrong_with_the_photo(server, tmp_path, kin
     assert event == "error" and expected in (answer["error"] or ""), answer
 
 
-@pytest.mark.parametrize("settings, expected", [
-    ([float("nan"), 1e-3, 0], "Epochs (1-20) must be a number"),
-    ([3, 1e-3, float("nan")], "must be a number, got 'nan'"),
-    ([3, float("inf"), 0], "Learning rate must be a number"),
-    ([999, 1e-3, 0], "Epochs (1-20) must be from 1 to 20, got 999"),
-    ([3, 5, 0], "Learning rate must be from 1e-07 to 1, got 5"),
-    ([3, 1e-3, -4], "must be from 0 to 0, got -4"),
-])
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ([float("nan"), 1e-3, 0], "Epochs (1-20) must be a number"),
+        ([3, 1e-3, float("nan")], "must be a number, got 'nan'"),
+        ([3, float("inf"), 0], "Learning rate must be a number"),
+        ([999, 1e-3, 0], "Epochs (1-20) must be from 1 to 20, got 999"),
+        ([3, 5, 0], "Learning rate must be from 1e-07 to 1, got 5"),
+        ([3, 1e-3, -4], "must be from 0 to 0, got -4"),
+    ],
+)
 def test_bad_finetune_numbers_get_a_message_and_no_traceback(server, capfd, settings, expected):
     event, answer = call(server[0], "finetune", settings)
     assert event == "error" and expected in (answer["error"] or ""), answer
     assert "Traceback" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("event_data", [
-    {"index": "abc", "value": None}, {"index": [1.5, 2], "value": None}, {"index": [0, "x"]}, {"value": 3}, None,
-])
+@pytest.mark.parametrize(
+    "event_data",
+    [
+        {"index": "abc", "value": None},
+        {"index": [1.5, 2], "value": None},
+        {"index": [0, "x"]},
+        {"value": 3},
+        None,
+    ],
+)
 def test_a_bad_confusion_cell_index_gets_a_message(server, capfd, event_data):
     for kind in ("scratch", "transfer"):
         event, outputs = call(server[0], f"cell_photos_{kind}", [], event_data)
@@ -220,8 +256,8 @@ def test_error_texts_are_plain_text_not_html(server):
 @pytest.mark.parametrize("fmt", ["ICO", "TGA", "PPM", "EPS"])
 def test_only_the_formats_the_page_names_are_opened(tmp_path, fmt):
     """Named .png, as an upload may be: PIL would identify (and for EPS, run Ghostscript on) them."""
-    from animalcls.errors import ImageError
-    from animalcls.inference import check_image_file, load_image
+    from animalcls.core.errors import ImageError
+    from animalcls.serving.inference import check_image_file, load_image
 
     path = tmp_path / "photo.png"
     if fmt == "EPS":
@@ -234,7 +270,7 @@ def test_only_the_formats_the_page_names_are_opened(tmp_path, fmt):
 
 
 def test_a_camera_mpo_still_opens_as_jpeg(tmp_path):
-    from animalcls.inference import load_image
+    from animalcls.serving.inference import load_image
 
     path = tmp_path / "phone.jpg"
     frame = Image.new("RGB", (8, 8), (200, 30, 30))

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from animalcls import atomic
 from conftest import REPO
+
+from animalcls.core import atomic
 
 # Opens a temp folder and a work folder for TARGET with the library's own code, says so, then waits to be killed.
 WRITER = """
 import sys, time
 from pathlib import Path
-from animalcls import atomic
+from animalcls.core import atomic
 target = Path(sys.argv[1])
 with atomic.work_dir(target), atomic.atomic_dir(target):
     print("writing", flush=True)
@@ -29,14 +29,20 @@ with atomic.work_dir(target), atomic.atomic_dir(target):
 
 
 def _writer(target: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert process.stdout.readline().strip() == "writing"
     return process
 
 
 def _leftover_names(target: Path) -> list[str]:
-    return sorted(p.name.split(".tmp-")[0] + (".tmp-*" if ".tmp-" in p.name else "") for p in atomic.leftovers_of(target))
+    return sorted(
+        p.name.split(".tmp-")[0] + (".tmp-*" if ".tmp-" in p.name else "") for p in atomic.leftovers_of(target)
+    )
 
 
 def test_a_killed_writers_folders_are_cleaned_by_the_next_write(tmp_path):
@@ -73,14 +79,22 @@ def test_planted_leftovers_dead_pid_unowned_and_other_targets(tmp_path):
     dead_pid = int(dead.stdout)
     host = socket.gethostname()
     folders = {
-        "dead": tmp_path / ".ck.tmp-dead", "mine": tmp_path / ".ck.tmp-mine", "remote": tmp_path / ".ck.work",
-        "old-unowned": tmp_path / ".ck.tmp-old", "new-unowned": tmp_path / ".ck.tmp-new",
-        "swap": tmp_path / f".ck.old-{dead_pid}", "other-target": tmp_path / ".ck2.tmp-dead",
+        "dead": tmp_path / ".ck.tmp-dead",
+        "mine": tmp_path / ".ck.tmp-mine",
+        "remote": tmp_path / ".ck.work",
+        "old-unowned": tmp_path / ".ck.tmp-old",
+        "new-unowned": tmp_path / ".ck.tmp-new",
+        "swap": tmp_path / f".ck.old-{dead_pid}",
+        "other-target": tmp_path / ".ck2.tmp-dead",
     }
     for folder in folders.values():
         folder.mkdir()
-    for name, owner in (("dead", f"{dead_pid} {host}"), ("mine", f"{os.getpid()} {host}"),
-                        ("remote", f"{dead_pid} some-other-host"), ("other-target", f"{dead_pid} {host}")):
+    for name, owner in (
+        ("dead", f"{dead_pid} {host}"),
+        ("mine", f"{os.getpid()} {host}"),
+        ("remote", f"{dead_pid} some-other-host"),
+        ("other-target", f"{dead_pid} {host}"),
+    ):
         (folders[name] / atomic.OWNER_FILE).write_text(owner)
     hours_ago = time.time() - 2 * atomic.UNOWNED_GRACE_S
     os.utime(folders["old-unowned"], (hours_ago, hours_ago))

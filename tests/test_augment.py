@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animalcls import augment
+from animalcls.data import augment
 
 
 def _photo(size: int = 64, seed: int = 0) -> Image.Image:
@@ -62,8 +62,9 @@ def test_mix_batch_keeps_targets_normalised_and_p_zero_is_identity():
 def test_batch_stream_covers_every_photo_once_per_epoch():
     photos = [Image.new("RGB", (20, 20), (i * 10, 0, 0)) for i in range(10)]
     labels = [i % 2 for i in range(10)]
-    recipe = augment.RobustAugment(image_size=20, crop_scale=(1.0, 1.0), colour_p=0.0, grey_p=0.0, degrade=False,
-                                   flip=False)
+    recipe = augment.RobustAugment(
+        image_size=20, crop_scale=(1.0, 1.0), colour_p=0.0, grey_p=0.0, degrade=False, flip=False
+    )
     stream = augment.batch_stream(photos, labels, 2, recipe, batch_size=5, workers=2, prefetch=3)
     epoch = [next(stream) for _ in range(augment.steps_per_epoch(10, 5))]
     reds = sorted(int(round(v)) for images, _ in epoch for v in images[:, 0, 0, 0])
@@ -76,7 +77,7 @@ def test_batch_stream_covers_every_photo_once_per_epoch():
 
 
 def test_cosine_warmup_rises_then_falls_to_zero():
-    from animalcls.train import CosineWarmup
+    from animalcls.training.train import CosineWarmup
 
     schedule = CosineWarmup(peak=1.0, total_epochs=10, warmup_epochs=2)
     rates = [schedule.rate(e) for e in range(11)]
@@ -87,8 +88,8 @@ def test_cosine_warmup_rises_then_falls_to_zero():
 
 @pytest.mark.slow
 def test_robust_recipe_trains_a_checkpoint(tmp_path, synthetic_data):
-    from animalcls.workflows import train_checkpoint
-    from animalcls.train import PRESETS
+    from animalcls.training.train import PRESETS
+    from animalcls.training.workflows import train_checkpoint
 
     config = PRESETS["scratch-robust"].replace(backbone="tiny", image_size=32, epochs=3, batch_size=8, warmup_epochs=1)
     path, _, result, evaluation = train_checkpoint(synthetic_data, config, tmp_path / "robust")
@@ -100,10 +101,11 @@ def test_robust_recipe_trains_a_checkpoint(tmp_path, synthetic_data):
     assert 0.0 <= evaluation["accuracy"] <= 1.0
 
 
-@pytest.mark.parametrize("flag,value", [("--mix", "1.5"), ("--label-smoothing", "-0.1"),
-                                        ("--weight-decay", "-1"), ("--warmup-epochs", "-2")])
+@pytest.mark.parametrize(
+    "flag,value", [("--mix", "1.5"), ("--label-smoothing", "-0.1"), ("--weight-decay", "-1"), ("--warmup-epochs", "-2")]
+)
 def test_robust_flags_reject_nonsense_before_any_work(flag, value, capsys):
-    from animalcls import cli
+    from animalcls.cli import main as cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--data", "/nonexistent", "--model", "scratch", flag, value])

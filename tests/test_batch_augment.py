@@ -6,11 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animalcls.batch_augment import BatchAugment, decode_once, training_dataset
+from animalcls.data.batch_augment import BatchAugment, decode_once, training_dataset
 
 # Everything off but mixing, so that a photo's brightness tells which class it came from.
-MIX_ONLY = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, colour_p=0.0, grey_p=0.0,
-                blur_p=0.0, downscale_p=0.0, jpeg_p=0.0, mix_p=1.0)
+MIX_ONLY = dict(
+    crop_scale=(1.0, 1.0),
+    crop_ratio=(1.0, 1.0),
+    flip=False,
+    colour_p=0.0,
+    grey_p=0.0,
+    blur_p=0.0,
+    downscale_p=0.0,
+    jpeg_p=0.0,
+    mix_p=1.0,
+)
 
 
 def _black_and_white(n: int = 32, side: int = 18) -> tuple[np.ndarray, list[int]]:

@@ -27,17 +27,22 @@ def photo_tree(tmp_path: Path) -> Path:
 
 
 def test_discover_walks_folders_and_keeps_explicit_files(photo_tree):
-    from animalcls.batch_predict import discover
+    from animalcls.serving.batch_predict import discover
 
     found = discover([photo_tree, photo_tree / "notes.txt"])
     names = [p.relative_to(photo_tree).as_posix() for p in found]
     assert names[:5] == [f"red{i}.jpg" for i in range(5)]
-    assert set(names[5:]) == {"sub/broken.jpg", "sub/deeper/green0.PNG", "sub/deeper/green1.PNG",
-                              "sub/deeper/green2.PNG", "notes.txt"}  # explicit files always kept
+    assert set(names[5:]) == {
+        "sub/broken.jpg",
+        "sub/deeper/green0.PNG",
+        "sub/deeper/green1.PNG",
+        "sub/deeper/green2.PNG",
+        "notes.txt",
+    }  # explicit files always kept
 
 
 def test_decoding_looks_ahead_a_bounded_number_of_images(photo_tree):
-    from animalcls.batch_predict import decoded
+    from animalcls.serving.batch_predict import decoded
 
     pulled = []
 
@@ -53,8 +58,8 @@ def test_decoding_looks_ahead_a_bounded_number_of_images(photo_tree):
 
 
 def test_stream_matches_predict_and_reports_bad_files(tiny_checkpoints, photo_tree):
-    from animalcls.batch_predict import discover, plain, predict_stream
-    from animalcls.inference import load_predictor
+    from animalcls.serving.batch_predict import discover, plain, predict_stream
+    from animalcls.serving.inference import load_predictor
 
     predictor = load_predictor(tiny_checkpoints["scratch"])
     paths = discover([photo_tree])
@@ -71,11 +76,12 @@ def test_stream_matches_predict_and_reports_bad_files(tiny_checkpoints, photo_tr
 
 
 def test_cli_folder_to_csv_file(tiny_checkpoints, photo_tree, tmp_path, capsys):
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     out = tmp_path / "rows.csv"
-    code = main(["predict", str(tiny_checkpoints["scratch"]), str(photo_tree), "--output", str(out),
-                 "--batch-size", "4"])
+    code = main(
+        ["predict", str(tiny_checkpoints["scratch"]), str(photo_tree), "--output", str(out), "--batch-size", "4"]
+    )
     assert code == 0
     assert "Wrote 9 rows" in capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
@@ -93,10 +99,18 @@ def test_cli_folder_to_csv_file(tiny_checkpoints, photo_tree, tmp_path, capsys):
 
 
 def test_cli_jsonl_to_stdout_for_explicit_files(tiny_checkpoints, photo_tree, capsys):
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
-    code = main(["predict", str(tiny_checkpoints["scratch"]), str(photo_tree / "red0.jpg"),
-                 str(photo_tree / "sub" / "broken.jpg"), "--format", "jsonl"])
+    code = main(
+        [
+            "predict",
+            str(tiny_checkpoints["scratch"]),
+            str(photo_tree / "red0.jpg"),
+            str(photo_tree / "sub" / "broken.jpg"),
+            "--format",
+            "jsonl",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     first, second = (json.loads(line) for line in out.splitlines())
@@ -110,7 +124,7 @@ def test_cli_jsonl_to_stdout_for_explicit_files(tiny_checkpoints, photo_tree, ca
     [(["--batch-size", "0"], "--batch-size must be at least 1"), (["--json"], "use --format jsonl")],
 )
 def test_cli_folder_argument_errors(tiny_checkpoints, photo_tree, capsys, extra, message):
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     code = main(["predict", str(tiny_checkpoints["scratch"]), str(photo_tree), *extra])
     err = capsys.readouterr().err
@@ -118,7 +132,7 @@ def test_cli_folder_argument_errors(tiny_checkpoints, photo_tree, capsys, extra,
 
 
 def test_cli_missing_input_is_an_error(tiny_checkpoints, tmp_path, capsys):
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     code = main(["predict", str(tiny_checkpoints["scratch"]), str(tmp_path / "nowhere"), "--format", "csv"])
     assert code == 2 and "No such file or folder" in capsys.readouterr().err
@@ -132,7 +146,7 @@ def test_folder_rows_carry_the_same_verdict_as_predict_json(kind, tmp_path, caps
 
     from conftest import REPO
 
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     photos = tmp_path / "photos"
     photos.mkdir()

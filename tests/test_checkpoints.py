@@ -4,21 +4,32 @@ import shutil
 import numpy as np
 import pytest
 
-from animalcls import checkpoints, models, plots
-from animalcls.errors import CheckpointError
+from animalcls.core.errors import CheckpointError
+from animalcls.models import builders as models
+from animalcls.store import checkpoints
+from animalcls.training import plots
 
 
 def _manifest(**changes):
-    base = {"name": "m", "kind": "scratch", "backbone": "tiny", "image_size": 32,
-            "class_names": ["cat", "spider", "butterfly"]}
+    base = {
+        "name": "m",
+        "kind": "scratch",
+        "backbone": "tiny",
+        "image_size": 32,
+        "class_names": ["cat", "spider", "butterfly"],
+    }
     return {**base, **changes}
 
 
 def test_save_and_load_round_trip_gives_identical_predictions(tmp_path):
     model = models.build_scratch("tiny", 3, 32)
     history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}
-    evaluation = {"accuracy": 0.5, "class_names": ["cat", "spider", "butterfly"],
-                  "confusion_matrix": [[1, 0, 0], [0, 1, 1], [1, 0, 0]], "report": {}}
+    evaluation = {
+        "accuracy": 0.5,
+        "class_names": ["cat", "spider", "butterfly"],
+        "confusion_matrix": [[1, 0, 0], [0, 1, 1], [1, 0, 0]],
+        "report": {},
+    }
     figures = plots.checkpoint_figures(history, evaluation, "m")
     path = checkpoints.save_checkpoint(tmp_path / "ck", model, _manifest(), history, evaluation, figures=figures)
     loaded = checkpoints.load_checkpoint(path)
@@ -113,15 +124,16 @@ def test_bundled_checkpoints_load_if_present():
 def test_optimizer_state_is_not_saved(tmp_path):
     import zipfile
 
-    from animalcls import train
+    from animalcls.training import train
 
     model = models.build_transfer("tiny", 3, 32, weights=None)
     train.compile_model(model, train.PRESETS["transfer"])
     model.fit(np.zeros((4, 32, 32, 3)), np.eye(3)[[0, 1, 2, 0]], verbose=0)
     path = checkpoints.save_checkpoint(tmp_path / "ck", model, _manifest(kind="transfer"))
     with zipfile.ZipFile(path / "model.keras") as archive:
-        import h5py
         import io
+
+        import h5py
 
         names = []
         h5py.File(io.BytesIO(archive.read("model.weights.h5"))).visit(names.append)

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
-
-from animalcls.cli import build_parser, main
 from conftest import REPO, make_dataset, make_image
+
+from animalcls.cli.main import build_parser, main
 
 
 def _run(capsys, *argv):
@@ -26,9 +26,27 @@ def test_help_explains_every_command():
 def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
     data_dir = make_dataset(tmp_path / "data", per_class=8)
     out = tmp_path / "ck"
-    code, stdout, _ = _run(capsys, "train", "--data", data_dir, "--model", "scratch", "--backbone", "tiny",
-                           "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--bn-momentum", "0.9",
-                           "--strong-augment", "--out", out)
+    code, stdout, _ = _run(
+        capsys,
+        "train",
+        "--data",
+        data_dir,
+        "--model",
+        "scratch",
+        "--backbone",
+        "tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--bn-momentum",
+        "0.9",
+        "--strong-augment",
+        "--out",
+        out,
+    )
     assert code == 0, stdout
     assert "backbone tiny" in stdout and "test accuracy" in stdout
     training = json.loads((out / "manifest.json").read_text())["training"]
@@ -53,13 +71,29 @@ def test_train_evaluate_predict_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_transfer_with_a_local_weights_file(tmp_path, capsys):
-    from animalcls.backbones import build_backbone
+    from animalcls.models.backbones import build_backbone
 
     weights = tmp_path / "tiny.weights.h5"
     build_backbone("tiny", 32).save_weights(weights)
     data_dir = make_dataset(tmp_path / "data", per_class=6)
-    code, stdout, err = _run(capsys, "train", "--data", data_dir, "--model", "transfer", "--backbone", "tiny",
-                             "--weights", weights, "--epochs", "1", "--image-size", "32", "--out", tmp_path / "t")
+    code, stdout, err = _run(
+        capsys,
+        "train",
+        "--data",
+        data_dir,
+        "--model",
+        "transfer",
+        "--backbone",
+        "tiny",
+        "--weights",
+        weights,
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--out",
+        tmp_path / "t",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "t" / "manifest.json").read_text())["weights"] == str(weights)
 
@@ -68,10 +102,15 @@ def test_transfer_with_a_local_weights_file(tmp_path, capsys):
     "argv, message",
     [
         (["train", "--data", "{tmp}/nope", "--model", "scratch", "--backbone", "tiny"], "Dataset folder not found"),
-        (["train", "--data", "{data}", "--model", "transfer", "--backbone", "tiny", "--weights", "{tmp}/w.h5"],
-         "Weights file not found"),
+        (
+            ["train", "--data", "{data}", "--model", "transfer", "--backbone", "tiny", "--weights", "{tmp}/w.h5"],
+            "Weights file not found",
+        ),
         (["train", "--data", "{data}", "--model", "scratch", "--backbone", "nope"], "Unknown backbone 'nope'"),
-        (["train", "--data", "{data}", "--model", "scratch", "--classes", "cat", "zebra"], "Class 'zebra' has no folder"),
+        (
+            ["train", "--data", "{data}", "--model", "scratch", "--classes", "cat", "zebra"],
+            "Class 'zebra' has no folder",
+        ),
         (["predict", "{tmp}/no-checkpoint", "{tmp}/x.jpg"], "Checkpoint folder not found"),
         (["predict", "{ckpt}", "{tmp}/bad.jpg"], "bad.jpg is not an image"),
         (["predict", "{ckpt}", "{tmp}/missing.jpg"], "Image file not found"),
@@ -90,8 +129,14 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint
 
 def test_subprocess_error_is_one_line_without_tensorflow_noise(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-m", "animalcls", "predict", str(tmp_path), "x.jpg"],
-                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "animalcls", "predict", str(tmp_path), "x.jpg"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"error: Missing manifest.json in {tmp_path}"]
 
@@ -102,10 +147,14 @@ NONSENSE = [
     (["train", "--data", "{data}", "--model", "scratch", "--epochs", "0"], "--epochs must be at least 1"),
     (["train", "--data", "{data}", "--model", "scratch", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["train", "--data", "{data}", "--model", "scratch", "--batch-size", "-3"], "--batch-size must be at least 1"),
-    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "tiny", "--image-size", "4"],
-     "--image-size must be at least 8 for backbone tiny"),
-    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "efficientnet_lite0", "--image-size", "16"],
-     "--image-size must be at least 32"),
+    (
+        ["train", "--data", "{data}", "--model", "scratch", "--backbone", "tiny", "--image-size", "4"],
+        "--image-size must be at least 8 for backbone tiny",
+    ),
+    (
+        ["train", "--data", "{data}", "--model", "scratch", "--backbone", "efficientnet_lite0", "--image-size", "16"],
+        "--image-size must be at least 32",
+    ),
     (["train", "--data", "{data}", "--model", "scratch", "--learning-rate", "0"], "--learning-rate must be a finite"),
     (["train", "--data", "{data}", "--model", "scratch", "--learning-rate=-1e-3"], "--learning-rate must be"),
     (["train", "--data", "{data}", "--model", "scratch", "--learning-rate", "nan"], "--learning-rate must be"),
@@ -114,8 +163,10 @@ NONSENSE = [
     (["train", "--data", "{data}", "--model", "scratch", "--preset", "fast"], "argument --preset: invalid choice"),
     (["train", "--data", "{data}", "--model", "scratch", "--backbone", "nope"], "Unknown backbone 'nope'"),
     (["train", "--data", "{tmp}/nope", "--model", "scratch"], "Dataset folder not found"),
-    (["train", "--data", "{data}", "--model", "scratch", "--backbone", "tiny", "--out", "{ckpt}"],
-     "Checkpoint folder already exists"),
+    (
+        ["train", "--data", "{data}", "--model", "scratch", "--backbone", "tiny", "--out", "{ckpt}"],
+        "Checkpoint folder already exists",
+    ),
     (["predict", "{ckpt}", "{tmp}/x.jpg", "--top", "0"], "--top must be at least 1"),
     (["predict", "{ckpt}", "{tmp}/x.jpg", "--top", "-1"], "--top must be at least 1"),
     (["predict", "{ckpt}", "{tmp}/missing.jpg"], "Image file not found"),
@@ -129,7 +180,10 @@ NONSENSE = [
     (["finetune", "{ckpt}", "--out", "{data}"], "Checkpoint folder already exists"),
     (["finetune", "{scratch}"], "only transfer checkpoints can be fine-tuned"),
     # issue 19, "the CLI as a new user met it"
-    (["evaluate", "{moved}"], "The recorded dataset folder raw-img is not on this machine (looked in {tmp}/a/b/data/raw-img)"),
+    (
+        ["evaluate", "{moved}"],
+        "The recorded dataset folder raw-img is not on this machine (looked in {tmp}/a/b/data/raw-img)",
+    ),
     (["explain", "{ckpt}", "{photos}"], "{photos} is a folder: explain takes image files"),
     (["evaluate", "{tmp}/x.jpg"], "{tmp}/x.jpg is a file, not a checkpoint folder"),
     (["predict", "{ckpt}", "{tmp}/x.jpg", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
@@ -143,10 +197,16 @@ NONSENSE = [
     (["evaluate", "{notsplit}"], "Corrupt split file {notsplit}/split.json: not a split"),
     (["finetune", "{badsplit}"], "Corrupt split file {badsplit}/split.json"),
     (["predict", "{ckpt}", "{photos}", "--output", "{empty}"], "--output {empty} is a folder"),
-    (["predict", "{ckpt}", "{tmp}/x.jpg", "--output", "{tmp}/no/dir/out.csv"], "the folder {tmp}/no/dir does not exist"),
+    (
+        ["predict", "{ckpt}", "{tmp}/x.jpg", "--output", "{tmp}/no/dir/out.csv"],
+        "the folder {tmp}/no/dir does not exist",
+    ),
     (["evaluate", "{ckpt}", "--json", "{tmp}/no/r.json"], "the folder {tmp}/no does not exist"),
     (["evaluate", "{ckpt}", "--data", "{empty}"], "Class 'cat' has no folder in {empty}"),
-    (["train", "--data", "{data}", "--model", "scratch", "--classes", "cat", "unicorn"], "Class 'unicorn' has no folder"),
+    (
+        ["train", "--data", "{data}", "--model", "scratch", "--classes", "cat", "unicorn"],
+        "Class 'unicorn' has no folder",
+    ),
     (["export", "{corrupt}", "--format", "onnx", "--out", "{tmp}/exported"], "Corrupt model.keras in {corrupt}"),
 ]
 
@@ -156,8 +216,12 @@ def _broken_copies(tmp_path, transfer):
     or a not-a-split split.json, with a corrupt model.keras. Plus an empty folder and one of photos."""
     import shutil
 
-    folders = {"moved": tmp_path / "a" / "b" / "c" / "moved", "badsplit": tmp_path / "badsplit",
-               "notsplit": tmp_path / "notsplit", "corrupt": tmp_path / "corrupt"}
+    folders = {
+        "moved": tmp_path / "a" / "b" / "c" / "moved",
+        "badsplit": tmp_path / "badsplit",
+        "notsplit": tmp_path / "notsplit",
+        "corrupt": tmp_path / "corrupt",
+    }
     for folder in folders.values():
         shutil.copytree(transfer, folder)  # split.json's relative dataset root now points nowhere
     (folders["badsplit"] / "split.json").write_text('{"a": 1\n"b": 2}')
@@ -176,12 +240,17 @@ def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_ch
     one `error:` line and status 2, and TensorFlow and Keras are never imported."""
     data_dir = make_dataset(tmp_path / "data", per_class=1)
     make_image(tmp_path / "x.jpg", (200, 10, 10))
-    values = {"tmp": tmp_path, "data": data_dir, "ckpt": tiny_checkpoints["transfer"],
-              "scratch": tiny_checkpoints["scratch"], **_broken_copies(tmp_path, tiny_checkpoints["transfer"])}
+    values = {
+        "tmp": tmp_path,
+        "data": data_dir,
+        "ckpt": tiny_checkpoints["transfer"],
+        "scratch": tiny_checkpoints["scratch"],
+        **_broken_copies(tmp_path, tiny_checkpoints["transfer"]),
+    }
     cases = [[a.format(**values) for a in argv] for argv, _ in NONSENSE]
     script = (
         "import contextlib, io, json, sys\n"
-        "from animalcls.cli import main\n"
+        "from animalcls.cli.main import main\n"
         "out = []\n"
         "for argv in json.loads(sys.argv[1]):\n"
         "    err = io.StringIO()\n"
@@ -195,8 +264,14 @@ def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_ch
         "print(json.dumps({'results': out, 'heavy': heavy}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "ANIMALCLS_FILTER_STDERR": "0"}
-    run = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
-                         env=env, timeout=120, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     for (argv, message), (code, err) in zip(NONSENSE, report["results"]):
@@ -209,17 +284,17 @@ def test_nonsense_arguments_fail_in_one_line_before_tensorflow(tmp_path, tiny_ch
 
 
 def test_presets_named_by_the_parser_are_the_trainers():
-    from animalcls.cli_checks import PRESET_NAMES
-    from animalcls.train import PRESETS
+    from animalcls.cli.checks import PRESET_NAMES
+    from animalcls.training.train import PRESETS
 
     assert tuple(PRESETS) == PRESET_NAMES
 
 
 def test_train_refuses_an_existing_out_before_training(tmp_path, capsys):
     """Library side of the same check: train_checkpoint fails before building or fitting."""
-    from animalcls.errors import CheckpointError
-    from animalcls.train import PRESETS
-    from animalcls.workflows import train_checkpoint
+    from animalcls.core.errors import CheckpointError
+    from animalcls.training.train import PRESETS
+    from animalcls.training.workflows import train_checkpoint
 
     out = tmp_path / "exists"
     out.mkdir()
@@ -234,7 +309,7 @@ def test_evaluate_data_leaves_out_the_checkpoints_training_photos(tmp_path, caps
     photos and the new one are scored, and the report says so; the flag scores all 51, plainly."""
     import shutil
 
-    from animalcls.data import Split
+    from animalcls.data.dataset import Split
 
     checkpoint = tiny_checkpoints["transfer"]
     split = Split.load(checkpoint / "split.json")
@@ -259,9 +334,9 @@ def test_evaluate_data_leaves_out_the_checkpoints_training_photos(tmp_path, caps
 def test_predict_scratch_or_transfer_means_the_bundled_default(tmp_path, monkeypatch, tiny_checkpoints):
     import shutil
 
-    from animalcls.checkpoints import default_pair
-    from animalcls.cli_checks import resolve_checkpoint
-    from animalcls.settings import BUNDLED_DIR
+    from animalcls.cli.checks import resolve_checkpoint
+    from animalcls.core.settings import BUNDLED_DIR
+    from animalcls.store.checkpoints import default_pair
 
     chosen = json.loads((BUNDLED_DIR / "defaults.json").read_text())
     monkeypatch.chdir(tmp_path)

@@ -3,11 +3,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import make_dataset, make_image
 from PIL import Image
 
-from animalcls import data
-from animalcls.errors import DataError
-from conftest import make_dataset, make_image
+from animalcls.core.errors import DataError
+from animalcls.data import dataset as data
 
 
 def test_scan_animals10_layout_maps_italian_folders(synthetic_data):
@@ -148,7 +148,11 @@ def test_saved_split_records_no_absolute_path_and_old_files_still_load(tmp_path,
     split.root_relative = "../animals/raw-img"
     split.save(tmp_path / "split.json")
     saved = json.loads((tmp_path / "split.json").read_text())
-    assert "root" not in saved and str(tmp_path) not in json.dumps(saved) and str(synthetic_data) not in json.dumps(split.summary())
+    assert (
+        "root" not in saved
+        and str(tmp_path) not in json.dumps(saved)
+        and str(synthetic_data) not in json.dumps(split.summary())
+    )
     assert saved["root_name"] == "raw-img"
     loaded = data.Split.load(tmp_path / "split.json")
     assert loaded.root == "" and loaded.train == split.train
@@ -170,8 +174,8 @@ def test_bundled_checkpoints_record_no_absolute_path():
 def test_split_version_is_checked_on_load(tmp_path):
     import json
 
-    from animalcls.data import SPLIT_VERSION, Split
-    from animalcls.errors import DataError
+    from animalcls.core.errors import DataError
+    from animalcls.data.dataset import SPLIT_VERSION, Split
 
     split = Split("/data", ["cat", "dog"], 42, 0.2, 0.1, [("cat/a.jpg", 0)], [], [("dog/b.jpg", 1)])
     split.save(tmp_path / "split.json")

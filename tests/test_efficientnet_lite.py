@@ -7,18 +7,18 @@ import pickle
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import layers
 
-from animalcls.atomic import file_sha256
-from animalcls import convert_efficientnet_lite as convert
-from animalcls import efficientnet_lite as effl
-from animalcls import torch_legacy
-from animalcls.backbones import build_backbone as registry_build, imagenet_classifier
-from animalcls.errors import WeightsUnavailableError
+from animalcls.core.atomic import file_sha256
+from animalcls.core.errors import WeightsUnavailableError
+from animalcls.models.backbones import build_backbone as registry_build
+from animalcls.models.backbones import imagenet_classifier
+from animalcls.models.efficientnet_lite import architecture as effl
+from animalcls.models.efficientnet_lite import converter as convert
+from animalcls.models.efficientnet_lite import torch_legacy
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-offline" / "raw-img"
 # ImageNet indices that count as a hit for each Animals-10 folder.
@@ -132,7 +132,11 @@ def test_reader_refuses_arbitrary_globals(tmp_path: Path):
     marker = tmp_path / "pwned"
     payload = f"cposix\nsystem\n(S'touch {marker}'\ntR.".encode()
     path = tmp_path / "evil.pth"
-    header = [torch_legacy._LEGACY_MAGIC, torch_legacy._LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}]
+    header = [
+        torch_legacy._LEGACY_MAGIC,
+        torch_legacy._LEGACY_PROTOCOL,
+        {"protocol_version": 1001, "little_endian": True},
+    ]
     path.write_bytes(b"".join(pickle.dumps(h, 2) for h in header) + payload)
     with pytest.raises(WeightsUnavailableError, match="refusing to load global posix.system"):
         torch_legacy.read_torch_legacy_state_dict(path)
@@ -295,7 +299,10 @@ def _np_conv(x: np.ndarray, w: np.ndarray, s: int, depthwise: bool = False) -> n
 
 
 def _np_bn(x: np.ndarray, sd: dict[str, np.ndarray], p: str) -> np.ndarray:
-    g, b, m, v = (sd[f"{p}.{n}"].astype(np.float64)[None, :, None, None] for n in ("weight", "bias", "running_mean", "running_var"))
+    g, b, m, v = (
+        sd[f"{p}.{n}"].astype(np.float64)[None, :, None, None]
+        for n in ("weight", "bias", "running_mean", "running_var")
+    )
     return (x - m) / np.sqrt(v + 1e-3) * g + b
 
 

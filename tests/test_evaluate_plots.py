@@ -1,8 +1,8 @@
 from matplotlib.figure import Figure
 
-from animalcls.evaluate import evaluation_report
-from animalcls.reports import format_report
-from animalcls.plots import confusion_figure, history_figure, save_figure
+from animalcls.training.evaluate import evaluation_report
+from animalcls.training.plots import confusion_figure, history_figure, save_figure
+from animalcls.training.reports import format_report
 
 NAMES = ["cat", "spider", "butterfly"]
 

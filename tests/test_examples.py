@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from animalcls import app_views as views
-from animalcls.inference import IMAGE_SUFFIXES, load_image
-from animalcls.labels import DEFAULT_CLASSES
+from animalcls.core.labels import DEFAULT_CLASSES
+from animalcls.serving.inference import IMAGE_SUFFIXES, load_image
+from animalcls.webapp import views
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MAX_SIDE = 640
@@ -50,8 +50,9 @@ def test_no_credit_line_for_a_missing_file():
 def test_the_credit_check_catches_an_uncredited_file(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "cat-a.jpg")
     Image.new("RGB", (8, 8)).save(tmp_path / "cat-b.png")
-    (tmp_path / "CREDITS.md").write_text("| File | Licence |\n| --- | --- |\n| `cat-a.jpg` | CC0 |\n"
-                                          "cat-b.png is only mentioned in prose\n")
+    (tmp_path / "CREDITS.md").write_text(
+        "| File | Licence |\n| --- | --- |\n| `cat-a.jpg` | CC0 |\ncat-b.png is only mentioned in prose\n"
+    )
     assert uncredited(tmp_path) == ["cat-b.png"]
 
 

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import COLOURS, REPO, make_image
 from PIL import Image
 
-from animalcls import cam
-from animalcls.cli import main
-from animalcls.explain import explain, feature_forward, head_weights, quadrant_canvas, quadrant_hits
-from conftest import COLOURS, REPO, make_image
+from animalcls.cli.main import main
+from animalcls.trust import cam
+from animalcls.trust.explain import explain, feature_forward, head_weights, quadrant_canvas, quadrant_hits
 
 
 def _batch(size: int, count: int = 4) -> np.ndarray:
@@ -26,7 +26,7 @@ def _tape_cams(model, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """Reference Grad-CAM and Grad-CAM++ from real gradients of the top class's logit."""
     import tensorflow as tf
 
-    from animalcls.models import BACKBONE_LAYER, POOL_LAYER
+    from animalcls.models.builders import BACKBONE_LAYER, POOL_LAYER
 
     pool = model.get_layer(POOL_LAYER)
     head = [layer for layer in model.layers[model.layers.index(pool) + 1 :] if "dropout" not in layer.name]
@@ -48,7 +48,7 @@ def _tape_cams(model, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 @pytest.mark.parametrize("kind", ["scratch", "transfer"])
 def test_numpy_cams_equal_gradient_tape(tiny_checkpoints, kind):
-    from animalcls.inference import load_predictor
+    from animalcls.serving.inference import load_predictor
 
     predictor = load_predictor(tiny_checkpoints[kind])
     batch = _batch(predictor.image_size)
@@ -61,12 +61,13 @@ def test_numpy_cams_equal_gradient_tape(tiny_checkpoints, kind):
     ours = cam.grad_cam(head, feature_map, pooled, classes)
     assert ref_gradcam.max() > 0
     np.testing.assert_allclose(ours, ref_gradcam, atol=1e-5 * ref_gradcam.max())
-    np.testing.assert_allclose(cam.grad_cam_plus_plus(head, feature_map, pooled, classes), ref_plus,
-                               atol=1e-5 * max(ref_plus.max(), 1e-12))
+    np.testing.assert_allclose(
+        cam.grad_cam_plus_plus(head, feature_map, pooled, classes), ref_plus, atol=1e-5 * max(ref_plus.max(), 1e-12)
+    )
 
 
 def test_head_weights_read_without_keras_reproduce_the_model(tiny_checkpoints):
-    from animalcls.inference import load_predictor
+    from animalcls.serving.inference import load_predictor
 
     predictor = load_predictor(tiny_checkpoints["transfer"])
     head = head_weights(predictor.path)
@@ -79,7 +80,7 @@ def test_head_weights_read_without_keras_reproduce_the_model(tiny_checkpoints):
 
 
 def test_pool_layer_name_agrees_with_the_model_builders():
-    from animalcls.models import POOL_LAYER
+    from animalcls.models.builders import POOL_LAYER
 
     assert cam.POOL_LAYER == POOL_LAYER
 
@@ -99,7 +100,7 @@ def test_unsupported_head_is_refused(tmp_path):
 
 
 def test_explanations_sum_to_one_and_overlay_the_photo(tiny_checkpoints, tmp_path):
-    from animalcls.inference import predict
+    from animalcls.serving.inference import predict
 
     photo = make_image(tmp_path / "a.png", COLOURS["gatto"], size=40)
     [result] = explain(photo, tiny_checkpoints["scratch"])
@@ -130,8 +131,10 @@ def test_quadrant_canvas_puts_the_photo_in_its_quadrant():
 
 def test_cli_writes_overlays_and_json(tiny_checkpoints, tmp_path, capsys):
     (tmp_path / "b").mkdir()
-    images = [make_image(tmp_path / "cat.png", COLOURS["gatto"], 30),
-              make_image(tmp_path / "b" / "cat.png", COLOURS["ragno"], 20)]
+    images = [
+        make_image(tmp_path / "cat.png", COLOURS["gatto"], 30),
+        make_image(tmp_path / "b" / "cat.png", COLOURS["ragno"], 20),
+    ]
     out, report = tmp_path / "overlays", tmp_path / "heat.json"
     argv = ["explain", str(tiny_checkpoints["transfer"]), *map(str, images), "--out", str(out), "--json", str(report)]
     assert main(argv) == 0, capsys.readouterr().err
@@ -164,8 +167,10 @@ def test_cli_argument_errors_exit_2_before_tensorflow(tiny_checkpoints, tmp_path
     (no_model / "manifest.json").write_bytes((tiny_checkpoints["scratch"] / "manifest.json").read_bytes())
     values = {"ckpt": tiny_checkpoints["scratch"], "tmp": tmp_path, "img": image, "nomodel": no_model}
     argv = ["explain", *[a.format(**values) for a in args]]
-    code = ("import sys; from animalcls.cli import main; rc = main(sys.argv[1:]); "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules); sys.exit(rc)")
+    code = (
+        "import sys; from animalcls.cli.main import main; rc = main(sys.argv[1:]); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules); sys.exit(rc)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 2
@@ -177,9 +182,9 @@ def test_cli_argument_errors_exit_2_before_tensorflow(tiny_checkpoints, tmp_path
 @pytest.mark.slow
 def test_transfer_heatmaps_find_the_photo_in_its_quadrant(shared_raw):
     """8 test photos per class, each pasted into a random quadrant of a grey canvas."""
-    from animalcls.checkpoints import default_pair
-    from animalcls.explain import explain_batch
-    from animalcls.inference import load_image, load_predictor, to_model_input
+    from animalcls.serving.inference import load_image, load_predictor, to_model_input
+    from animalcls.store.checkpoints import default_pair
+    from animalcls.trust.explain import explain_batch
 
     folder = default_pair()["transfer"]
     predictor = load_predictor(folder)
@@ -187,8 +192,12 @@ def test_transfer_heatmaps_find_the_photo_in_its_quadrant(shared_raw):
     test = json.loads((folder / "split.json").read_text())["test"]
     picks = [path for label in range(5) for path in rng.choice([p for p, y in test if y == label], 8, replace=False)]
     quadrants = rng.integers(0, 4, len(picks))
-    batch = np.stack([to_model_input(quadrant_canvas(load_image(shared_raw / p), int(q)), predictor.image_size)
-                      for p, q in zip(picks, quadrants)])
+    batch = np.stack(
+        [
+            to_model_input(quadrant_canvas(load_image(shared_raw / p), int(q)), predictor.image_size)
+            for p, q in zip(picks, quadrants)
+        ]
+    )
     _, heatmaps = explain_batch(feature_forward(predictor), head_weights(folder), batch)
     assert quadrant_hits(heatmaps, quadrants).mean() >= 0.85
 
@@ -196,8 +205,8 @@ def test_transfer_heatmaps_find_the_photo_in_its_quadrant(shared_raw):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["scratch", "transfer"])
 def test_bundled_models_numpy_cam_equals_gradient_tape_on_real_photos(shared_raw, kind):
-    from animalcls.checkpoints import default_pair
-    from animalcls.inference import load_image, load_predictor, to_model_input
+    from animalcls.serving.inference import load_image, load_predictor, to_model_input
+    from animalcls.store.checkpoints import default_pair
 
     folder = default_pair()[kind]
     predictor = load_predictor(folder)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animalcls import checkpoints
-from animalcls.export import FORMATS, TOLERANCE, export_checkpoint, load_export
+from animalcls.serving.export import FORMATS, TOLERANCE, export_checkpoint, load_export
+from animalcls.store import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_tiny_export_matches_keras_and_its_readme_code_runs(tiny_checkpoints, tm
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     code = (
-        "import sys\nfrom animalcls.cli import main\n"
+        "import sys\nfrom animalcls.cli.main import main\n"
         f"status = main({list(args)!r})\nprint(status, 'tensorflow' in sys.modules)"
     )
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -70,8 +70,8 @@ def test_export_refuses_an_existing_folder_before_importing_tensorflow(tiny_chec
 @pytest.mark.slow
 def test_bundled_scratch_tflite_export_matches_keras_on_real_photos(shared_raw, tmp_path):
     """TFLite is the one lossy format; ONNX's real-photo parity is in test_onnx.py."""
-    from animalcls import data
-    from animalcls.inference import load_image, to_model_input
+    from animalcls.data import dataset as data
+    from animalcls.serving.inference import load_image, to_model_input
 
     folder = checkpoints.default_pair().get("scratch")
     if folder is None:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import copy_checkpoint, make_image
 
 
 def load_model(folder: Path):
-    from animalcls.checkpoints import load_checkpoint
+    from animalcls.store.checkpoints import load_checkpoint
 
     return load_checkpoint(folder).model
 
@@ -27,7 +26,7 @@ def photos(tmp_path: Path) -> list[str]:
 
 @pytest.fixture
 def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from animalcls import features
+    from animalcls.serving import features
 
     monkeypatch.setattr(features, "PACK_MIN", 4)  # packs from 4 entries, so 8 tiny photos make one
 
@@ -37,7 +36,7 @@ def packs(root: Path) -> list[Path]:
 
 
 def test_pack_is_written_then_read_instead_of_the_small_files(tiny_checkpoints, tmp_path, photos, small_packs):
-    from animalcls.features import FeatureCache, cached_feature_groups
+    from animalcls.serving.features import FeatureCache, cached_feature_groups
 
     model = load_model(tiny_checkpoints["transfer"])
     groups = [(photos, False), (photos[:5], True)]
@@ -58,7 +57,7 @@ def test_pack_is_written_then_read_instead_of_the_small_files(tiny_checkpoints, 
 
 
 def test_a_torn_pack_is_ignored_and_rebuilt_and_an_old_cache_gains_one(tiny_checkpoints, tmp_path, photos, small_packs):
-    from animalcls.features import FeatureCache, cached_features
+    from animalcls.serving.features import FeatureCache, cached_features
 
     model = load_model(tiny_checkpoints["transfer"])
     first = cached_features(model, photos, cache=FeatureCache(tmp_path / "cache"))
@@ -76,7 +75,7 @@ def test_a_torn_pack_is_ignored_and_rebuilt_and_an_old_cache_gains_one(tiny_chec
 
 
 def test_packs_are_keyed_by_their_entries_and_capped(tiny_checkpoints, tmp_path, photos, small_packs, monkeypatch):
-    from animalcls import features
+    from animalcls.serving import features
 
     monkeypatch.setattr(features, "PACKS_KEPT", 2)
     model = load_model(tiny_checkpoints["transfer"])
@@ -92,8 +91,8 @@ def test_packs_are_keyed_by_their_entries_and_capped(tiny_checkpoints, tmp_path,
 
 
 def test_onnx_pooled_features_match_keras_plain_and_flipped(tiny_checkpoints, tmp_path, photos):
-    from animalcls.features import FeatureCache, cached_feature_groups, feature_model, pooled_forward
-    from animalcls.teach import photo_batch
+    from animalcls.heads.teach import photo_batch
+    from animalcls.serving.features import FeatureCache, cached_feature_groups, feature_model, pooled_forward
 
     folder = tiny_checkpoints["transfer"]  # train_checkpoint wrote its model.onnx
     forward = pooled_forward(folder)
@@ -121,7 +120,7 @@ def test_onnx_pooled_features_match_keras_plain_and_flipped(tiny_checkpoints, tm
 
 
 def test_no_fresh_graph_means_keras_extracts(tiny_checkpoints, tmp_path):
-    from animalcls.features import pooled_forward
+    from animalcls.serving.features import pooled_forward
 
     folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "copy")
     (folder / "model.onnx").unlink()
@@ -139,21 +138,38 @@ def blobs(n: int, seed: int, classes: int = 3, dim: int = 12) -> tuple[np.ndarra
 
 
 def small_head(classes: int = 3, dim: int = 12, hidden: int = 8, dropout: float = 0.0):
-    from animalcls.teach_head import Head
+    from animalcls.heads.teach_head import Head
 
     rng = np.random.default_rng(1)
-    return Head([rng.normal(0, 0.3, (dim, hidden)).astype(np.float32), rng.normal(0, 0.3, (hidden, classes)).astype(np.float32)],
-                [np.zeros(hidden, np.float32), np.zeros(classes, np.float32)], dropout, ["fc"])
+    return Head(
+        [
+            rng.normal(0, 0.3, (dim, hidden)).astype(np.float32),
+            rng.normal(0, 0.3, (hidden, classes)).astype(np.float32),
+        ],
+        [np.zeros(hidden, np.float32), np.zeros(classes, np.float32)],
+        dropout,
+        ["fc"],
+    )
 
 
 def test_fit_head_learns_and_records_keras_history_keys():
-    from animalcls.head_fit import Recipe, fit_head
+    from animalcls.heads.head_fit import Recipe, fit_head
 
     train, val = blobs(300, 0), blobs(60, 1)
     head = small_head(dropout=0.2)
     fitted = fit_head(head, train, val, Recipe(epochs=6, batch_size=32, learning_rate=1e-2, keep_best=True))
-    keys = {"loss", "accuracy", "precision", "recall", "val_loss", "val_accuracy", "val_precision", "val_recall",
-            "epoch_seconds", "learning_rate"}
+    keys = {
+        "loss",
+        "accuracy",
+        "precision",
+        "recall",
+        "val_loss",
+        "val_accuracy",
+        "val_precision",
+        "val_recall",
+        "epoch_seconds",
+        "learning_rate",
+    }
     assert set(fitted.history) == keys and len(fitted.history["loss"]) == 6
     assert fitted.history["val_loss"][-1] < fitted.history["val_loss"][0]
     assert fitted.history["val_accuracy"][-1] > 0.9
@@ -166,10 +182,13 @@ def test_fit_head_learns_and_records_keras_history_keys():
 
 
 def test_fit_head_stops_early_and_reduces_the_learning_rate():
-    from animalcls.head_fit import Recipe, fit_head
+    from animalcls.heads.head_fit import Recipe, fit_head
 
     train = blobs(200, 0)
-    noise = (np.random.default_rng(5).normal(0, 1, (60, 12)).astype(np.float32), np.random.default_rng(6).integers(0, 3, 60))
+    noise = (
+        np.random.default_rng(5).normal(0, 1, (60, 12)).astype(np.float32),
+        np.random.default_rng(6).integers(0, 3, 60),
+    )
     recipe = Recipe(epochs=40, batch_size=32, learning_rate=5e-2, early_stopping_patience=3, reduce_lr_patience=2)
     fitted = fit_head(small_head(), train, noise, recipe)
     assert len(fitted.history["loss"]) < 40  # val_loss on noise stops improving
@@ -179,7 +198,7 @@ def test_fit_head_stops_early_and_reduces_the_learning_rate():
 
 
 def test_fit_head_cancel_keeps_only_finished_epochs():
-    from animalcls.head_fit import Recipe, fit_head
+    from animalcls.heads.head_fit import Recipe, fit_head
 
     cancel = threading.Event()
     snapshots: list = []
@@ -189,8 +208,14 @@ def test_fit_head_cancel_keeps_only_finished_epochs():
             snapshots.append(True)
             cancel.set()
 
-    fitted = fit_head(small_head(), blobs(320, 0), blobs(40, 1), Recipe(epochs=5, batch_size=32, learning_rate=1e-2),
-                      on_batch=on_batch, cancel=cancel)
+    fitted = fit_head(
+        small_head(),
+        blobs(320, 0),
+        blobs(40, 1),
+        Recipe(epochs=5, batch_size=32, learning_rate=1e-2),
+        on_batch=on_batch,
+        cancel=cancel,
+    )
     assert fitted.cancelled and snapshots and len(fitted.history["loss"]) == 1
     # The head is the one at the end of epoch 1: its validation loss is the recorded one.
     val = blobs(40, 1)
@@ -204,11 +229,11 @@ def test_fit_head_cancel_keeps_only_finished_epochs():
 def test_repeated_finetunes_start_from_the_file_and_save_loadable_models(tiny_checkpoints, tmp_path, monkeypatch):
     """The cached source model's head is restored after each fine-tune (same seed, same result),
     and the patched model.keras loads in Keras and matches the trained head on features."""
-    from animalcls.checkpoints import load_checkpoint
-    from animalcls.features import feature_model
-    from animalcls.finetune import finetune
-    from animalcls.settings import BACKBONE_LAYER
-    from animalcls.teach import photo_batch, read_head
+    from animalcls.core.settings import BACKBONE_LAYER
+    from animalcls.heads.finetune import finetune
+    from animalcls.heads.teach import photo_batch, read_head
+    from animalcls.serving.features import feature_model
+    from animalcls.store.checkpoints import load_checkpoint
 
     monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
     source = tiny_checkpoints["transfer"]
@@ -221,7 +246,9 @@ def test_repeated_finetunes_start_from_the_file_and_save_loadable_models(tiny_ch
 
     saved = load_model(first.path)
     original = load_model(source)
-    assert not np.allclose(saved.get_layer("predictions").kernel.numpy(), original.get_layer("predictions").kernel.numpy())
+    assert not np.allclose(
+        saved.get_layer("predictions").kernel.numpy(), original.get_layer("predictions").kernel.numpy()
+    )
     for a, b in zip(saved.get_layer(BACKBONE_LAYER).get_weights(), original.get_layer(BACKBONE_LAYER).get_weights()):
         np.testing.assert_array_equal(a, b)  # every backbone weight is the source's
     images = sorted(str(p) for p in Path(source).parent.parent.rglob("*.jpg"))[:6]

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import make_image
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -32,13 +31,13 @@ def folder_hashes(folder: Path) -> dict[str, str]:
 
 
 def load_model(folder: Path):
-    from animalcls.checkpoints import load_checkpoint
+    from animalcls.store.checkpoints import load_checkpoint
 
     return load_checkpoint(folder).model
 
 
 def test_path(folder: Path, part: str = "test") -> tuple[list[str], list[int]]:
-    from animalcls.data import Split
+    from animalcls.data.dataset import Split
 
     split = Split.load(folder / "split.json")
     return split.paths(part, split.locate_root(folder))
@@ -48,7 +47,7 @@ test_path.__test__ = False  # a helper, not a test
 
 
 def test_cache_hits_misses_and_content_keys(tiny_checkpoints, tmp_path):
-    from animalcls.features import FeatureCache, backbone_key, cached_features
+    from animalcls.serving.features import FeatureCache, backbone_key, cached_features
 
     model = load_model(tiny_checkpoints["transfer"])
     images = tmp_path / "images"
@@ -83,8 +82,8 @@ def test_cache_hits_misses_and_content_keys(tiny_checkpoints, tmp_path):
 def test_other_backbone_weights_get_another_key(tiny_checkpoints):
     import keras
 
-    from animalcls.features import backbone_key
-    from animalcls.settings import BACKBONE_LAYER
+    from animalcls.core.settings import BACKBONE_LAYER
+    from animalcls.serving.features import backbone_key
 
     model = load_model(tiny_checkpoints["transfer"])
     other = keras.models.clone_model(model)
@@ -98,8 +97,8 @@ def test_other_backbone_weights_get_another_key(tiny_checkpoints):
 def test_flipped_features_differ_for_an_asymmetric_image(tiny_checkpoints, tmp_path):
     import tensorflow as tf
 
-    from animalcls.data import decode_resize
-    from animalcls.features import FeatureCache, cached_features, feature_model
+    from animalcls.data.dataset import decode_resize
+    from animalcls.serving.features import FeatureCache, cached_features, feature_model
 
     model = load_model(tiny_checkpoints["transfer"])
     pixels = np.zeros((32, 32, 3), np.uint8)
@@ -117,10 +116,10 @@ def test_flipped_features_differ_for_an_asymmetric_image(tiny_checkpoints, tmp_p
 
 
 def test_head_on_features_matches_the_full_model_on_images(tiny_checkpoints):
-    from animalcls.data import make_dataset
-    from animalcls.evaluate import predict_probabilities
-    from animalcls.features import FeatureCache, cached_features
-    from animalcls.models import head_on_features
+    from animalcls.data.dataset import make_dataset
+    from animalcls.models.builders import head_on_features
+    from animalcls.serving.features import FeatureCache, cached_features
+    from animalcls.training.evaluate import predict_probabilities
 
     folder = tiny_checkpoints["transfer"]
     model = load_model(folder)
@@ -132,10 +131,10 @@ def test_head_on_features_matches_the_full_model_on_images(tiny_checkpoints):
 
 @pytest.mark.slow
 def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_checkpoints, tmp_path):
-    from animalcls.checkpoints import load_checkpoint
-    from animalcls.data import Split
-    from animalcls.finetune import finetune
-    from animalcls.hooks import TrainHooks
+    from animalcls.core.hooks import TrainHooks
+    from animalcls.data.dataset import Split
+    from animalcls.heads.finetune import finetune
+    from animalcls.store.checkpoints import load_checkpoint
 
     source = tiny_checkpoints["transfer"]
     before = folder_hashes(source)
@@ -176,8 +175,8 @@ def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_check
 @pytest.mark.slow
 def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
     """The saved full model reproduces the evaluation computed on features."""
-    from animalcls.finetune import finetune
-    from animalcls.workflows import evaluate_checkpoint
+    from animalcls.heads.finetune import finetune
+    from animalcls.training.workflows import evaluate_checkpoint
 
     result = finetune(tiny_checkpoints["transfer"], epochs=3, learning_rate=1e-2, out_dir=tmp_path / "ft")
     assert evaluate_checkpoint(result.path)["confusion_matrix"] == result.evaluation["confusion_matrix"]
@@ -189,9 +188,9 @@ def test_saved_model_uses_the_trained_head(tiny_checkpoints, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("unfreeze", [0, 2])
 def test_cancel_in_the_first_epoch_saves_nothing(tiny_checkpoints, tmp_path, unfreeze):
-    from animalcls.errors import Cancelled
-    from animalcls.finetune import finetune
-    from animalcls.hooks import TrainHooks
+    from animalcls.core.errors import Cancelled
+    from animalcls.core.hooks import TrainHooks
+    from animalcls.heads.finetune import finetune
 
     event = threading.Event()
     batches: list[int] = []
@@ -201,18 +200,26 @@ def test_cancel_in_the_first_epoch_saves_nothing(tiny_checkpoints, tmp_path, unf
         event.set()
 
     with pytest.raises(Cancelled, match="before the first epoch finished: nothing was saved"):
-        finetune(tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8, unfreeze_layers=unfreeze,
-                 hooks=TrainHooks(on_batch=on_batch, cancel=event))
+        finetune(
+            tiny_checkpoints["transfer"],
+            epochs=5,
+            out_dir=tmp_path / "ft",
+            batch_size=8,
+            unfreeze_layers=unfreeze,
+            hooks=TrainHooks(on_batch=on_batch, cancel=event),
+        )
     assert batches == [1]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ft", "ft"))) == []  # no folder, no leftover
+    assert (
+        sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".ft", "ft"))) == []
+    )  # no folder, no leftover
 
 
 @pytest.mark.slow
 def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints, tmp_path):
     """Cancelled at epoch 2, batch 1 with unfrozen layers: epoch 1 is kept, the unfinished one
     is neither recorded nor saved (test_train checks that its batches are undone)."""
-    from animalcls.finetune import finetune
-    from animalcls.hooks import TrainHooks
+    from animalcls.core.hooks import TrainHooks
+    from animalcls.heads.finetune import finetune
 
     event = threading.Event()
 
@@ -220,8 +227,14 @@ def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints,
         if epoch == 2:
             event.set()
 
-    result = finetune(tiny_checkpoints["transfer"], epochs=5, out_dir=tmp_path / "ft", batch_size=8,
-                      unfreeze_layers=2, hooks=TrainHooks(on_batch=on_batch, cancel=event))
+    result = finetune(
+        tiny_checkpoints["transfer"],
+        epochs=5,
+        out_dir=tmp_path / "ft",
+        batch_size=8,
+        unfreeze_layers=2,
+        hooks=TrainHooks(on_batch=on_batch, cancel=event),
+    )
     assert result.cancelled and len(result.history["loss"]) == 1
     training = json.loads((result.path / "manifest.json").read_text())["training"]
     assert training["cancelled"] is True and training["epochs_run"] == 1
@@ -231,10 +244,10 @@ def test_cancel_with_unfrozen_layers_keeps_the_finished_epochs(tiny_checkpoints,
 @pytest.mark.slow
 def test_preset_cancel(tiny_checkpoints, tmp_path):
     """Cold cache: cancelled during extraction. Warm cache: cancelled at the first batch. Nothing saved."""
-    from animalcls.errors import Cancelled
-    from animalcls.features import FeatureExtractionCancelled
-    from animalcls.finetune import finetune
-    from animalcls.hooks import TrainHooks
+    from animalcls.core.errors import Cancelled
+    from animalcls.core.hooks import TrainHooks
+    from animalcls.heads.finetune import finetune
+    from animalcls.serving.features import FeatureExtractionCancelled
 
     event = threading.Event()
     event.set()
@@ -250,8 +263,8 @@ def test_preset_cancel(tiny_checkpoints, tmp_path):
 
 @pytest.mark.slow
 def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_path):
-    from animalcls.finetune import finetune
-    from animalcls.settings import BACKBONE_LAYER
+    from animalcls.core.settings import BACKBONE_LAYER
+    from animalcls.heads.finetune import finetune
 
     source = tiny_checkpoints["transfer"]
     result = finetune(source, epochs=1, unfreeze_layers=3, out_dir=tmp_path / "ft", batch_size=8)
@@ -265,8 +278,8 @@ def test_unfreeze_trains_top_backbone_layers_on_images(tiny_checkpoints, tmp_pat
 
 
 def test_rejects_scratch_and_existing_outputs(tiny_checkpoints, tmp_path):
-    from animalcls.errors import AnimalclsError
-    from animalcls.finetune import finetune
+    from animalcls.core.errors import AnimalclsError
+    from animalcls.heads.finetune import finetune
 
     with pytest.raises(AnimalclsError, match="only transfer checkpoints"):
         finetune(tiny_checkpoints["scratch"], out_dir=tmp_path / "x")
@@ -278,8 +291,8 @@ def test_rejects_scratch_and_existing_outputs(tiny_checkpoints, tmp_path):
 
 
 def test_missing_dataset_asks_for_data(tiny_checkpoints, tmp_path):
-    from animalcls.errors import DataError
-    from animalcls.finetune import finetune
+    from animalcls.core.errors import DataError
+    from animalcls.heads.finetune import finetune
 
     source = tiny_checkpoints["transfer"]
     moved = tmp_path / "moved"
@@ -296,13 +309,13 @@ def test_missing_dataset_asks_for_data(tiny_checkpoints, tmp_path):
 
 @pytest.mark.slow
 def test_data_dir_without_split_scans_and_splits(tiny_checkpoints, tmp_path):
-    from animalcls.finetune import finetune
+    from animalcls.heads.finetune import finetune
 
     source = tiny_checkpoints["transfer"]
     moved = tmp_path / "moved"
     shutil.copytree(source, moved)
     (moved / "split.json").unlink()
-    from animalcls.data import Split
+    from animalcls.data.dataset import Split
 
     data_dir = Split.load(source / "split.json").locate_root(source).parent
     result = finetune(moved, data_dir, epochs=1, out_dir=tmp_path / "ft")
@@ -311,7 +324,7 @@ def test_data_dir_without_split_scans_and_splits(tiny_checkpoints, tmp_path):
 
 @pytest.mark.slow
 def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     out = tmp_path / "cli-ft"
     assert main(["finetune", str(tiny_checkpoints["transfer"]), "--epochs", "1", "--out", str(out)]) == 0
@@ -322,7 +335,7 @@ def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
 def test_training_features_pick_the_flipped_copy_at_random_each_epoch():
     """Each sample index i has features [i, 0] and flipped features [i, 1]: every epoch holds
     every sample once with its own label, about half of them flipped, drawn anew per epoch."""
-    from animalcls.finetune import feature_dataset
+    from animalcls.heads.finetune import feature_dataset
 
     n = 200
     index = np.arange(n, dtype=np.float32)
@@ -346,11 +359,13 @@ def test_training_features_pick_the_flipped_copy_at_random_each_epoch():
 
 @pytest.mark.slow
 def test_a_head_only_finetune_inherits_its_sources_detector_and_verdicts(tiny_checkpoints, tmp_path):
-    from animalcls import scope, trust
-    from animalcls.data import Split
-    from animalcls.finetune import finetune
-    from animalcls.scope_build import build_scope
     from conftest import copy_checkpoint
+
+    from animalcls.data.dataset import Split
+    from animalcls.heads.finetune import finetune
+    from animalcls.trust import scope
+    from animalcls.trust import verdicts as trust
+    from animalcls.trust.scope_build import build_scope
 
     source = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "transfer-tiny")
     split = Split.load(source / "split.json")

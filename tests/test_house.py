@@ -1,40 +1,101 @@
-"""House rules the layout relies on: light modules stay light, no import cycles, and no
-library name that pytest could collect."""
+"""House rules the layout relies on: subpackages by job, light modules stay light, no import
+cycles, gradio and huggingface_hub each behind one door, a leaf checkpoint store, short modules."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "animalcls"
-LIGHT = ("inference", "app_state", "progress", "features", "hooks", "settings", "atomic", "app_views", "distribute",
-         "batch_predict", "cli", "cli_checks", "cli_parser", "teach", "teach_cli", "teach_data", "teach_head", "teach_session", "manifest", "checkpoints",
-         "app_checkpoints", "app_sessions", "onnx_engine")
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "animalcls"
+LIGHT = (
+    "serving.inference",
+    "serving.batch_predict",
+    "serving.onnx_engine",
+    "serving.features",
+    "serving.model_cache",
+    "webapp.state",
+    "webapp.views",
+    "webapp.checkpoints",
+    "webapp.sessions",
+    "webapp.teach_session",
+    "cli.progress",
+    "cli.main",
+    "cli.checks",
+    "cli.parser",
+    "cli.teach",
+    "core.hooks",
+    "core.settings",
+    "core.atomic",
+    "training.distribute",
+    "heads.teach",
+    "heads.teach_head",
+    "data.teach_folders",
+    "store.manifest",
+    "store.checkpoints",
+)
+SUBPACKAGES = {"core", "data", "models", "store", "training", "heads", "serving", "trust", "cli", "webapp"}
 
 
-def test_serving_and_progress_modules_import_neither_tensorflow_nor_keras():
-    imports = "; ".join(f"import animalcls.{name}" for name in LIGHT)
-    code = f"import sys; {imports}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
-    assert out.stdout.strip() == "[]"
+def _modules() -> dict[str, Path]:
+    """Dotted name (without the `animalcls.` prefix) -> file, for every module of the package."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
 
 
 def _imports(path: Path) -> set[str]:
-    """animalcls modules that `path` imports anywhere (deferred imports included)."""
+    """animalcls modules (dotted, without the prefix) that `path` imports anywhere, deferred too."""
+    modules = set(_modules())
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.update([node.module] if node.module else [a.name for a in node.names])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("animalcls."):
-            found.add(node.module.split(".")[1])
-    return {name.split(".")[0] for name in found}
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("animalcls"):
+            base = node.module.removeprefix("animalcls").lstrip(".")
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}".lstrip(".")
+                found.add(candidate if candidate in modules else base)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("animalcls.") for a in node.names if a.name.startswith("animalcls."))
+    return {name for name in found if name in modules and name}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_package_is_subpackages_by_job():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 12, top
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == SUBPACKAGES
+    for folder in [p for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"]:
+        assert (folder / "__init__.py").is_file(), folder
+        assert len(list(folder.glob("*.py"))) <= 15, folder
+
+
+def test_the_web_app_is_a_package_and_app_py_its_thin_entry_point():
+    assert sorted(p.name for p in REPO.glob("*.py")) == ["app.py"]
+    assert len((REPO / "app.py").read_text().splitlines()) <= 80
+
+
+def test_light_modules_import_neither_tensorflow_nor_keras():
+    imports = "; ".join(f"import animalcls.{name}" for name in LIGHT)
+    code = f"import sys; {imports}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
 
 
 def test_no_import_cycles_inside_the_package():
-    graph = {p.stem: _imports(p) & {q.stem for q in PACKAGE.glob("*.py")} for p in PACKAGE.glob("*.py")}
-    graph.pop("__init__")
-    for module in graph:
-        graph[module].discard("__init__")
+    graph = {name: _imports(path) - {name} for name, path in _modules().items()}
+    # A package's __init__ is not an edge of the layering: importing a.b runs a/__init__ first.
+    graph = {name: {d for d in deps if d not in SUBPACKAGES} for name, deps in graph.items() if name}
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         for nxt in graph.get(start, ()):
@@ -42,14 +103,28 @@ def test_no_import_cycles_inside_the_package():
                 return True
         return False
 
-    cycles = sorted(m for m in graph if reaches(m, m, set()))
-    assert cycles == []
+    assert sorted(m for m in graph if reaches(m, m, set())) == []
+
+
+def test_gradio_only_in_the_web_app_and_huggingface_hub_only_in_the_hub_module():
+    for name, path in _modules().items():
+        imported = _top_level_imports(path)
+        if not name.startswith("webapp"):
+            assert "gradio" not in imported and "gradio_client" not in imported, name
+        if name != "store.hub":
+            assert "huggingface_hub" not in imported, name
+
+
+def test_the_checkpoint_store_is_a_leaf():
+    allowed = {"core.atomic", "core.errors", "core.settings", "store.manifest"}
+    assert _imports(PACKAGE / "store" / "checkpoints.py") <= allowed
+    assert _imports(PACKAGE / "store" / "manifest.py") <= allowed
 
 
 def test_no_library_function_is_named_like_a_test():
     names = [
         f"{path.stem}.{node.name}"
-        for path in [*PACKAGE.glob("*.py"), PACKAGE.parent / "app.py", *PACKAGE.parent.glob("app_*.py")]
+        for path in [*PACKAGE.rglob("*.py"), REPO / "app.py"]
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.lower().startswith("test")
     ]
@@ -57,9 +132,27 @@ def test_no_library_function_is_named_like_a_test():
 
 
 def test_no_module_is_much_over_400_lines():
-    long = {p.name: n for p in [*PACKAGE.glob("*.py"), PACKAGE.parent / "app.py", *PACKAGE.parent.glob("app_*.py")]
-            if (n := len(p.read_text().splitlines())) > 420}
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in [*PACKAGE.rglob("*.py"), REPO / "app.py"]
+        if (n := len(p.read_text().splitlines())) > 420
+    }
     assert long == {}
+
+
+def test_no_test_module_imports_another():
+    tests = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+    for path in (REPO / "tests").glob("*.py"):
+        imported = {n.split(".")[-1] for n in _top_level_imports(path) | _from_tests(path)}
+        assert not (imported & tests), path.name
+
+
+def _from_tests(path: Path) -> set[str]:
+    return {
+        node.module
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.")
+    }
 
 
 def test_gitignore_lists_no_committed_file():
@@ -68,9 +161,13 @@ def test_gitignore_lists_no_committed_file():
 
     import pytest
 
-    repo = PACKAGE.parent
-    if shutil.which("git") is None or not (repo / ".git").exists():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--ignored", "--exclude-standard"], cwd=repo,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert listed == []

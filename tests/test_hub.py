@@ -1,4 +1,4 @@
-"""animalcls.hub against a real Hub cache layout built in tmp_path (no network, no mocked
+"""animalcls.store.hub against a real Hub cache layout built in tmp_path (no network, no mocked
 snapshot_download) and a fake HfApi at the upload boundary."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
-
-from animalcls import checkpoints, cli, data, hub
-from animalcls.errors import CheckpointError, DataError, HubError
-
 from conftest import REPO, make_dataset
+
+from animalcls.cli import main as cli
+from animalcls.core.errors import CheckpointError, DataError, HubError
+from animalcls.data import dataset as data
+from animalcls.store import checkpoints, hub
 
 # Files the Hub stores with Git LFS / Xet: their cache blob is named by the sha256 of the
 # content; other files by their git blob sha1 (what huggingface_hub uses as the etag).
@@ -75,9 +76,14 @@ def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "hf-home"
     cache = home / "hub"
     cache.mkdir(parents=True)
-    settings = {"HF_HOME": str(home), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": True,
-                "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-                "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json")}
+    settings = {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": True,
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+    }
     for name, value in settings.items():
         monkeypatch.setattr(constants, name, value)
     monkeypatch.setenv("HF_HOME", str(home))
@@ -106,7 +112,7 @@ def closed_port() -> int:
 @pytest.fixture
 def two_checkpoint_repo(hub_env: Path, tiny_checkpoints: dict[str, Path]) -> tuple[str, Path]:
     files = {}
-    for kind, folder in tiny_checkpoints.items():
+    for _kind, folder in tiny_checkpoints.items():
         files.update(folder_files(folder, f"{folder.name}/"))
     files["README.md"] = b"# two tiny checkpoints\n"
     snapshot, _ = cache_repo(hub_env, "org/animalcls-tiny", files)
@@ -224,20 +230,30 @@ def test_silent_endpoint_is_bounded_by_the_timeout(hub_env: Path, monkeypatch: p
 
 
 def test_fill_timeout_keeps_timeouts_that_are_set() -> None:
-    request = SimpleNamespace(method="GET", extensions={"timeout": {"connect": 2.5, "read": None, "write": None,
-                                                                    "pool": None}})
+    request = SimpleNamespace(
+        method="GET", extensions={"timeout": {"connect": 2.5, "read": None, "write": None, "pool": None}}
+    )
     hub._fill_timeout(request)
     assert request.extensions["timeout"]["connect"] == 2.5
     assert None not in request.extensions["timeout"].values()
 
 
 def test_cli_download_offline_prints_one_error_line(hub_env: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           # logs.filter_stderr's pump thread can drop the last stderr line at exit: keep fd 2 direct.
-           "ANIMALCLS_FILTER_STDERR": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        # logs.filter_stderr's pump thread can drop the last stderr line at exit: keep fd 2 direct.
+        "ANIMALCLS_FILTER_STDERR": "0",
+    }
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "animalcls", "download", "--repo-id", "x/y"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "animalcls", "download", "--repo-id", "x/y"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - start
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr
@@ -318,8 +334,25 @@ def test_resolve_data_and_train_on_an_hf_dataset(
 
     monkeypatch.setenv("ANIMALCLS_FILTER_STDERR", "0")  # keep pytest's fd 2 capture intact
     out = tmp_path / "run"
-    code = cli.main(["train", "--data", "hf://datasets/org/animals", "--model", "scratch", "--backbone", "tiny",
-                     "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--out", str(out)])
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            "hf://datasets/org/animals",
+            "--model",
+            "scratch",
+            "--backbone",
+            "tiny",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     manifest = checkpoints.read_manifest(out)
     assert manifest["dataset"]["class_folders"]["cat"] == "gatto"
@@ -407,7 +440,9 @@ def test_push_uploads_folder_and_card_in_one_commit(
 
 
 def test_push_dry_run_sends_nothing(
-    fake_api: type[FakeApi], tiny_checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+    fake_api: type[FakeApi],
+    tiny_checkpoints: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("ANIMALCLS_FILTER_STDERR", "0")
@@ -415,7 +450,7 @@ def test_push_dry_run_sends_nothing(
     assert cli.main(["push", str(folder), "--repo-id", "me/animalcls-test", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert fake_api.calls == []
-    for name, size in hub._upload_files(folder):
+    for name, _size in hub._upload_files(folder):
         assert name in out
     assert "README.md" in out and "(generated model card, below)" in out
     assert "model-index:" in out and "![confusion matrix](confusion_matrix.png)" in out
@@ -430,8 +465,9 @@ def test_push_without_token_fails_before_any_request(
     assert fake_api.calls == []
 
 
-def test_push_maps_auth_errors(fake_api: type[FakeApi], tiny_checkpoints: dict[str, Path],
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_maps_auth_errors(
+    fake_api: type[FakeApi], tiny_checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -441,13 +477,17 @@ def test_push_maps_auth_errors(fake_api: type[FakeApi], tiny_checkpoints: dict[s
 
     monkeypatch.setenv("HF_TOKEN", "hf_read_only")
     monkeypatch.setattr(FakeApi, "create_repo", refuse)
-    with pytest.raises(HubError, match=r"Could not upload to the model repo me/x \(HTTP 403: not authorised\)\. "
-                                       r"Set HF_TOKEN to a write token"):
+    with pytest.raises(
+        HubError,
+        match=r"Could not upload to the model repo me/x \(HTTP 403: not authorised\)\. "
+        r"Set HF_TOKEN to a write token",
+    ):
         hub.push_checkpoint(tiny_checkpoints["scratch"], "me/x")
 
 
-def test_push_rejects_a_broken_folder(fake_api: type[FakeApi], tiny_checkpoints: dict[str, Path],
-                                      tmp_path: Path) -> None:
+def test_push_rejects_a_broken_folder(
+    fake_api: type[FakeApi], tiny_checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoints["scratch"], broken)
     (broken / "model.keras").write_bytes(b"nope")
@@ -458,7 +498,6 @@ def test_push_rejects_a_broken_folder(fake_api: type[FakeApi], tiny_checkpoints:
 
 
 def test_import_animalcls_does_not_import_huggingface_hub() -> None:
-    code = "import sys, animalcls, animalcls.hub; print('huggingface_hub' in sys.modules)"
+    code = "import sys, animalcls, animalcls.store.hub; print('huggingface_hub' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
-

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animalcls import inference
-from animalcls.errors import ImageError
+from animalcls.core.errors import ImageError
+from animalcls.serving import inference
 
 
 def _asymmetric_rgb(width=40, height=20):
@@ -17,7 +17,9 @@ def _asymmetric_rgb(width=40, height=20):
 
 @pytest.mark.parametrize("mode", ["P", "LA", "RGBA", "CMYK", "I;16", "1", "L", "I", "F"])
 def test_every_pil_mode_becomes_rgb(mode):
-    image = _asymmetric_rgb().convert("L").convert(mode) if mode in ("I;16", "I", "F") else _asymmetric_rgb().convert(mode)
+    image = (
+        _asymmetric_rgb().convert("L").convert(mode) if mode in ("I;16", "I", "F") else _asymmetric_rgb().convert(mode)
+    )
     out = inference.load_image(image)
     assert out.mode == "RGB" and out.size == (40, 20)
 
@@ -114,7 +116,7 @@ def test_predict_accepts_paths_pil_and_arrays_and_caches_the_model(tiny_checkpoi
 
 def test_predictions_match_the_training_pipeline(tiny_checkpoints, tmp_path):
     """The PIL path used at inference and the tf.data path used in evaluation agree."""
-    from animalcls.data import make_dataset
+    from animalcls.data.dataset import make_dataset
 
     predictor = inference.load_predictor(tiny_checkpoints["scratch"])
     _asymmetric_rgb(64, 64).save(tmp_path / "a.png")

@@ -1,7 +1,7 @@
 import pytest
 
-from animalcls.errors import DataError
-from animalcls.labels import DEFAULT_CLASSES, ITALIAN_TO_ENGLISH, folder_candidates, resolve_classes, to_english
+from animalcls.core.errors import DataError
+from animalcls.core.labels import DEFAULT_CLASSES, ITALIAN_TO_ENGLISH, folder_candidates, resolve_classes, to_english
 
 
 def test_all_ten_italian_names_map_to_english():

@@ -1,5 +1,5 @@
 """Crash leftovers under the checkpoint and fine-tune roots are removed at startup, never a
-folder a live process is still writing (the owner file of animalcls.atomic tells them apart)."""
+folder a live process is still writing (the owner file of animalcls.core.atomic tells them apart)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from animalcls.atomic import OWNER_FILE, UNOWNED_GRACE_S, clean_leftovers, work_dir
+from animalcls.core.atomic import OWNER_FILE, UNOWNED_GRACE_S, clean_leftovers, work_dir
 
 HOLD_WORK = """
 import sys, time
 from pathlib import Path
-from animalcls.atomic import work_dir
+from animalcls.core.atomic import work_dir
 with work_dir(Path(sys.argv[1])):
     print("working", flush=True)
     time.sleep(60)
@@ -44,8 +44,12 @@ def test_crash_leftovers_are_removed_live_ones_kept(tmp_path):
     dead_work = root / ".transfer-ft-4.work"  # a killed run: its owner process is gone
     dead_work.mkdir()
     (dead_work / OWNER_FILE).write_text(f"{int(dead.stdout)} {socket.gethostname()}\n")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WORK, str(root / "transfer-ft-5")], stdout=subprocess.PIPE,
-                              text=True, cwd=Path(__file__).resolve().parents[1])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WORK, str(root / "transfer-ft-5")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     live_work = root / ".transfer-ft-5.work"
     try:
         assert holder.stdout.readline().strip() == "working"

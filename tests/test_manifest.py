@@ -6,12 +6,19 @@ import json
 
 import pytest
 
-from animalcls import checkpoints
-from animalcls.errors import CheckpointError
-from animalcls.manifest import Manifest
+from animalcls.core.errors import CheckpointError
+from animalcls.store import checkpoints
+from animalcls.store.manifest import Manifest
 
-GOOD = {"name": "m", "kind": "transfer", "backbone": "tiny", "image_size": 32, "class_names": ["cat", "spider"],
-        "training": {"epochs": 3}, "dataset": {"root_name": "raw-img"}}
+GOOD = {
+    "name": "m",
+    "kind": "transfer",
+    "backbone": "tiny",
+    "image_size": 32,
+    "class_names": ["cat", "spider"],
+    "training": {"epochs": 3},
+    "dataset": {"root_name": "raw-img"},
+}
 
 
 def test_bundled_manifests_round_trip_unchanged() -> None:
@@ -29,15 +36,18 @@ def test_unknown_keys_survive_a_round_trip() -> None:
     assert manifest.to_json()["future_field"] == {"x": 1}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"kind": "other"}, "kind must be one of"),
-    ({"image_size": "224"}, "image_size must be a positive whole number"),
-    ({"image_size": 0}, "image_size must be a positive whole number"),
-    ({"class_names": ["cat", "cat"]}, "class_names must be a non-empty list of unique names"),
-    ({"class_names": []}, "class_names must be a non-empty list of unique names"),
-    ({"name": ""}, "name must be a non-empty string"),
-    ({"training": [1]}, "training must be an object"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"kind": "other"}, "kind must be one of"),
+        ({"image_size": "224"}, "image_size must be a positive whole number"),
+        ({"image_size": 0}, "image_size must be a positive whole number"),
+        ({"class_names": ["cat", "cat"]}, "class_names must be a non-empty list of unique names"),
+        ({"class_names": []}, "class_names must be a non-empty list of unique names"),
+        ({"name": ""}, "name must be a non-empty string"),
+        ({"training": [1]}, "training must be an object"),
+    ],
+)
 def test_a_field_a_reader_could_not_use_is_named(change: dict, message: str) -> None:
     with pytest.raises(CheckpointError, match=message):
         Manifest.from_json({**GOOD, **change}, "here")
@@ -60,8 +70,13 @@ def test_new_stamps_time_and_versions() -> None:
 
 def test_derive_keeps_the_model_facts_and_records_provenance() -> None:
     source = Manifest.from_json({**GOOD, "files": ["model.keras"], "created": "2020-01-01T00:00:00+00:00"})
-    child = source.derive("child", {"epochs": 1}, {"split": "recorded"},
-                          class_names=["cat", "spider", "dog"], finetuned_from={"class_names": ["cat", "spider"]})
+    child = source.derive(
+        "child",
+        {"epochs": 1},
+        {"split": "recorded"},
+        class_names=["cat", "spider", "dog"],
+        finetuned_from={"class_names": ["cat", "spider"]},
+    )
     data = child.to_json()
     assert data["name"] == "child" and data["backbone"] == "tiny" and data["image_size"] == 32
     assert data["class_names"] == ["cat", "spider", "dog"]

@@ -8,17 +8,15 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 # Runs in a fresh process: loads the bundled models, classifies a small photo (loading and
 # tracing), resets the kernel's peak-RSS counter (/proc/self/clear_refs "5"), classifies the
 # big PNG and reports the peak (VmHWM) above the RSS just before it.
 MEASURE = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
-from app_handlers import AnimalApp
+from animalcls.webapp.handlers import AnimalApp
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -41,10 +39,22 @@ def test_a_huge_solid_png_costs_under_300_mb(tmp_path):
     Image.new("RGB", (200, 150), (200, 40, 40)).save(small)
     Image.new("RGB", (6320, 6320), (200, 40, 40)).save(big)
     assert big.stat().st_size < 300_000
-    env = {"KERAS_HOME": str(tmp_path / "keras"), "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg",
-           "GRADIO_ANALYTICS_ENABLED": "False", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(REPO), str(small), str(big), str(tmp_path / "ft")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    env = {
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MPLBACKEND": "Agg",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(REPO), str(small), str(big), str(tmp_path / "ft")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     print(measured)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from animalcls import inference, trust
-from animalcls.model_cache import MODELS_KEPT
 from conftest import copy_checkpoint
+
+from animalcls.serving import inference
+from animalcls.serving.model_cache import MODELS_KEPT
+from animalcls.trust import verdicts as trust
 
 
 @pytest.fixture

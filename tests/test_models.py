@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from animalcls import backbones, models
-from animalcls.errors import WeightsUnavailableError
+from animalcls.core.errors import WeightsUnavailableError
+from animalcls.models import backbones
+from animalcls.models import builders as models
 
 
 def test_registry_lists_required_backbones():

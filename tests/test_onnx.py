@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animalcls import checkpoints, onnx_store
-from animalcls.onnx_engine import OnnxUnavailableError, load_engine
+from animalcls.serving.onnx_engine import OnnxUnavailableError, load_engine
+from animalcls.store import checkpoints, onnx_store
 
 REPO = Path(__file__).resolve().parents[1]
 PROBABILITY_TOLERANCE = 1e-5
@@ -20,7 +20,7 @@ FEATURE_TOLERANCE = 1e-4  # absolute, on activations of order 1-10
 
 
 def keras_outputs(folder: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    from animalcls.convert_onnx import serving_model
+    from animalcls.serving.convert_onnx import serving_model
 
     model = checkpoints.load_checkpoint(folder).model
     return {name: np.asarray(value) for name, value in serving_model(model)(batch, training=False).items()}
@@ -39,7 +39,7 @@ def copy_checkpoint(source: Path, tmp_path: Path) -> Path:
 
 
 def test_importing_the_engine_imports_neither_tensorflow_nor_keras():
-    assert _heavy_modules_after("import animalcls.onnx_engine, animalcls.onnx_store\n") == "[]"
+    assert _heavy_modules_after("import animalcls.serving.onnx_engine, animalcls.store.onnx_store\n") == "[]"
 
 
 def test_serving_the_bundled_graphs_imports_neither_tensorflow_nor_keras():
@@ -48,7 +48,7 @@ def test_serving_the_bundled_graphs_imports_neither_tensorflow_nor_keras():
         pytest.skip("no bundled checkpoints")
     code = (
         "import numpy as np\n"
-        "from animalcls.onnx_engine import load_engine\n"
+        "from animalcls.serving.onnx_engine import load_engine\n"
         f"for folder in {[str(p) for p in pair.values()]!r}:\n"
         "    engine = load_engine(folder, build=False)\n"
         "    engine.run(np.zeros((1, engine.image_size, engine.image_size, 3), np.float32))\n"
@@ -58,7 +58,11 @@ def test_serving_the_bundled_graphs_imports_neither_tensorflow_nor_keras():
 
 def _heavy_modules_after(code: str) -> str:
     """Run `code` in a fresh interpreter; the TensorFlow, Keras and tf2onnx modules it imported."""
-    code = "import sys\n" + code + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
+    code = (
+        "import sys\n"
+        + code
+        + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
@@ -70,7 +74,7 @@ def test_bundled_graphs_are_fresh_and_the_folder_fits_100_mb():
     for folder in pair.values():
         keras_sha = onnx_store.file_sha256(folder / checkpoints.MODEL_FILE)
         status = onnx_store.check(folder / onnx_store.ONNX_FILE, keras_sha)
-        assert status.fresh, f"{folder}: {status.reason}; run python -m animalcls.convert_onnx {folder}"
+        assert status.fresh, f"{folder}: {status.reason}; run python -m animalcls.serving.convert_onnx {folder}"
     total = sum(path.stat().st_size for path in checkpoints.BUNDLED_DIR.rglob("*") if path.is_file())
     assert total <= 100 * 2**20
 
@@ -82,7 +86,7 @@ def test_training_writes_a_fresh_serving_graph(tiny_checkpoints):
 
 
 def test_tiny_model_converts_with_three_outputs_matching_keras(tiny_checkpoints, tmp_path):
-    from animalcls.convert_onnx import write_onnx
+    from animalcls.serving.convert_onnx import write_onnx
 
     folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path)
     path = write_onnx(folder)
@@ -101,7 +105,7 @@ def test_tiny_model_converts_with_three_outputs_matching_keras(tiny_checkpoints,
 
 @pytest.mark.slow
 def test_stale_or_corrupt_graph_is_refused_without_build_and_rebuilt_with_it(tiny_checkpoints, tmp_path):
-    from animalcls.convert_onnx import write_onnx
+    from animalcls.serving.convert_onnx import write_onnx
 
     folder = copy_checkpoint(tiny_checkpoints["scratch"], tmp_path)
     (folder / onnx_store.ONNX_FILE).unlink()
@@ -126,7 +130,7 @@ def test_stale_or_corrupt_graph_is_refused_without_build_and_rebuilt_with_it(tin
 
 
 def test_engine_rejects_a_batch_of_the_wrong_shape(tiny_checkpoints, tmp_path):
-    from animalcls.convert_onnx import write_onnx
+    from animalcls.serving.convert_onnx import write_onnx
 
     folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path)
     write_onnx(folder)
@@ -138,7 +142,7 @@ def test_engine_rejects_a_batch_of_the_wrong_shape(tiny_checkpoints, tmp_path):
 def test_convert_cli_checks_its_arguments_before_importing_tensorflow(tmp_path):
     code = (
         "import sys\n"
-        "from animalcls.convert_onnx import main\n"
+        "from animalcls.serving.convert_onnx import main\n"
         f"status = main([{str(tmp_path / 'nowhere')!r}])\n"
         "print(status, 'tensorflow' in sys.modules)"
     )
@@ -150,8 +154,8 @@ def test_convert_cli_checks_its_arguments_before_importing_tensorflow(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["scratch", "transfer"])
 def test_bundled_graph_matches_keras_on_real_photos(shared_raw, kind):
-    from animalcls import data
-    from animalcls.inference import load_image, to_model_input
+    from animalcls.data import dataset as data
+    from animalcls.serving.inference import load_image, to_model_input
 
     pair = checkpoints.default_pair()
     if kind not in pair:
@@ -167,8 +171,8 @@ def test_bundled_graph_matches_keras_on_real_photos(shared_raw, kind):
 
 @pytest.mark.slow
 def test_a_head_only_finetune_ships_its_graph_patched_and_matching_keras(tiny_checkpoints, tmp_path, monkeypatch):
-    from animalcls.convert_onnx import HEAD_PATCHED
-    from animalcls.finetune import finetune
+    from animalcls.heads.finetune import finetune
+    from animalcls.serving.convert_onnx import HEAD_PATCHED
 
     monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "feature-cache"))
     source = tiny_checkpoints["transfer"]
@@ -184,8 +188,8 @@ def test_a_head_only_finetune_ships_its_graph_patched_and_matching_keras(tiny_ch
 
 
 def test_patching_refuses_a_weight_the_graph_does_not_hold(tiny_checkpoints):
-    from animalcls.convert_onnx import patched_graph
-    from animalcls.errors import CheckpointError
+    from animalcls.core.errors import CheckpointError
+    from animalcls.serving.convert_onnx import patched_graph
 
     graph = (tiny_checkpoints["transfer"] / onnx_store.ONNX_FILE).read_bytes()
     stranger = np.full((3, 7), 0.123, np.float32)
@@ -197,18 +201,26 @@ def test_sessions_on_the_shared_pool_answer_as_sessions_with_their_own(tiny_chec
     """The app's set-up (one thread pool for both models) in a fresh process, against the default."""
     code = (
         "import sys, numpy as np\n"
-        "from animalcls import onnx_engine\n"
+        "from animalcls.serving import onnx_engine\n"
         "shared = sys.argv[1] == 'shared'\n"
         "assert not shared or onnx_engine.share_thread_pool()\n"
-        f"engines = [onnx_engine.load_engine(f, build=False) for f in {[str(p) for p in tiny_checkpoints.values()]!r}]\n"
+        f"folders = {[str(p) for p in tiny_checkpoints.values()]!r}\n"
+        "engines = [onnx_engine.load_engine(f, build=False) for f in folders]\n"
         "batch = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)\n"
         "print(' '.join(repr(float(v)) for e in engines for v in e.probabilities(batch).ravel()))\n"
         "import onnxruntime as ort\n"  # a library user's own plain session works unless the pool is shared
         "ort.InferenceSession(engines[0].path.read_bytes(), providers=['CPUExecutionProvider'])\n"
     )
-    runs = {mode: subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True,
-                                 env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-            for mode in ("own", "shared")}
+    runs = {
+        mode: subprocess.run(
+            [sys.executable, "-c", code, mode],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        )
+        for mode in ("own", "shared")
+    }
     assert runs["own"].returncode == 0, runs["own"].stderr[-2000:]
     assert "use_per_session_threads must be false" in runs["shared"].stderr  # why only the app shares it
     own = np.array(runs["own"].stdout.splitlines()[0].split(), float)

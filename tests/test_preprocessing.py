@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animalcls.data import decode_resize
-from animalcls.preprocessing import Preprocessing, to_model_input
+from animalcls.data.dataset import decode_resize
+from animalcls.data.preprocessing import Preprocessing, to_model_input
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals10-offline" / "raw-img"
 

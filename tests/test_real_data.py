@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from animalcls import checkpoints, data, workflows
-from animalcls.inference import load_predictor
+from animalcls.data import dataset as data
+from animalcls.serving.inference import load_predictor
+from animalcls.store import checkpoints
+from animalcls.training import workflows
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from animalcls import scope
-from animalcls.scope_build import ScopeArrays, choose_threshold, half_split
-
 from conftest import copy_checkpoint, make_image
+
+from animalcls.trust import scope
+from animalcls.trust.scope_build import ScopeArrays, choose_threshold, half_split
 
 
 def test_knn_score_is_zero_for_a_training_photo_and_grows_with_distance() -> None:
@@ -65,7 +64,7 @@ def _arrays(rng: np.random.Generator, n: int, centre: float, classes: int = 5) -
 
 
 def test_combined_detector_with_imagenet_head_separates_and_round_trips(tmp_path: Path) -> None:
-    from animalcls.scope_build import Calibration, fit_detector
+    from animalcls.trust.scope_build import Calibration, fit_detector
 
     rng = np.random.default_rng(2)
     names = ["cat", "spider", "butterfly", "elephant", "chicken"]
@@ -73,9 +72,15 @@ def test_combined_detector_with_imagenet_head_separates_and_round_trips(tmp_path
     kernel[:, scope.IMAGENET_SYNSETS["cat"]] += 2.0  # in-scope-like features land on cat synsets
     bias = np.zeros(1000, np.float32)
     train = _arrays(rng, 200, 0.0)
-    calibration = Calibration(names, train, rng.integers(0, 5, 200), [f"gatto/{i}.jpg" for i in range(200)],
-                              val=_arrays(rng, 100, 0.0), cross_source=_arrays(rng, 60, 0.0),
-                              out_of_scope=_arrays(rng, 100, -3.0))
+    calibration = Calibration(
+        names,
+        train,
+        rng.integers(0, 5, 200),
+        [f"gatto/{i}.jpg" for i in range(200)],
+        val=_arrays(rng, 100, 0.0),
+        cross_source=_arrays(rng, 60, 0.0),
+        out_of_scope=_arrays(rng, 100, -3.0),
+    )
     detector = fit_detector(calibration, "combined", imagenet_from_pool=True, head=(kernel, bias))
     assert detector.combiner.names == ["imagenet", "knn", "maxprob"]
     inside, outside = _arrays(rng, 200, 0.0), _arrays(rng, 200, -3.0)
@@ -86,14 +91,26 @@ def test_combined_detector_with_imagenet_head_separates_and_round_trips(tmp_path
     loaded = scope.load_scope(tmp_path)
     assert loaded.imagenet_from_pool and not loaded.needs_imagenet_features
     np.testing.assert_array_equal(loaded.decide(outside.probabilities, outside.features)[0], flagged_out)
-    np.testing.assert_allclose(loaded.score(inside.probabilities, inside.features),
-                               detector.score(inside.probabilities, inside.features), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        loaded.score(inside.probabilities, inside.features),
+        detector.score(inside.probabilities, inside.features),
+        rtol=1e-3,
+        atol=1e-3,
+    )
 
 
 def _small_detector(files: list[str]) -> scope.ScopeDetector:
     features = np.random.default_rng(4).uniform(size=(len(files), 4))
-    return scope.ScopeDetector(["cat", "dog"], "knn", 0.5, features, np.arange(len(files)) % 2, files,
-                               k=1, knn=scope.KnnReference.fit(features))
+    return scope.ScopeDetector(
+        ["cat", "dog"],
+        "knn",
+        0.5,
+        features,
+        np.arange(len(files)) % 2,
+        files,
+        k=1,
+        knn=scope.KnnReference.fit(features),
+    )
 
 
 def test_a_written_scope_reads_back(tmp_path: Path) -> None:
@@ -102,8 +119,9 @@ def test_a_written_scope_reads_back(tmp_path: Path) -> None:
     loaded = scope.load_scope(tmp_path)
     assert loaded.train_files == detector.train_files and loaded.method == "knn" and loaded.k == 1
     features = np.random.default_rng(5).uniform(size=(6, 4))
-    np.testing.assert_allclose(loaded.score(np.ones((6, 2)) / 2, features), detector.score(np.ones((6, 2)) / 2, features),
-                               atol=2e-3)
+    np.testing.assert_allclose(
+        loaded.score(np.ones((6, 2)) / 2, features), detector.score(np.ones((6, 2)) / 2, features), atol=2e-3
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [scope.SCOPE_JSON, scope.SCOPE_NPZ]
 
 
@@ -124,10 +142,15 @@ def _write_broken(folder: Path, detector: scope.ScopeDetector, how: str) -> None
         (folder / scope.SCOPE_JSON).write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("how, message", [
-    ("npz-bytes", "does not match"), ("json-truncated", "Corrupt scope.json"),
-    ("npz-missing", "no scope.npz"), ("json-key-missing", "lacks: threshold"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("npz-bytes", "does not match"),
+        ("json-truncated", "Corrupt scope.json"),
+        ("npz-missing", "no scope.npz"),
+        ("json-key-missing", "lacks: threshold"),
+    ],
+)
 def test_a_broken_scope_file_is_refused_with_a_clear_error(tmp_path: Path, how: str, message: str) -> None:
     detector = _small_detector(["gatto/a.jpg", "cane/b.jpg", "cane/c.jpg"])
     _write_broken(tmp_path, detector, how)
@@ -147,8 +170,8 @@ def _copy_checkpoint(source: Path, tmp_path: Path) -> Path:
 
 
 def test_build_scope_on_a_tiny_checkpoint(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    from animalcls.data import Split
-    from animalcls.scope_build import build_scope
+    from animalcls.data.dataset import Split
+    from animalcls.trust.scope_build import build_scope
 
     checkpoint = _copy_checkpoint(tiny_checkpoints["scratch"], tmp_path)
     split = Split.load(checkpoint / "split.json")
@@ -184,8 +207,8 @@ def test_build_scope_on_a_tiny_checkpoint(tiny_checkpoints: dict[str, Path], tmp
 
 
 def test_scope_arrays_come_from_one_forward_pass(tiny_checkpoints: dict[str, Path]) -> None:
-    from animalcls.checkpoints import load_checkpoint
-    from animalcls.scope_build import arrays_model
+    from animalcls.store.checkpoints import load_checkpoint
+    from animalcls.trust.scope_build import arrays_model
 
     loaded = load_checkpoint(tiny_checkpoints["transfer"])
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
@@ -197,18 +220,22 @@ def test_scope_arrays_come_from_one_forward_pass(tiny_checkpoints: dict[str, Pat
 @pytest.mark.slow
 def test_bundled_detectors_flag_other_animals_and_pass_the_five(shared_raw: Path) -> None:
     """On a sample of the held-out halves (never used for fitting) and of the test split."""
-    from animalcls import checkpoints
-    from animalcls.data import Split
-    from animalcls.inference import load_image, to_model_input
-    from animalcls.scope_build import ScopePredictor, shared_calibration_sets
+    from animalcls.data.dataset import Split
+    from animalcls.serving.inference import load_image, to_model_input
+    from animalcls.store import checkpoints
+    from animalcls.trust.scope_build import ScopePredictor, shared_calibration_sets
 
     pair = checkpoints.default_pair()
     if set(pair) != {"scratch", "transfer"} or not all(scope.has_scope(p) for p in pair.values()):
         pytest.skip("bundled checkpoints without scope files")
     held = {name: halves[1] for name, halves in shared_calibration_sets(shared_raw.parent.parent).items()}
     split = Split.load(pair["transfer"] / "split.json")
-    samples = {"other": held["other"][::15], "cane": held["cane"][::15], "cross": held["cross"][::10],
-               "test": split.paths("test", split.locate_root(pair["transfer"]))[0][::25]}
+    samples = {
+        "other": held["other"][::15],
+        "cane": held["cane"][::15],
+        "cross": held["cross"][::10],
+        "test": split.paths("test", split.locate_root(pair["transfer"]))[0][::25],
+    }
     transfer, scratch = ScopePredictor(pair["transfer"]), ScopePredictor(pair["scratch"])
     rates: dict[tuple[str, str], float] = {}
     for name, paths in samples.items():
@@ -228,8 +255,15 @@ def test_a_calibration_head_gives_the_maxprob_score_and_round_trips(tmp_path: Pa
     rng = np.random.default_rng(6)
     features = rng.normal(size=(8, 4))
     head = [(rng.normal(size=(4, 3)), rng.normal(size=3)), (rng.normal(size=(3, 2)), rng.normal(size=2))]
-    detector = scope.ScopeDetector(["cat", "dog"], "maxprob", 0.3, features, np.arange(8) % 2,
-                                   [f"cat/{i}.jpg" for i in range(8)], calibration_head=head)
+    detector = scope.ScopeDetector(
+        ["cat", "dog"],
+        "maxprob",
+        0.3,
+        features,
+        np.arange(8) % 2,
+        [f"cat/{i}.jpg" for i in range(8)],
+        calibration_head=head,
+    )
     hidden = np.maximum(features @ head[0][0] + head[0][1], 0.0) @ head[1][0] + head[1][1]
     expected = 1.0 - (np.exp(hidden) / np.exp(hidden).sum(axis=1, keepdims=True)).max(axis=1)
     anything = np.full((8, 2), 0.5)  # the model's own probabilities are not what it scores

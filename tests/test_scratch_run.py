@@ -39,14 +39,21 @@ def _interrupt_after(epochs: int):
 
 
 def _config(epochs: int):
-    from animalcls.scratch_run import RunConfig
+    from animalcls.training.scratch_run import RunConfig
 
-    return RunConfig(backbone="tiny", image_size=32, epochs=epochs, batch_size=8, warmup_epochs=1,
-                     augment={"jpeg_p": 0.0}, dropout=0.0)
+    return RunConfig(
+        backbone="tiny",
+        image_size=32,
+        epochs=epochs,
+        batch_size=8,
+        warmup_epochs=1,
+        augment={"jpeg_p": 0.0},
+        dropout=0.0,
+    )
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
-    from animalcls.scratch_run import BEST_FILE, HISTORY_FILE, finished_epochs, run
+    from animalcls.training.scratch_run import BEST_FILE, HISTORY_FILE, finished_epochs, run
 
     paths, labels = _photos(tmp_path / "photos")
     args = (paths, labels, paths[::4], labels[::4], 3)
@@ -69,7 +76,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path):
 
 
 def test_the_selection_score_weighs_the_degraded_views():
-    from animalcls.scratch_run import selection_score
+    from animalcls.training.scratch_run import selection_score
 
     logs = {"val_plain_accuracy": 0.9, "val_blur2_accuracy": 0.6, "val_down48_accuracy": 0.3}
     assert selection_score(logs) == pytest.approx(0.6)

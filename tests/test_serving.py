@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from animalcls import checkpoints, inference, onnx_store
 from conftest import REPO, make_image
+
+from animalcls.serving import inference
+from animalcls.store import checkpoints, onnx_store
 
 HEAVY = ("tensorflow", "keras", "tf2onnx")
 
@@ -35,8 +36,13 @@ def test_predict_as_a_process_runs_through_onnx_without_importing_tensorflow(tmp
     photo = make_image(tmp_path / "photo.jpg", (200, 120, 60), size=96)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("ANIMALCLS_ENGINE", None)
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "animalcls", "predict", "transfer", str(photo),
-                          "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "animalcls", "predict", "transfer", str(photo), "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     modules = imported_modules(run.stderr)
     assert "onnxruntime" in modules and "animalcls" in modules
@@ -53,8 +59,10 @@ def copy_of(folder: Path, tmp_path: Path) -> Path:
 def test_onnx_and_tensorflow_predictors_agree(tiny_checkpoints, tmp_path):
     folder = copy_of(tiny_checkpoints["transfer"], tmp_path)
     (folder / onnx_store.ONNX_FILE).unlink()  # built again on first use, next to model.keras
-    photos = [make_image(tmp_path / f"{i}.png", colour, size=40, seed=i)
-              for i, colour in enumerate([(220, 40, 40), (40, 40, 220), (40, 220, 220)])]
+    photos = [
+        make_image(tmp_path / f"{i}.png", colour, size=40, seed=i)
+        for i, colour in enumerate([(220, 40, 40), (40, 40, 220), (40, 220, 220)])
+    ]
     via_onnx = inference.load_predictor(folder, "onnx")
     via_tf = inference.load_predictor(folder, "tf")
     assert (via_onnx.engine, via_tf.engine) == ("onnx", "tf")
@@ -67,7 +75,7 @@ def test_onnx_and_tensorflow_predictors_agree(tiny_checkpoints, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_gives_the_same_report_on_both_engines(tiny_checkpoints):
-    from animalcls import workflows
+    from animalcls.training import workflows
 
     folder = tiny_checkpoints["scratch"]
     via_onnx = workflows.evaluate_checkpoint(folder, engine="onnx")
@@ -81,8 +89,13 @@ def test_a_model_onnx_cannot_serve_falls_back_to_tensorflow(tmp_path, capsys):
 
     inputs = keras.Input((16, 16, 3), name="image")
     outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(keras.layers.Flatten()(inputs))
-    manifest = {"name": "flat", "kind": "scratch", "backbone": "tiny", "image_size": 16,
-                "class_names": ["cat", "spider", "butterfly"]}
+    manifest = {
+        "name": "flat",
+        "kind": "scratch",
+        "backbone": "tiny",
+        "image_size": 16,
+        "class_names": ["cat", "spider", "butterfly"],
+    }
     folder = checkpoints.save_checkpoint(tmp_path / "flat", keras.Model(inputs, outputs), manifest)
     predictor = inference.load_predictor(folder)  # auto: no pooling layer, so no serving graph
     assert predictor.engine == "tf"
@@ -93,7 +106,7 @@ def test_a_model_onnx_cannot_serve_falls_back_to_tensorflow(tmp_path, capsys):
 
 
 def test_an_unknown_engine_is_one_error_line_before_any_work(monkeypatch, capsys):
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     monkeypatch.setenv("ANIMALCLS_ENGINE", "gpu")
     assert main(["predict", "transfer", "nothing.jpg"]) == 2
@@ -108,8 +121,7 @@ def test_the_apps_classify_path_imports_no_tensorflow(tmp_path):
     photo = make_image(tmp_path / "photo.jpg", (90, 90, 200), size=64)
     code = (
         "import sys\n"
-        "sys.path.insert(0, '.')\n"
-        "from app_handlers import AnimalApp\n"
+        "from animalcls.webapp.handlers import AnimalApp\n"
         f"demo = AnimalApp({str(pair['scratch'])!r}, {str(pair['transfer'])!r}, use_hub=False)\n"
         "demo.registry.warm_up()\n"
         f"outputs = demo.classify({str(photo)!r})\n"

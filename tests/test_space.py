@@ -13,7 +13,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import REPO
 
 
@@ -49,10 +48,18 @@ def space(tmp_path_factory):
     subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", head], check=True)
     assert not (clone.parent / "shared").exists()
     port = _free_port()
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))}
-    env.update(HOME=str(home), GRADIO_SERVER_NAME="0.0.0.0", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))
+    }
+    env.update(
+        HOME=str(home),
+        GRADIO_SERVER_NAME="0.0.0.0",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+    )
     log = open(root / "app.log", "w")
     process = subprocess.Popen([sys.executable, "app.py"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -87,8 +94,10 @@ def test_a_fresh_clone_serves_examples_classifies_finetunes_and_isolates_visitor
     assert status.startswith("**Done.**"), status
     name = rest[5]
     assert (clone / "runs" / "finetunes" / name / "model.keras").is_file()
-    assert json.loads((clone / "runs" / "finetunes" / name / "manifest.json").read_text())[
-        "training"]["method"] == "stored-features"
+    assert (
+        json.loads((clone / "runs" / "finetunes" / name / "manifest.json").read_text())["training"]["method"]
+        == "stored-features"
+    )
 
     first.predict(name, api_name="/use_model")
     photo = handle_file(str(clone / "examples" / "elephant-african.jpg"))

@@ -10,17 +10,17 @@ import time
 
 import pytest
 
-from animalcls import data
-from animalcls.app_sessions import FinetuneStore, SessionModels, StoreLimits, new_session
-from animalcls.errors import AnimalclsError, CheckpointError
+from animalcls.core.errors import AnimalclsError, CheckpointError
+from animalcls.data import dataset as data
+from animalcls.webapp.sessions import FinetuneStore, SessionModels, StoreLimits, new_session
 
 
 @pytest.fixture
 def photo_less(tiny_checkpoints, tmp_path, monkeypatch):
     """A copy of the tiny transfer checkpoint with stored features and its photos out of reach."""
-    from animalcls import checkpoints
-    from animalcls.features import backbone_key
-    from animalcls.stored_features import extract_parts, save_features
+    from animalcls.serving.features import backbone_key
+    from animalcls.store import checkpoints
+    from animalcls.store.stored_features import extract_parts, save_features
 
     monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "ckpts" / "transfer-tiny"
@@ -36,8 +36,8 @@ def photo_less(tiny_checkpoints, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_head_finetune_on_stored_features_reads_no_photo(photo_less, tmp_path):
-    from animalcls.finetune import finetune
-    from animalcls.stored_features import find_features
+    from animalcls.heads.finetune import finetune
+    from animalcls.store.stored_features import find_features
 
     assert data.Split.load(photo_less / "split.json").locate_root(photo_less) is None
     stored = find_features(photo_less, [photo_less.parent])
@@ -55,8 +55,8 @@ def test_head_finetune_on_stored_features_reads_no_photo(photo_less, tmp_path):
 
 
 def test_features_of_another_backbone_are_refused(photo_less, tiny_checkpoints, tmp_path):
-    from animalcls.finetune import finetune
-    from animalcls.stored_features import load_features, save_features
+    from animalcls.heads.finetune import finetune
+    from animalcls.store.stored_features import load_features, save_features
 
     stored = load_features(photo_less)
     save_features(photo_less, "another-backbone", stored.parts)
@@ -105,8 +105,8 @@ def test_sessions_only_use_server_models_and_their_own(tmp_path):
 def test_the_train_part_borrowed_from_scope_npz_is_checked_against_its_hash(tmp_path):
     import numpy as np
 
-    from animalcls.checkpoints import default_pair
-    from animalcls.stored_features import FEATURES_FILE, load_features
+    from animalcls.store.checkpoints import default_pair
+    from animalcls.store.stored_features import FEATURES_FILE, load_features
 
     bundled = default_pair().get("transfer")
     if bundled is None or not (bundled / FEATURES_FILE).is_file():
@@ -128,9 +128,9 @@ def test_the_train_part_borrowed_from_scope_npz_is_checked_against_its_hash(tmp_
 
 @pytest.mark.slow
 def test_chained_head_finetunes_keep_short_names_their_lineage_and_their_features(photo_less, tmp_path):
-    from animalcls.finetune import finetune
-    from animalcls.settings import finetune_folder
-    from animalcls.stored_features import find_features
+    from animalcls.core.settings import finetune_folder
+    from animalcls.heads.finetune import finetune
+    from animalcls.store.stored_features import find_features
 
     root, search = tmp_path / "finetunes", [photo_less.parent, tmp_path / "finetunes"]
     chain = [photo_less]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from animalcls.errors import DataError
-from animalcls.teach_data import plan_split, scan_teach_folder, union_classes
-from animalcls.teach_head import Head, TrainSettings, _gradients, train_head
 from conftest import REPO, copy_checkpoint, make_image
+
+from animalcls.core.errors import DataError
+from animalcls.data.teach_folders import plan_split, scan_teach_folder, union_classes
+from animalcls.heads.teach_head import Head, TrainSettings, _gradients, train_head
 
 BASE = ["cat", "spider", "butterfly", "elephant", "chicken"]
 
@@ -52,8 +52,10 @@ def test_split_rule_holds_out_a_fifth_keeps_tiny_classes_whole_and_refuses_one_p
 
 def test_head_gradients_match_finite_differences() -> None:
     rng = np.random.default_rng(0)
-    head = Head([rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)],
-                [rng.normal(size=5).astype(np.float32), rng.normal(size=3).astype(np.float32)])
+    head = Head(
+        [rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)],
+        [rng.normal(size=5).astype(np.float32), rng.normal(size=3).astype(np.float32)],
+    )
     x, y, w = rng.normal(size=(7, 6)).astype(np.float32), rng.integers(0, 3, 7), np.ones(7, np.float32)
     _, _, grads = _gradients(head, x, y, w, rng)
 
@@ -81,8 +83,12 @@ def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> 
     new_x = (centres[3] + rng.normal(0, 1, (5, 16))).astype(np.float32)  # five photos of a new class
     widened = head.widened(4, {3: new_x}, head.penultimate(old_x).mean(axis=0))
     np.testing.assert_allclose(widened.kernels[-1][:, :3], head.kernels[-1])
-    taught, history, cancelled = train_head(widened, np.concatenate([old_x, new_x]), np.concatenate([old_y, [3] * 5]),
-                                            TrainSettings(epochs=10, learning_rate=1e-2))
+    taught, history, cancelled = train_head(
+        widened,
+        np.concatenate([old_x, new_x]),
+        np.concatenate([old_y, [3] * 5]),
+        TrainSettings(epochs=10, learning_rate=1e-2),
+    )
     assert not cancelled and len(history["loss"]) == 10
     test_old = np.concatenate([c + rng.normal(0, 1, (50, 16)) for c in centres[:3]]).astype(np.float32)
     test_new = (centres[3] + rng.normal(0, 1, (50, 16))).astype(np.float32)
@@ -96,13 +102,20 @@ def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(
     one = photos(tmp_path / "one" / "dog", 1)
     ten = photos(tmp_path / "ten" / "dog", 10)
     checkpoint = str(taught_pair["scratch"])
-    runs = [[checkpoint, "--data", str(one), "--classes", "dog"], [checkpoint, "--data", str(ten), "--unfreeze", "3"],
-            [checkpoint, "--data", str(ten), "--epochs", "0"], [checkpoint, "--data", str(ten), "--classes", "cow"]]
-    code = ("import json, sys; from animalcls.cli import main; "
-            "rcs = [main(['finetune', *args]) for args in json.loads(sys.argv[1])]; "
-            "print(rcs, 'tensorflow' in sys.modules)")
-    run = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True, cwd=REPO,
-                         timeout=120)
+    runs = [
+        [checkpoint, "--data", str(one), "--classes", "dog"],
+        [checkpoint, "--data", str(ten), "--unfreeze", "3"],
+        [checkpoint, "--data", str(ten), "--epochs", "0"],
+        [checkpoint, "--data", str(ten), "--classes", "cow"],
+    ]
+    code = (
+        "import json, sys; from animalcls.cli.main import main; "
+        "rcs = [main(['finetune', *args]) for args in json.loads(sys.argv[1])]; "
+        "print(rcs, 'tensorflow' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert run.stdout.strip() == "[2, 2, 2, 2] False", run.stderr
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 4
@@ -115,8 +128,8 @@ def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(
 @pytest.fixture(scope="module")
 def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Copies of the tiny checkpoints with stored features (scope.npz, test split included)."""
-    from animalcls.data import Split
-    from animalcls.scope_build import add_test_features, build_scope
+    from animalcls.data.dataset import Split
+    from animalcls.trust.scope_build import add_test_features, build_scope
 
     tmp = tmp_path_factory.mktemp("teach")
     out = {}
@@ -125,8 +138,9 @@ def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
         copy_checkpoint(source, folder)
         root = Split.load(folder / "split.json").locate_root(folder)
         others = [str(make_image(tmp / f"{kind}-other-{i}.png", (128, 0, 128), seed=9000 + i)) for i in range(6)]
-        build_scope(folder, others + sorted(str(p) for p in (root / "cane").iterdir()), method="combined",
-                    imagenet=False)
+        build_scope(
+            folder, others + sorted(str(p) for p in (root / "cane").iterdir()), method="combined", imagenet=False
+        )
         add_test_features(folder)
         out[kind] = folder
     return out
@@ -136,8 +150,8 @@ def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
 def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     taught_pair: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
-    from animalcls.checkpoints import load_checkpoint
-    from animalcls.teach import head_from_file, photo_batch, plan_teach, read_head, run_teach, stored_features
+    from animalcls.heads.teach import head_from_file, photo_batch, plan_teach, read_head, run_teach, stored_features
+    from animalcls.store.checkpoints import load_checkpoint
 
     root = tmp_path / "mine"
     for i, name in enumerate(["dog", "zebra"]):
@@ -156,15 +170,17 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     assert loaded.model.output_shape[-1] == 7
     # The saved Keras model and the NumPy head agree, and the old classes did not collapse.
     held = photo_batch([root / rel for rel in split["test"]["dog"]], loaded.image_size)
-    from animalcls.teach import keras_extractor
+    from animalcls.heads.teach import keras_extractor
 
     features = keras_extractor(loaded.model)(held)
-    np.testing.assert_allclose(loaded.model(held, training=False), read_head(loaded.model).probabilities(features),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.model(held, training=False), read_head(loaded.model).probabilities(features), atol=1e-5
+    )
     from_file = head_from_file(result.path)  # the TF-free reader the app uses
     assert from_file.dropout == read_head(loaded.model).dropout
-    np.testing.assert_allclose(from_file.probabilities(features), read_head(loaded.model).probabilities(features),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        from_file.probabilities(features), read_head(loaded.model).probabilities(features), atol=1e-6
+    )
     stored = stored_features(taught_pair[kind])
     truth = stored.test_labels
     before = (read_head(load_checkpoint(taught_pair[kind]).model).probabilities(stored.test).argmax(1) == truth).mean()
@@ -176,7 +192,7 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
 def test_the_bundled_transfer_model_learns_dogs_from_ten_photos_and_keeps_its_classes(
     shared_raw: Path, tmp_path: Path
 ) -> None:
-    from animalcls.teach import plan_teach, run_teach
+    from animalcls.heads.teach import plan_teach, run_teach
 
     mine = tmp_path / "mine" / "dog"
     mine.mkdir(parents=True)
@@ -193,14 +209,17 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
 ) -> None:
     import gradio as gr
 
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     import app
-    from animalcls.teach_session import TeachLimits, TeachSession
+    from animalcls.webapp.teach_session import TeachLimits, TeachSession
 
-    demo = app.build_demo(taught_pair["scratch"], taught_pair["transfer"], use_hub=False,
-                          finetune_root=tmp_path / "ft", examples_dir=tmp_path / "ex",
-                          teach_limits=TeachLimits(max_photos=12, max_mb=1))
+    demo = app.build_demo(
+        taught_pair["scratch"],
+        taught_pair["transfer"],
+        use_hub=False,
+        finetune_root=tmp_path / "ft",
+        examples_dir=tmp_path / "ex",
+        teach_limits=TeachLimits(max_photos=12, max_mb=1),
+    )
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     # Gradio copies each State per session: one for the Teach panel, one for the visitor's model choice.
     assert sum(isinstance(state.value, TeachSession) for state in states) == 1
@@ -231,8 +250,8 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
 def test_a_head_only_finetune_can_be_taught_from_its_inherited_stored_features(
     taught_pair: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from animalcls.finetune import finetune
-    from animalcls.teach import plan_teach, run_teach
+    from animalcls.heads.finetune import finetune
+    from animalcls.heads.teach import plan_teach, run_teach
 
     monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
     tuned = finetune(taught_pair["transfer"], epochs=1, out_dir=tmp_path / "ft", batch_size=8).path

@@ -4,9 +4,11 @@ import threading
 import numpy as np
 import pytest
 
-from animalcls import data, models, train
-from animalcls.hooks import TrainHooks
-from animalcls.workflows import train_checkpoint
+from animalcls.core.hooks import TrainHooks
+from animalcls.data import dataset as data
+from animalcls.models import builders as models
+from animalcls.training import train
+from animalcls.training.workflows import train_checkpoint
 
 
 def _datasets(root, batch_size=8):
@@ -39,7 +41,12 @@ def test_fit_records_metrics_every_epoch_and_saves_history(tmp_path, synthetic_d
     batches, epochs_seen = [], []
     model = models.build_transfer("tiny", 5, 32, weights=None)
     result = train.fit(
-        model, config, train_ds, val_ds, tmp_path / "work", steps,
+        model,
+        config,
+        train_ds,
+        val_ds,
+        tmp_path / "work",
+        steps,
         on_batch=lambda e, b, s, logs: batches.append((e, b, s)),
         on_epoch=lambda e, history: epochs_seen.append((e, dict(history))),
     )
@@ -85,15 +92,16 @@ def test_cancel_in_the_first_epoch_finishes_none(tmp_path, synthetic_data):
     cancel = threading.Event()
     config = train.PRESETS["transfer"].replace(epochs=5, batch_size=4)  # keep_best: no best file yet
     model = models.build_scratch("tiny", 5, 32)
-    result = train.fit(model, config, train_ds, val_ds, tmp_path / "w", steps,
-                       on_batch=lambda *_: cancel.set(), cancel=cancel)
+    result = train.fit(
+        model, config, train_ds, val_ds, tmp_path / "w", steps, on_batch=lambda *_: cancel.set(), cancel=cancel
+    )
     assert result.cancelled and result.history == {} and result.best_epoch is None
 
 
 @pytest.mark.slow
 def test_train_checkpoint_cancelled_before_an_epoch_saves_nothing(tmp_path, synthetic_data):
-    from animalcls.errors import Cancelled
-    from animalcls.hooks import TrainHooks
+    from animalcls.core.errors import Cancelled
+    from animalcls.core.hooks import TrainHooks
 
     cancel = threading.Event()
     cancel.set()
@@ -130,8 +138,15 @@ def test_train_checkpoint_writes_a_complete_folder(tmp_path, synthetic_data):
     config.weights = None
     path, scan, result, evaluation = train_checkpoint(synthetic_data, config, tmp_path / "out" / "t", hooks=hooks)
     files = {p.name for p in path.iterdir()}
-    assert {"model.keras", "manifest.json", "history.json", "eval.json", "split.json",
-            "history.png", "confusion_matrix.png"} <= files
+    assert {
+        "model.keras",
+        "manifest.json",
+        "history.json",
+        "eval.json",
+        "split.json",
+        "history.png",
+        "confusion_matrix.png",
+    } <= files
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["kind"] == "transfer" and manifest["backbone"] == "tiny"
     assert manifest["class_names"] == ["cat", "spider", "butterfly", "elephant", "chicken"]

@@ -25,13 +25,16 @@ def folders(tmp_path):
     return ["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "out")]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--views", "-1"], "--views must be 0 or more"),
-    (["--heavy-views", "-2"], "--heavy-views must be 0 or more"),
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--cross-source", "/no/such/folder"], "--cross-source /no/such/folder is not a folder"),
-    (["--select", "best"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--views", "-1"], "--views must be 0 or more"),
+        (["--heavy-views", "-2"], "--heavy-views must be 0 or more"),
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--cross-source", "/no/such/folder"], "--cross-source /no/such/folder is not a folder"),
+        (["--select", "best"], "invalid choice"),
+    ],
+)
 def test_bad_values_exit_2_before_tensorflow(folders, extra, message, capsys):
     had_tensorflow = "tensorflow" in sys.modules
     with pytest.raises(SystemExit) as stop:
@@ -43,4 +46,10 @@ def test_bad_values_exit_2_before_tensorflow(folders, extra, message, capsys):
 
 def test_defaults_are_the_bundled_recipe(folders):
     args = _script().parse_args(folders)
-    assert (args.views, args.heavy_views, args.select, args.constant_lr, args.epochs) == (1, 1, "worst-class", False, 40)
+    assert (args.views, args.heavy_views, args.select, args.constant_lr, args.epochs) == (
+        1,
+        1,
+        "worst-class",
+        False,
+        40,
+    )

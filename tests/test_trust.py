@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, copy_checkpoint, make_image
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # app.py lives at the repository root
+from PIL import Image
 
 FIVE = ["cat", "spider", "butterfly", "elephant", "chicken"]
 PURPLE = (128, 0, 128)  # a colour none of the tiny models' classes has
@@ -25,8 +20,8 @@ PURPLE = (128, 0, 128)  # a colour none of the tiny models' classes has
 def scoped(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     """Copies of the tiny checkpoints with scope files fitted by the builder on tmp photos:
     purple squares and the dataset's `cane` photos are out of scope."""
-    from animalcls.data import Split
-    from animalcls.scope_build import build_scope
+    from animalcls.data.dataset import Split
+    from animalcls.trust.scope_build import build_scope
 
     root = tmp_path_factory.mktemp("scoped")
     out_dir, cross_dir = root / "out", root / "cross"
@@ -46,12 +41,14 @@ def scoped(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def photos(tmp_path) -> dict[str, str]:
-    return {"purple": str(make_image(tmp_path / "purple.png", PURPLE, seed=123)),
-            "red": str(make_image(tmp_path / "red.png", (220, 40, 40), seed=321))}
+    return {
+        "purple": str(make_image(tmp_path / "purple.png", PURPLE, seed=123)),
+        "red": str(make_image(tmp_path / "red.png", (220, 40, 40), seed=321)),
+    }
 
 
 def _run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from animalcls.cli import main
+    from animalcls.cli.main import main
 
     status = main(list(argv))
     captured = capsys.readouterr()
@@ -82,8 +79,9 @@ def test_predict_text_says_probably_none_of_the_classes(scoped, photos, capsys) 
 
 
 def test_predict_without_scope_files_says_so_once_and_gives_nulls(tiny_checkpoints, photos, capsys) -> None:
-    status, out, err = _run_cli(capsys, "predict", str(tiny_checkpoints["scratch"]), photos["purple"],
-                                photos["red"], "--json")
+    status, out, err = _run_cli(
+        capsys, "predict", str(tiny_checkpoints["scratch"]), photos["purple"], photos["red"], "--json"
+    )
     assert status == 0
     assert err.count("has no scope.json") == 1
     for value in json.loads(out).values():
@@ -103,9 +101,9 @@ def test_evaluate_reports_the_rejection_rate(scoped, tmp_path, capsys) -> None:
 
 
 def test_heatmaps_come_from_the_same_pass_as_the_answer(scoped, photos) -> None:
-    from animalcls import trust
-    from animalcls.explain import explain
-    from animalcls.inference import load_image
+    from animalcls.serving.inference import load_image
+    from animalcls.trust import verdicts as trust
+    from animalcls.trust.explain import explain
 
     judge = trust.judge_for(scoped["transfer"])
     answer = trust.answer_all([judge], [load_image(photos["red"])], heatmaps=True)[0][0]
@@ -122,8 +120,9 @@ def test_heatmaps_come_from_the_same_pass_as_the_answer(scoped, photos) -> None:
 def _demo(scratch: Path, transfer: Path, tmp_path: Path):
     import app
 
-    return app.build_demo(scratch, transfer, use_hub=False, finetune_root=tmp_path / "ft",
-                          examples_dir=tmp_path / "examples").animalcls_app
+    return app.build_demo(
+        scratch, transfer, use_hub=False, finetune_root=tmp_path / "ft", examples_dir=tmp_path / "examples"
+    ).animalcls_app
 
 
 def test_classify_heatmap_toggle(scoped, photos, tmp_path) -> None:
@@ -161,7 +160,7 @@ def _select(view, kind: str, row: int, col: int):
 
 
 def test_a_confusion_cell_shows_exactly_its_test_photos(scoped, tmp_path, monkeypatch) -> None:
-    from animalcls.cells import split_predictions
+    from animalcls.trust.cells import split_predictions
 
     monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
     handlers = _demo(scoped["scratch"], scoped["transfer"], tmp_path)
@@ -184,7 +183,7 @@ def test_a_confusion_cell_shows_exactly_its_test_photos(scoped, tmp_path, monkey
 
 
 def test_the_disagree_view_lists_the_photos_where_the_models_differ(scoped, tmp_path) -> None:
-    from animalcls.cells import split_predictions
+    from animalcls.trust.cells import split_predictions
 
     handlers = _demo(scoped["scratch"], scoped["transfer"], tmp_path)
     caption, gallery = handlers.cells.disagree(None)
@@ -218,14 +217,17 @@ def test_without_the_dataset_the_tab_says_so_and_shows_counts(scoped, tmp_path, 
 
 @pytest.mark.slow
 def test_bundled_app_banner_on_noise_and_a_dog_not_on_a_cat(tmp_path) -> None:
-    from animalcls import checkpoints
+    from animalcls.store import checkpoints
 
     pair = checkpoints.default_pair()
     handlers = _demo(pair["scratch"], pair["transfer"], tmp_path)
     noise = tmp_path / "noise.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(noise)
-    for photo, flagged in ((noise, True), (REPO / "examples" / "none-dog.jpg", True),
-                           (REPO / "examples" / "cat-chelsea.jpg", False)):
+    for photo, flagged in (
+        (noise, True),
+        (REPO / "examples" / "none-dog.jpg", True),
+        (REPO / "examples" / "cat-chelsea.jpg", False),
+    ):
         out = handlers.classify(str(photo), False)
         assert bool(out[5]) is flagged and out[6]["out_of_scope"] is flagged, photo
         assert ("Not to be trusted" in out[0]) is flagged and out[1]  # probabilities still shown
@@ -237,21 +239,19 @@ def test_bundled_app_banner_on_noise_and_a_dog_not_on_a_cat(tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.filterwarnings("ignore:::gradio.queueing")
-def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, monkeypatch) -> None:
+def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, monkeypatch, shots) -> None:
     import re
 
-    from conftest import launched_app
-    from test_app_browser import CHROMIUM, CHROMIUM_ARGS, SHOTS, TIMEOUT_MS
+    from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, launched_app
 
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     matrix = json.loads((scoped["scratch"] / "eval.json").read_text())["confusion_matrix"]
     with launched_app(scoped, tmp_path) as (url, _), playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
         page.goto(url)
         page.locator("#known-classes").get_by_text("cat, spider, butterfly, elephant, chicken").wait_for()
         page.locator("#classify-image input[type=file]").set_input_files(photos["purple"])
@@ -260,11 +260,13 @@ def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, mon
         page.locator("#heatmap-toggle input").check()
         for kind in ("scratch", "transfer"):
             page.locator(f"#heatmap-{kind} img").first.wait_for(state="visible")
-        page.screenshot(path=str(SHOTS / "trust-banner-heatmaps.png"), full_page=True)
+        page.screenshot(path=str(shots / "trust-banner-heatmaps.png"), full_page=True)
         page.locator("#classify-image input[type=file]").set_input_files(photos["red"])
         # In scope: the banner and the warnings go (the verdict's "agree" was there already).
-        page.wait_for_function("() => !document.querySelector('#info-transfer').innerText.includes('trusted')"
-                               " && document.querySelector('#verdict').innerText.includes('agree')")
+        page.wait_for_function(
+            "() => !document.querySelector('#info-transfer').innerText.includes('trusted')"
+            " && document.querySelector('#verdict').innerText.includes('agree')"
+        )
         assert page.locator("#scope-banner").inner_text().strip() == ""
         page.get_by_role("tab", name="Training").click()
         count, true, predicted = max((n, t, p) for t, row in enumerate(matrix) for p, n in enumerate(row))
@@ -272,5 +274,5 @@ def test_banner_heatmaps_and_cell_view_in_chromium(scoped, photos, tmp_path, mon
         page.locator("#cells-caption").get_by_text(re.compile(f"{count} test photos")).wait_for()
         page.locator("#cells-gallery img").first.wait_for(state="visible")
         assert page.locator("#cells-gallery img").count() >= 1
-        page.screenshot(path=str(SHOTS / "trust-cell.png"), full_page=True)
+        page.screenshot(path=str(shots / "trust-cell.png"), full_page=True)
         browser.close()

@@ -1,0 +1,1 @@
+"""animalcls.core."""

@@ -1,0 +1,412 @@
+"""Teach a checkpoint your own photos: new classes, more photos of its classes, or both, in seconds.
+
+    plan = plan_teach(checkpoint, "my-photos/", classes=["dog"])   # checks everything, no TensorFlow
+    result = run_teach(plan)                                       # writes a NEW checkpoint folder
+
+Works the same for both kinds, with the backbone frozen: the original classes train on the
+pooled features the checkpoint stores (`scope.npz`, train split; see scope.py), the folder's
+photos (and their mirror images) go through the checkpoint's own backbone once, and only the
+head trains, in NumPy (teach_head.py): widened to the union of classes, old weights kept,
+new columns imprinted. A scratch checkpoint so learns on its own scratch features, a transfer
+one on ImageNet features: the few-shot gap between them is the point of the study.
+
+Class order and split rule: teach_data.py. The result is scored on the stored test-split
+features of the original classes and on the folder's held-out photos; the manifest records
+the classes, which photos trained and which were held out, the rule and the scores.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from animalcls.core.errors import CheckpointError
+from animalcls.core.hooks import TrainHooks
+from animalcls.core.settings import POOL_LAYER, finetune_folder
+from animalcls.data.teach_folders import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
+from animalcls.heads.teach_head import Head, TrainSettings, read_head, train_head, train_output_layer
+from animalcls.store import checkpoints
+from animalcls.store.manifest import Manifest
+from animalcls.trust import scope
+
+Extractor = Callable[[np.ndarray], np.ndarray]  # (n, S, S, 3) raw RGB -> (n, dim) pooled features
+DEFAULT_EPOCHS = 10
+EXTRACT_BATCH = 32  # images per forward pass: a batch of 600 at 224 px took 8 GB in ONNX Runtime
+
+
+def chunked(forward: Callable[[np.ndarray], np.ndarray], size: int = EXTRACT_BATCH) -> Extractor:
+    """`forward` applied EXTRACT_BATCH images at a time, so memory stays bounded for any batch."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([forward(batch[i : i + size]) for i in range(0, len(batch), size)])
+
+    return run
+
+
+@dataclass
+class StoredFeatures:
+    """A checkpoint's stored pooled features: train split (always), test split (when stored)."""
+
+    class_names: list[str]
+    train: np.ndarray
+    train_labels: np.ndarray
+    test: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    _hidden: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def hidden(self, head: Head) -> np.ndarray:
+        """The train features through `head`'s hidden layers, computed once per set of hidden
+        weights (the app teaches many sessions from one head; transfer: 2,100 x 1280 x 512)."""
+        import hashlib
+
+        digest = hashlib.sha1(b"".join(a.tobytes() for a in (*head.kernels[:-1], *head.biases[:-1]))).hexdigest()
+        if digest not in self._hidden:
+            self._hidden = {digest: head.penultimate(self.train)}
+        return self._hidden[digest]
+
+
+def stored_features(folder: str | Path) -> StoredFeatures:
+    """Read them from the checkpoint's scope.npz; a checkpoint without one cannot be taught."""
+    folder = Path(folder)
+    if not scope.has_scope(folder):
+        raise CheckpointError(
+            f"{folder} stores no pooled features of its training photos ({scope.SCOPE_NPZ}), so its classes "
+            "cannot keep their training data: build them with scripts/build_scope.py, or fine-tune on the "
+            "original dataset instead."
+        )
+    detector = scope.load_scope(folder)
+    scope.check_matches(detector, checkpoints.read_manifest(folder), folder)
+    test = detector.test_features
+    return StoredFeatures(
+        detector.class_names,
+        np.asarray(detector.train_features, np.float32),
+        detector.train_labels,
+        None if test is None else np.asarray(test, np.float32),
+        detector.test_labels,
+    )
+
+
+@dataclass
+class TeachPlan:
+    """Everything checked before any slow work."""
+
+    source: Path
+    manifest: dict[str, Any]
+    photos: TeachPhotos
+    split: TeachSplit
+    class_names: list[str]
+    out_dir: Path
+    settings: TrainSettings
+
+    @property
+    def new_classes(self) -> list[str]:
+        return self.class_names[len(self.manifest["class_names"]) :]
+
+
+def plan_teach(
+    checkpoint_dir: str | Path,
+    data_dir: str | Path,
+    classes: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    learning_rate: float = 1e-3,
+    seed: int = 42,
+) -> TeachPlan:
+    """Check the checkpoint, the photos and the output folder; no TensorFlow."""
+    source = Path(checkpoint_dir)
+    manifest = checkpoints.read_manifest(source)
+    checkpoints.check_model_archive(source)
+    if not scope.has_scope(source):
+        stored_features(source)  # raises the explanation
+    if epochs < 1 or not learning_rate > 0:
+        raise ValueError(f"Need epochs >= 1 and a learning rate > 0, got {epochs} and {learning_rate}.")
+    photos = scan_teach_folder(data_dir, classes)
+    names = union_classes(list(manifest["class_names"]), list(photos.photos), classes)
+    return TeachPlan(
+        source,
+        manifest,
+        photos,
+        plan_split(photos, seed),
+        names,
+        _output_folder(source, out_dir),
+        TrainSettings(epochs=epochs, learning_rate=learning_rate, seed=seed),
+    )
+
+
+def _output_folder(source: Path, out_dir: str | Path | None) -> Path:
+    if out_dir is None:
+        return finetune_folder(source)
+    out = Path(out_dir).expanduser()
+    if out.exists():
+        raise CheckpointError(f"Checkpoint folder already exists: {out} (choose another --out).")
+    return out
+
+
+# ---------------------------------------------------------------- features of new photos
+
+
+def photo_batch(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
+    """Decode (EXIF, any mode; as the app does) and resize photos into one batch."""
+    from animalcls.data.preprocessing import to_model_input
+    from animalcls.serving.inference import load_image
+
+    return np.stack([to_model_input(load_image(p), image_size) for p in paths]).astype(np.float32)
+
+
+def with_mirrors(batch: np.ndarray) -> np.ndarray:
+    """The photos, then their mirror images (the study's flip augmentation)."""
+    return np.concatenate([batch, batch[:, :, ::-1]])
+
+
+def keras_extractor(model: Any) -> Extractor:
+    """Pooled features through a compiled forward pass of `model`'s backbone."""
+    import tensorflow as tf
+
+    from animalcls.serving.features import feature_model
+
+    extractor = feature_model(model)
+    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True, autograph=False)
+    return chunked(lambda batch: forward(tf.constant(batch, tf.float32)).numpy())
+
+
+def onnx_extractor(folder: Path) -> Extractor | None:
+    """Pooled features through the checkpoint's ONNX graph (about 5x faster than TensorFlow on a
+    CPU) when the ONNX engine and a fresh graph are there; None otherwise."""
+    from animalcls.serving.features import pooled_forward
+
+    forward = pooled_forward(folder)
+    return chunked(forward) if forward is not None else None
+
+
+# ---------------------------------------------------------------- the head
+
+
+def head_from_file(folder: str | Path) -> Head:
+    """`read_head` without TensorFlow: the Dense weights straight from model.keras (cam.py's
+    h5py reader) and the Dropout rate from its config, for serving through ONNX Runtime."""
+    import json
+    import zipfile
+
+    from animalcls.trust.cam import load_head_weights
+
+    keras_file = Path(folder) / checkpoints.MODEL_FILE
+    weights = load_head_weights(keras_file)
+    with zipfile.ZipFile(keras_file) as archive:
+        layers = json.loads(archive.read("config.json"))["config"]["layers"]
+    names = [layer["config"]["name"] for layer in layers]
+    after = layers[names.index(POOL_LAYER) + 1 :]
+    dense = [layer["config"]["name"] for layer in after if layer["class_name"] == "Dense"]
+    rate = float(after[-2]["config"]["rate"]) if len(after) > 1 and after[-2]["class_name"] == "Dropout" else 0.0
+    return Head(
+        [np.asarray(d.kernel, np.float32) for d in weights.layers],
+        [np.asarray(d.bias, np.float32) for d in weights.layers],
+        rate,
+        dense[:-1],
+    )
+
+
+def taught_model(model: Any, head: Head) -> Any:
+    """`model` with its head replaced by `head` (a new output layer of `head.num_classes` units);
+    the backbone layers are shared, not copied."""
+    import keras
+    from keras import layers
+
+    from animalcls.core.settings import PREDICTIONS_LAYER
+
+    pool = model.get_layer(POOL_LAYER)
+    x = pool.output
+    for layer in model.layers[model.layers.index(pool) + 1 : -1]:
+        x = layer(x)
+    out = layers.Dense(head.num_classes, activation="softmax", name=PREDICTIONS_LAYER)(x)
+    taught = keras.Model(model.inputs, out, name=model.name)
+    for name, kernel, bias in zip([*head.hidden_names, PREDICTIONS_LAYER], head.kernels, head.biases):
+        taught.get_layer(name).set_weights([kernel, bias])
+    return taught
+
+
+@dataclass
+class Taught:
+    """A head trained for the union of classes, and how it did."""
+
+    head: Head
+    class_names: list[str]
+    history: dict[str, list[float]]
+    seconds: dict[str, float]
+    cancelled: bool = False
+    evaluation: dict[str, Any] | None = None
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+def teach_head(
+    base_head: Head,
+    stored: StoredFeatures,
+    class_names: Sequence[str],
+    new_train: dict[str, np.ndarray],
+    settings: TrainSettings,
+    hooks: TrainHooks | None = None,
+) -> Taught:
+    """Widen and train `base_head` on the stored features plus `new_train` (class -> pooled
+    features of its training photos, mirrors included). The in-memory core of teaching."""
+    hooks = hooks or TrainHooks()
+    start = time.perf_counter()
+    index = {name: i for i, name in enumerate(class_names)}
+    stored_hidden = stored.hidden(base_head)
+    y = [np.asarray([index[stored.class_names[int(i)]] for i in stored.train_labels])]
+    y += [np.full(len(new_train[name]), index[name]) for name in new_train]
+    new = {index[n]: f for n, f in new_train.items() if index[n] >= base_head.num_classes}
+    widened = base_head.widened(len(class_names), new, stored_hidden.mean(axis=0))
+    epoch_hook = (lambda epoch, history: hooks.on_epoch(epoch, history)) if hooks.on_epoch else None
+    if settings.train_hidden:
+        x = np.concatenate([stored.train, *new_train.values()])
+        head, history, cancelled = train_head(widened, x, np.concatenate(y), settings, epoch_hook, hooks.cancel)
+    else:
+        x = np.concatenate([stored_hidden, *(base_head.penultimate(f) for f in new_train.values())])
+        head, history, cancelled = train_output_layer(widened, x, np.concatenate(y), settings, epoch_hook, hooks.cancel)
+    return Taught(head, list(class_names), history, {"train": time.perf_counter() - start}, cancelled)
+
+
+def score(taught: Taught, stored: StoredFeatures, held_out: dict[str, np.ndarray]) -> None:
+    """Fill `taught.evaluation` (the usual report, over the stored test features and the held-out
+    photos) and `taught.scores` (accuracy on the original classes and on each folder class)."""
+    from animalcls.training.evaluate import evaluation_report
+
+    index = {name: i for i, name in enumerate(taught.class_names)}
+    labels, predicted, scores = [], [], {}
+    if stored.test is not None:
+        truth = [index[stored.class_names[int(i)]] for i in stored.test_labels]
+        guess = taught.head.probabilities(stored.test).argmax(axis=1).tolist()
+        scores["original_classes"] = {"n": len(truth), "accuracy": float(np.mean(np.equal(truth, guess)))}
+        labels, predicted = labels + truth, predicted + guess
+    for name, features in held_out.items():
+        if len(features):
+            guess = taught.head.probabilities(features).argmax(axis=1).tolist()
+            scores[name] = {"n": len(guess), "accuracy": float(np.mean(np.equal(guess, index[name])))}
+            labels, predicted = labels + [index[name]] * len(guess), predicted + guess
+    taught.scores = scores
+    taught.evaluation = evaluation_report(labels, predicted, taught.class_names) if labels else None
+
+
+# ---------------------------------------------------------------- end to end (CLI)
+
+
+def extract_photos(
+    extractor: Extractor,
+    root: Path,
+    groups: dict[str, list[str]],
+    image_size: int,
+    mirrors: bool,
+    on_progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, np.ndarray]:
+    """class -> pooled features of its photos (then of their mirror images when `mirrors`)."""
+    from animalcls.core.errors import Cancelled
+
+    total, done, out = sum(len(v) for v in groups.values()), 0, {}
+    for name, rels in groups.items():
+        plain, mirrored = [], []
+        for start in range(0, len(rels), EXTRACT_BATCH):  # decoded a batch at a time: bounded memory
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("Teaching cancelled while reading the photos; nothing was saved.")
+            batch = photo_batch([root / rel for rel in rels[start : start + EXTRACT_BATCH]], image_size)
+            features = extractor(with_mirrors(batch) if mirrors else batch)
+            plain.append(features[: len(batch)])
+            mirrored.append(features[len(batch) :])
+            done += len(batch)
+            if on_progress:
+                on_progress(done, total)
+        out[name] = np.concatenate(plain + mirrored) if plain else np.zeros((0, 0), np.float32)
+    return out
+
+
+def run_teach(plan: TeachPlan, hooks: TrainHooks | None = None) -> Any:
+    """Extract, train, score and save `plan` as a new checkpoint folder; returns a
+    finetune.FinetuneResult."""
+    import keras
+
+    from animalcls.heads.finetune import FinetuneResult
+    from animalcls.training.workflows import save_with_figures
+
+    hooks = hooks or TrainHooks()
+    start = time.perf_counter()
+    keras.utils.set_random_seed(plan.settings.seed)
+    model = checkpoints.load_checkpoint(plan.source).model
+    stored = stored_features(plan.source)
+    extractor = onnx_extractor(plan.source)
+    engine = "onnxruntime" if extractor else "tensorflow"
+    extractor = extractor or keras_extractor(model)
+    size, root = int(plan.manifest["image_size"]), plan.photos.root
+    extracting = time.perf_counter()
+    train = extract_photos(extractor, root, plan.split.train, size, True, hooks.on_features, hooks.cancel)
+    test = extract_photos(extractor, root, plan.split.test, size, False, None, hooks.cancel)
+    extract_seconds = time.perf_counter() - extracting
+    taught = teach_head(read_head(model), stored, plan.class_names, train, plan.settings, hooks)
+    score(taught, stored, test)
+    taught.seconds.update(extract=extract_seconds, total=time.perf_counter() - start)
+    manifest = taught_manifest(plan, taught, stored, engine)
+    path = save_with_figures(
+        plan.out_dir, taught_model(model, taught.head), manifest, taught.history, taught.evaluation, None
+    )
+    return FinetuneResult(
+        path, plan.source, taught.evaluation or {}, taught.history, time.perf_counter() - start, taught.cancelled
+    )
+
+
+def taught_manifest(plan: TeachPlan, taught: Taught, stored: StoredFeatures, engine: str) -> dict[str, Any]:
+    """The source manifest with the new classes, provenance, training and exactly what trained."""
+    source = plan.manifest
+    photos = plan.photos
+    training = {
+        "method": "teach: head on stored + new pooled features (backbone frozen)",
+        "finetune": True,
+        "teach": True,
+        "unfreeze_layers": 0,
+        "epochs": plan.settings.epochs,
+        "epochs_run": len(taught.history["loss"]),
+        "learning_rate": plan.settings.learning_rate,
+        "batch_size": plan.settings.batch_size,
+        "optimizer": "adam",
+        "loss": "class-balanced cross-entropy",
+        "seed": plan.settings.seed,
+        "new_columns": "imprinted (centred mean penultimate activation)",
+        "mirrored_new_photos": True,
+        "feature_engine": engine,
+        "cancelled": taught.cancelled,
+        "seconds": {k: round(v, 2) for k, v in taught.seconds.items()},
+    }
+    dataset = {
+        "teach_folder": photos.root.name,
+        "class_folders": photos.folders,
+        "new_classes": plan.new_classes,
+        "skipped": [{"path": rel, "reason": why} for rel, why in photos.skipped],
+        "split": plan.split.summary(),
+        "stored_features": {
+            "file": scope.SCOPE_NPZ,
+            "train": len(stored.train),
+            "test": 0 if stored.test is None else len(stored.test),
+            "classes": stored.class_names,
+        },
+        "scores": taught.scores,
+        "source_dataset": _dataset_name(source.get("dataset") or {}),
+    }
+    return (
+        Manifest.from_json(source, plan.source)
+        .derive(
+            plan.out_dir.name,
+            training,
+            dataset,
+            class_names=list(plan.class_names),
+            finetuned_from={"class_names": list(source["class_names"])},
+        )
+        .to_json()
+    )
+
+
+def _dataset_name(dataset: dict[str, Any]) -> str | None:
+    """The source dataset's folder name: `root_name` today, the last part of `root` in older manifests."""
+    return dataset.get("root_name") or Path(str(dataset.get("root") or "")).name or None

@@ -1,0 +1,269 @@
+"""The Fine-tune tab's handlers (a mixin of app_handlers.AnimalApp): one fine-tune at a time
+per server (Gradio's queue with concurrency_limit=1 makes the others wait and shows them their
+place), capped epochs and unfrozen layers, results owned by the session that made them, the
+oldest stored fine-tunes removed past the caps."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from animalcls.core import errors
+from animalcls.core.errors import AnimalclsError
+from animalcls.core.settings import finetune_folder
+from animalcls.store.checkpoints import read_manifest
+from animalcls.webapp import views
+from animalcls.webapp.sessions import session_of
+from animalcls.webapp.state import BusyError, JobProgress
+
+LIVE_PLOT_SECONDS = 1.0
+
+
+def user_error(message: str, title: str = "Error") -> gr.Error:
+    """A gr.Error whose text names no server path and no environment variable. Plain text, not
+    HTML-escaped: API clients read it as is (the page's toast sanitises what it shows)."""
+    return gr.Error(views.public(message), title=title, print_exception=False)
+
+
+class FinetuneHandlers:
+    """Fine-tune handlers; expects AnimalApp's registry, sessions, store, runner and limits."""
+
+    def finetune_data(self) -> Path | None:
+        """The configured dataset, else the one the transfer model was trained on, if on this machine."""
+        return self.data_dir if self.data_dir is not None else views.dataset_root_of(self.registry.path("transfer"))
+
+    def stored_features(self, source: Path | None) -> Any:
+        """Features stored with `source` (or the checkpoint it was fine-tuned from), or None."""
+        from animalcls.store.stored_features import find_features
+
+        if source is None:
+            return None
+        try:
+            return find_features(source, [self.checkpoints_root, self.finetune_root, Path(source).parent])
+        except AnimalclsError:
+            return None
+
+    def finetune_intro(self) -> str:
+        source = self.registry.path("transfer")
+        if source is None:
+            return "**Fine-tuning needs a transfer checkpoint**, and this server has none (see the notice at the top)."
+        if self.finetune_data() is not None:
+            where = f"the photos it was trained on ({views.dataset_description(source)})"
+        elif self.stored_features(source) is not None:
+            where = (
+                f"the stored backbone features of its training photos ({views.dataset_description(source)}; "
+                "the photos themselves are not on this server, so only the classifier head trains)"
+            )
+        else:
+            where = "**no data**: neither its photos nor stored features are on this server, so fine-tuning is off"
+        return (
+            f"Fine-tunes the transfer model you are using on {where}, then evaluates it on the test split. "
+            f"Up to {self.max_epochs} epochs"
+            + (
+                f" and {self.max_unfreeze} unfrozen backbone layers"
+                if self.max_unfreeze
+                else "; only the classifier head trains"
+            )
+            + " on this server. One fine-tune runs at a time: if another visitor's is running, yours waits in the "
+            "queue and shows its place. The result is yours: other visitors do not see it, and *Use this model* "
+            f"changes the model for this browser session only. {self.kept_text(source)}"
+        )
+
+    def kept_text(self, source: Path) -> str:
+        """How many fine-tunes this server keeps, as its caps allow fine-tunes the size of `source`'s."""
+        limits = self.store.limits
+        kept = limits.kept(self.store.typical_bytes(source))
+        newest = "Only the newest fine-tune is" if kept == 1 else f"The newest {kept} fine-tunes are"
+        return (
+            f"{newest} kept (at most {limits.max_count}, {limits.max_bytes / 2**20:.0f} MB in all); older ones "
+            "are removed unless a visitor is using them (the original models never are)."
+        )
+
+    def finetune(
+        self,
+        epochs: float,
+        learning_rate: float,
+        unfreeze_layers: float,
+        session: Any = None,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[tuple[Any, ...]]:
+        """Generator: fine-tune this session's transfer model in a worker thread; yields the
+        status, live curves, both reports and confusion matrices, the result's name, the
+        "Use this model" button's state and the session (which then owns the result)."""
+        epochs, learning_rate, unfreeze = _finetune_inputs(
+            epochs, learning_rate, unfreeze_layers, self.max_epochs, self.max_unfreeze
+        )
+        state = session_of(session)
+        source = self.sessions.paths(state)["transfer"]
+        if source is None:
+            raise user_error("There is no transfer model to fine-tune on this server.", "No model")
+        data_dir = self.finetune_data()
+        stored = None if data_dir is not None else self.stored_features(source)
+        if data_dir is None and stored is None:
+            raise user_error(
+                "No data to fine-tune on: neither the photos nor stored features are on this server.", "No data"
+            )
+        if stored is not None and unfreeze:
+            raise user_error(
+                "Unfreezing backbone layers needs the photos, which are not on this server: use 0 (head only).",
+                "Bad settings",
+            )
+        crowded = self.store.crowded()
+        if crowded is not None:
+            raise user_error(crowded, "Server full")
+        out_dir = finetune_folder(source, self.finetune_root)
+        self._wait_ready()
+
+        def target(hooks: Any) -> Any:
+            from animalcls.heads.finetune import finetune
+
+            # No PNGs in the folder: the page draws the confusion matrix (and the curves when
+            # the Training tab shows them) itself, off the path to the saved checkpoint.
+            return finetune(
+                source,
+                data_dir=self.data_dir,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                unfreeze_layers=unfreeze,
+                out_dir=out_dir,
+                hooks=hooks,
+                stored=stored,
+                figures=False,
+            )
+
+        try:
+            job = self.runner.start(target, epochs, meta={"source": source, "owner": _owner(request)})
+        except BusyError as exc:
+            raise user_error(str(exc), "Busy") from None
+        try:
+            yield from self._follow(job, source, {**state, "pin": state.get("pin") or session_key(request)}, progress)
+        finally:
+            if job.running:  # the visitor left (closed the tab): do not train for nobody
+                job.cancel()
+
+    def _follow(self, job: Any, source: Path, state: dict[str, Any], progress: gr.Progress) -> Iterator[tuple]:
+        name, skip = read_manifest(source)["name"], gr.skip()
+        yield (
+            f"**Fine-tuning {name}**: starting…",
+            _curves({}, name),
+            self.report_frame(views.evaluation_of(source)),
+            views.confusion_file(source, self.render_dir),
+            self.report_frame(None),
+            None,
+            "",
+            gr.update(interactive=False),
+            skip,
+        )
+        drawn, drawn_at = 0, 0.0
+        for snapshot in job.watch():
+            fraction = snapshot.fraction()
+            progress(fraction if fraction is not None else 0.0, desc=snapshot.describe())
+            curves = skip
+            # At most one live redraw a second: a figure costs about 0.5 CPU s, taken from training.
+            if snapshot.epochs_done != drawn and time.monotonic() - drawn_at >= LIVE_PLOT_SECONDS:
+                drawn, drawn_at, curves = snapshot.epochs_done, time.monotonic(), _curves(snapshot.history, name)
+            yield (_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
+        if job.error is not None:
+            if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
+                # The result (7th) as None, not a skip: an API caller would read {'__type__': 'update'}.
+                yield (_cancelled_status(job.error), *[skip] * 5, None, gr.update(interactive=False), skip)
+                return
+            detail = (
+                str(job.error) if isinstance(job.error, AnimalclsError) else f"{type(job.error).__name__}: {job.error}"
+            )
+            raise user_error(f"The fine-tune failed: {detail}", "Fine-tune failed")
+        result = job.result
+        new = Path(result.path)
+        state = self.store.pin({**state, "owned": [*state["owned"], new.name]}, state["pin"])
+        self.store.prune(keep=[new, *(p for p in self.registry.paths().values() if p is not None)])
+        yield (
+            _final_status(name, result, source),
+            _curves(result.history or {}, f"{name} fine-tuned"),
+            skip,
+            skip,
+            self.report_frame(result.evaluation),
+            views.confusion_file(new, self.render_dir),
+            new.name,
+            gr.update(interactive=True),
+            state,
+        )
+
+    def cancel_finetune(self, request: gr.Request = None) -> str:
+        """Cancel this session's own fine-tune (never another visitor's)."""
+        job = self.runner.current
+        if job is None or not job.running or job.meta.get("owner") != _owner(request):
+            return "No fine-tune of yours is running."
+        job.cancel()
+        return "**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs that finished."
+
+
+def _owner(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def session_key(request: gr.Request | None) -> str:
+    """The key a session's pins are kept under: its Gradio session hash (a random one without)."""
+    return _owner(request) or uuid.uuid4().hex
+
+
+def _finetune_inputs(
+    epochs: Any, rate: Any, unfreeze: Any, max_epochs: int, max_unfreeze: int
+) -> tuple[int, float, int]:
+    try:
+        epochs, rate, unfreeze = int(epochs), float(rate), int(unfreeze or 0)
+    except (TypeError, ValueError, OverflowError):  # NaN, infinity, text
+        raise user_error(
+            "Epochs and unfrozen layers must be whole numbers; the learning rate a number.", "Bad settings"
+        ) from None
+    if not 1 <= epochs <= max_epochs:
+        raise user_error(f"Epochs must be between 1 and {max_epochs} on this server.", "Bad settings")
+    if not 0 < rate <= 1:
+        raise user_error("The learning rate must be above 0 and at most 1 (e.g. 0.001).", "Bad settings")
+    if unfreeze < 0:
+        raise user_error("The number of layers to unfreeze cannot be negative.", "Bad settings")
+    if unfreeze > max_unfreeze:
+        raise user_error(f"At most {max_unfreeze} backbone layers may be unfrozen on this server.", "Bad settings")
+    return epochs, rate, unfreeze
+
+
+def _curves(history: dict[str, list[float]], title: str) -> Any:
+    from animalcls.training.plots import history_figure
+
+    return history_figure(history, title)
+
+
+def _status(name: str, snapshot: JobProgress, cancelling: bool) -> str:
+    prefix = "**Cancelling** (stops after the current batch): " if cancelling else f"**Fine-tuning {name}**: "
+    return prefix + snapshot.describe()
+
+
+def _final_status(name: str, result: Any, source: Path) -> str:
+    evaluation = getattr(result, "evaluation", None) or {}
+    before = views.held_out_accuracy(source)
+    after = evaluation.get("accuracy")
+    accuracy = f"test accuracy **{after:.1%}**" if after is not None else "no test evaluation"
+    if before is not None and after is not None:
+        accuracy += f" (the starting model: {before:.1%})"
+    epochs = len((getattr(result, "history", None) or {}).get("loss", []))
+    head = f"**Cancelled**; kept the {epochs} finished epoch(s)." if result.cancelled else "**Done.**"
+    return (
+        f"{head} {name} fine-tuned in {result.seconds:.0f} s: {accuracy}. Saved as **{Path(result.path).name}** "
+        "(yours only). Press **Use this model** to classify with it in this session."
+    )
+
+
+def _cancelled_status(error: BaseException) -> str:
+    from animalcls.serving.features import FeatureExtractionCancelled
+
+    if isinstance(error, FeatureExtractionCancelled):
+        return (
+            "**Cancelled** while extracting backbone features, before any training: nothing was saved. "
+            "The features computed so far stay cached, so the next run starts faster."
+        )
+    return "**Cancelled** before the first epoch finished: nothing was saved."
