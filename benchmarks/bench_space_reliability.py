@@ -5,9 +5,12 @@
   (within a second of it); counts how many of them answered.
 * memory: one visitor chains --chain head-only fine-tunes on the stored features, uses each and
   classifies with it; prints the app's resident memory after each, and the growth after the second.
+* visitors: visitor X fine-tunes and uses the result; visitor Y then runs --others fine-tunes (more
+  than the store keeps); X's classify must still name X's model, and X's *Use this model* still work.
 
     python benchmarks/bench_space_reliability.py first [--starts 10]
     python benchmarks/bench_space_reliability.py memory [--chain 10]
+    python benchmarks/bench_space_reliability.py visitors [--others 6]
 """
 
 from __future__ import annotations
@@ -130,9 +133,36 @@ def chained_memory(app_dir: Path, work: Path, chain: int) -> None:
         print(f"growth after the second: {sizes[-1] - sizes[2]:+.0f} MB ({sizes[2]:.0f} -> {sizes[-1]:.0f} MB)")
 
 
+def finetune_and_use(client, photo) -> str:
+    status, *rest = client.predict(1, 1e-3, 0, api_name="/finetune")
+    assert status.startswith("**Done.**"), status
+    client.predict(rest[5], api_name="/use_model")
+    return rest[5]
+
+
+def other_visitors(app_dir: Path, work: Path, others: int) -> None:
+    from gradio_client import Client, handle_file
+
+    photo = handle_file(str(app_dir / "examples" / "cat-chelsea.jpg"))
+    with space(app_dir, work) as (url, _, _):
+        visitor_x = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        visitor_y = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+        mine = finetune_and_use(visitor_x, photo)
+        print(f"X uses {mine}", flush=True)
+        for n in range(others):
+            theirs = finetune_and_use(visitor_y, photo)
+            header = visitor_x.predict(photo, api_name="/classify")[2]
+            print(f"Y's fine-tune {n + 1} ({theirs}): X's classify names X's model: {mine in header}", flush=True)
+        stored = sorted(p.name for p in (app_dir / "runs" / "finetunes").iterdir())
+        again = visitor_x.predict(mine, api_name="/use_model")
+        print(f"stored fine-tunes: {len(stored)}; X's model kept: {mine in stored}")
+        print(f"X's Use this model again: {again!r}"[:400])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("first", "memory"))
+    parser.add_argument("what", choices=("first", "memory", "visitors"))
+    parser.add_argument("--others", type=int, default=6)
     parser.add_argument("--starts", type=int, default=10)
     parser.add_argument("--chain", type=int, default=10)
     args = parser.parse_args()
@@ -142,8 +172,10 @@ def main() -> None:
     print(f"clone of {commit.stdout.strip()} in {work}")
     if args.what == "first":
         first_requests(app_dir, work, args.starts)
-    else:
+    elif args.what == "memory":
         chained_memory(app_dir, work, args.chain)
+    else:
+        other_visitors(app_dir, work, args.others)
 
 
 if __name__ == "__main__":
