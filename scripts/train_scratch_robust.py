@@ -16,8 +16,11 @@ interruption resumes where it stopped:
 3. compare: validation views, cross-source photos and the test split under each degradation of
    scripts/robustness.py, old (bundled) vs new, as OUT/compare.json and a Markdown table.
 
-Adopting the new model (copying the folder over checkpoints/ and rebuilding what derives from it)
-is a separate, deliberate step: see docs in README, "The bundled checkpoints".
+4. adopt (only when named in --stages): if the new model is better than the bundled one on every
+   validation view, on the cross-source photos and under every degradation of the test split, it
+   replaces checkpoints/scratch-efficientnet_lite0 (same split.json), and what derives from it is
+   rebuilt: model.onnx, test_predictions.json, the "none of the five" detector (scripts/build_scope.py)
+   and checkpoints/robustness.json (scripts/robustness.py). Otherwise it says by how much it lost.
 """
 
 from __future__ import annotations
@@ -225,6 +228,53 @@ def compare_table(old: dict, new: dict, validation: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def losses(out: Path) -> list[str]:
+    """Every comparison the new model does not win, as text (empty: it wins them all)."""
+    old = json.loads((out / "robustness-bundled.json").read_text())["scratch"]
+    new = json.loads((out / "robustness.json").read_text())["scratch"]
+    validation = json.loads((out / "validation.json").read_text())
+    rows = [(f"validation {k}", v, validation["new"][k]) for k, v in validation["bundled"].items()]
+    rows += [(f"test {k}", v, new["degraded_test_accuracy"][k]) for k, v in old["degraded_test_accuracy"].items()]
+    if old.get("cross_source"):
+        rows.append(("cross-source", old["cross_source"]["accuracy"], new["cross_source"]["accuracy"]))
+    return [f"{name}: {after:.3f} vs {before:.3f} bundled" for name, before, after in rows if after <= before]
+
+
+def adopt_stage(args: argparse.Namespace, out: Path, candidate: Path) -> None:
+    lost = losses(out)
+    if lost:
+        raise SystemExit("not adopted: the new model does not win " + "; ".join(lost))
+    import shutil
+
+    from animalcls.core.atomic import replace_dir
+    from animalcls.serving.convert_onnx import write_onnx
+    from animalcls.store.checkpoints import SPLIT_FILE
+    from animalcls.trust.cells import PREDICTIONS_FILE, compute_predictions, save_predictions
+
+    staging = BUNDLED.with_name(f".{BUNDLED.name}.adopt")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(candidate, staging)
+    shutil.copy2(BUNDLED / SPLIT_FILE, staging / SPLIT_FILE)  # the same split, relative to checkpoints/
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest["dataset"]["root_relative"] = json.loads((BUNDLED / "manifest.json").read_text())["dataset"][
+        "root_relative"
+    ]
+    write_json(staging / "manifest.json", manifest)
+    write_onnx(staging)
+    replace_dir(staging, BUNDLED)
+    root = Path(args.data).resolve()
+    save_predictions(BUNDLED, compute_predictions(BUNDLED, root), target=BUNDLED / PREDICTIONS_FILE)
+    scripts = REPO / "scripts"
+    shared = Path(args.data).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, str(scripts / "build_scope.py"), str(BUNDLED), "--shared", str(shared), "--overwrite"],
+        check=True,
+    )
+    extra = ["--cross-source", args.cross_source] if args.cross_source else []
+    subprocess.run([sys.executable, str(scripts / "robustness.py"), "--data", args.data, *extra], check=True)
+    logging.info("adopted %s as %s", candidate, BUNDLED)
+
+
 def main() -> int:
     args = parse_args()
     out = Path(args.out)
@@ -245,6 +295,8 @@ def main() -> int:
         candidate = checkpoint_stage(args, out)
     if "compare" in args.stages:
         compare_stage(args, out, candidate)
+    if "adopt" in args.stages:
+        adopt_stage(args, out, candidate)
     logging.info("done in %.0f s", time.time() - began)
     return 0
 
