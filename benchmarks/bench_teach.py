@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--skip-curve", action="store_true", help="only the timing")
+    p.add_argument("--json", type=Path, help="also write the curve here (read by scripts/lesson_figures.py)")
     return p.parse_args(argv)
 
 
@@ -107,12 +108,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.draws} draws, {args.epochs} epochs, pool {pool} / held-out {len(dogs) - pool} dog photos\n"
     )
     if not args.skip_curve:
-        print_curve(sides, dogs, pool, args)
+        curves = print_curve(sides, dogs, pool, args)
+        if args.json:
+            write_curve(args.json, curves, args)
     print_timing(sides, dogs[:10], args)
     return 0
 
 
-def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespace) -> None:
+def write_curve(path: Path, curves: dict, args: argparse.Namespace) -> None:
+    """{kind: {photos: {"dog": mean, "old_classes": mean}}} and how it was measured."""
+    from animalcls.core.atomic import write_json
+
+    rows = {
+        kind: {str(k): {"dog": float(c[k][:, 0].mean()), "old_classes": float(c[k][:, 1].mean())} for k in args.shots}
+        for kind, c in curves.items()
+    }
+    write_json(path, {"draws": args.draws, "epochs": args.epochs, "new_class": "dog", "curve": rows})
+
+
+def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespace) -> dict:
     curves = {kind: curve(side, dogs, pool, args.shots, args.draws, args.epochs) for kind, side in sides.items()}
     print("| dog photos | scratch: dog | scratch: 5 old classes | transfer: dog | transfer: 5 old classes |")
     print("|---|---|---|---|---|")
@@ -131,6 +145,7 @@ def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespa
         f"\nBefore teaching, on the same 600 test features: scratch {before['scratch']:.3f}, "
         f"transfer {before['transfer']:.3f}\n"
     )
+    return curves
 
 
 def print_timing(sides: dict, ten: list[Path], args: argparse.Namespace) -> None:
