@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     head.compile(
         optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-        metrics=["accuracy"],
+        metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
     )
     recorder = HistoryRecorder()
     picker = EpochPicker(x_val, y_val, cross, n, args.select)
@@ -212,6 +212,8 @@ class EpochPicker:
         self.history: dict[str, list[float]] = {
             "val_loss": [],
             "val_accuracy": [],
+            "val_precision": [],
+            "val_recall": [],
             "val_worst_class": [],
             "cross_source_accuracy": [],
         }
@@ -229,6 +231,7 @@ class EpochPicker:
         row = {
             "val_loss": float(np.mean(loss)),
             "val_accuracy": float(np.mean(accuracy)),
+            **self._precision_recall(model),
             "val_worst_class": min(worst),
             "cross_source_accuracy": cross,
         }
@@ -241,6 +244,14 @@ class EpochPicker:
         )
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_epoch, self.best_weights = key, len(self.history["val_loss"]), model.get_weights()
+
+    def _precision_recall(self, model) -> dict[str, float]:
+        """On the plain validation photos, as Keras's Precision/Recall count them (micro: every
+        class's one-hot output thresholded at 0.5), so both bundled histories read alike."""
+        probs = model.predict_on_batch(self.x_val[0])
+        predicted, truth = probs > 0.5, np.eye(self.classes, dtype=bool)[self.y_val]
+        hits = float((predicted & truth).sum())
+        return {"val_precision": hits / max(float(predicted.sum()), 1.0), "val_recall": hits / float(truth.sum())}
 
     def describe(self, epoch: int) -> str:
         return ", ".join(f"{k} {v[epoch - 1]:.4f}" for k, v in self.history.items())
