@@ -354,3 +354,22 @@ def test_predict_with_the_bundled_scratch_shortcut(tmp_path, capsys, monkeypatch
     assert code == 0, err
     assert out.startswith("Model: scratch-efficientnet_lite0 (scratch, efficientnet_lite0)")
     assert len([line for line in out.splitlines() if line.strip().endswith("%")]) == 2
+
+
+def test_the_librarys_notes_reach_stderr_one_line_each_while_a_command_runs(monkeypatch, capsys):
+    """The library only logs; the command line shows its notes and warnings, and nothing else."""
+    import logging
+
+    from animalcls.cli import main as cli
+
+    def command(args):
+        logging.getLogger("animalcls.heads.finetune_head").info("no detector (%s).", "bad\nfile")
+        logging.getLogger("animalcls.training.workflows").warning("no ONNX graph written for %s", "x")
+        logging.getLogger("animalcls.serving.model_cache").debug("unloaded")
+        return 0
+
+    monkeypatch.setitem(cli.HANDLERS, "explain", command)
+    assert main(["explain", "scratch", "photo.jpg"]) == 0
+    logging.getLogger("animalcls.training.workflows").warning("after the command")
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["note: no detector (bad file).", "warning: no ONNX graph written for x"]

@@ -240,6 +240,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the library's notes and warnings reach stderr, one line each."""
+    from animalcls.core.logs import library_logs_to_stderr
+
+    with library_logs_to_stderr():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from animalcls.core.logs import quiet_tensorflow, restore_stderr
 
     args = build_parser().parse_args(argv)

@@ -1,4 +1,5 @@
-"""Filter TensorFlow's log noise without turning oneDNN off (that made training 1.7x slower).
+"""Logging: the library's records shown on stderr by the command line and the app, and
+TensorFlow's log noise filtered without turning oneDNN off (that made training 1.7x slower).
 
 TF_CPP_MIN_LOG_LEVEL does not silence the absl pre-init warning or the oneDNN notice, which
 the C++ runtime writes straight to file descriptor 2. `quiet_tensorflow()` routes fd 2 through
@@ -12,6 +13,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 NOISE = re.compile(
     r"All log messages before absl::InitializeLog|oneDNN custom operations are on|cpu_feature_guard|"
@@ -73,3 +76,46 @@ def quiet_tensorflow() -> None:
         filter_stderr()
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. tf.function retracing warnings
     logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+PREFIXES = {logging.DEBUG: "debug: ", logging.INFO: "note: ", logging.WARNING: "warning: "}
+
+
+class OneLine(logging.Formatter):
+    """`note: ...` for info, `warning: ...` for warnings, `error: ...` above: one line per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = PREFIXES.get(record.levelno, f"{record.levelname.lower()}: ")
+        return prefix + " ".join(record.getMessage().split())
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (pytest's capture, the stderr filter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(OneLine())
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+@contextmanager
+def library_logs_to_stderr(level: int = logging.INFO) -> Iterator[None]:
+    """While open, the library's records at `level` and above reach stderr, one line each. The
+    library only logs (`logging.getLogger(__name__)`); the command line and the app call this."""
+    logger = logging.getLogger("animalcls")
+    handler, previous = _Stderr(), logger.level
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(min(level, previous) if previous else level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

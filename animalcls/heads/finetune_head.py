@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -31,6 +32,8 @@ from animalcls.core.atomic import file_sha256
 from animalcls.core.hooks import TrainHooks
 from animalcls.core.settings import POOL_LAYER
 from animalcls.store.checkpoints import MODEL_FILE, load_checkpoint, read_manifest
+
+log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()  # one user of the cached model at a time
 _CACHED: dict[str, Any] = {}  # "stamp" -> (path, mtime_ns, size), "model", "key"
@@ -167,7 +170,6 @@ def inherit_scope(derived: Derived) -> None:
     """Best effort: the source's "none of the five" detector for its head-only fine-tune (same
     backbone, same classes). Its top-probability score keeps the head it was calibrated with,
     so the fine-tune flags exactly the photos its source flags."""
-    import sys
     from dataclasses import replace
 
     from animalcls.core.errors import CheckpointError
@@ -188,15 +190,13 @@ def inherit_scope(derived: Derived) -> None:
         info = {**detector.info, "model_sha256": derived.sha256, "inherited_from": source.name}
         scope.save_scope(derived.folder, replace(detector, calibration_head=head, info=info))
     except Exception as exc:  # noqa: BLE001 - best effort: the fine-tune stands without a detector
-        print(f"note: the fine-tune has no none-of-the-five detector ({exc}).", file=sys.stderr)
+        log.info("the fine-tune has no none-of-the-five detector (%s).", exc)
 
 
 def write_patched_graph(derived: Derived, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:
     """Best effort: the fine-tune's model.onnx as the source's graph with the same head weights
     replaced, so serving it needs no conversion (tf2onnx took 4-6 s per model). Without it,
     the graph is converted on first use, as for any checkpoint."""
-    import sys
-
     from animalcls.serving.onnx_engine import onnxruntime_available
 
     if not onnxruntime_available():
@@ -204,7 +204,7 @@ def write_patched_graph(derived: Derived, replaced: list[tuple[np.ndarray, np.nd
     try:
         _write_patched_graph(derived, replaced, model)
     except Exception as exc:  # noqa: BLE001 - onnx, onnxruntime and Keras raise their own types; the fine-tune stands
-        print(f"note: no ONNX graph written with the fine-tune ({exc}); it is built on first use.", file=sys.stderr)
+        log.info("no ONNX graph written with the fine-tune (%s); it is built on first use.", exc)
 
 
 def _write_patched_graph(derived: Derived, replaced: list[tuple[np.ndarray, np.ndarray]], model: Any) -> None:

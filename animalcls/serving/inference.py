@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
-import sys
 import threading
 import time
 import warnings
@@ -22,6 +22,8 @@ from animalcls.core.settings import ENGINE_ENV
 from animalcls.data.preprocessing import to_model_input
 from animalcls.serving.model_cache import FileCache
 from animalcls.store.checkpoints import MODEL_FILE, Checkpoint, check_model_archive, load_checkpoint
+
+log = logging.getLogger(__name__)
 
 # Decompression-bomb cap: 40 MP covers any camera photo; larger inputs are refused before
 # decoding. PIL's own warning threshold is raised to an error at this size.
@@ -271,7 +273,7 @@ def _onnx_engine(folder: Path, required: bool) -> Any:
     except Exception as exc:  # noqa: BLE001 - any failure here leaves TensorFlow to serve
         if required:
             raise
-        print(f"note: {folder.name} is served through TensorFlow ({exc})", file=sys.stderr)
+        log.info("%s is served through TensorFlow (%s)", folder.name, exc)
         return None
 
 

@@ -14,8 +14,8 @@ graph and `build=True` is the graph converted, which imports TensorFlow once.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +28,8 @@ from animalcls.core.errors import AnimalclsError, CheckpointError
 from animalcls.core.settings import ORT_THREADS_ENV
 from animalcls.store import onnx_store
 from animalcls.store.checkpoints import ManifestFacts
+
+log = logging.getLogger(__name__)
 
 
 class OnnxUnavailableError(AnimalclsError, RuntimeError):
@@ -162,7 +164,7 @@ def _rebuild(folder: Path, keras_sha: str, verdicts: list[onnx_store.OnnxStatus]
         )
     from animalcls.serving.convert_onnx import write_onnx
 
-    print(f"Building the ONNX graph for {folder.name} once ({verdicts[0].reason})...", file=sys.stderr)
+    log.info("building the ONNX graph for %s once (%s)...", folder.name, verdicts[0].reason)
     return write_onnx(folder, target=onnx_store.writable_target(folder, keras_sha))
 
 

@@ -4,8 +4,8 @@ The CLI and the app call these; each stage lives in its own module."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from animalcls.store import checkpoints
 from animalcls.store.manifest import Manifest
 from animalcls.training import distribute, evaluate, plots
 from animalcls.training.train import FitResult, TrainConfig, fit
+
+log = logging.getLogger(__name__)
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -149,7 +151,7 @@ def write_serving_graph(folder: Path, model: keras.Model) -> None:
     try:
         write_onnx(folder, model)
     except Exception as exc:  # noqa: BLE001 - the checkpoint itself is complete and saved
-        print(f"warning: no ONNX graph written for {folder.name} ({exc}); it is built on first use.", file=sys.stderr)
+        log.warning("no ONNX graph written for %s (%s); it is built on first use.", folder.name, exc)
 
 
 def make_manifest(

@@ -202,8 +202,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Check the arguments, start loading the models in the background (through ONNX Runtime when
     installed), import Gradio and serve, then import TensorFlow for fine-tuning: a request that
-    needs something before it is ready waits for it."""
-    started = time.perf_counter()
+    needs something before it is ready waits for it. The library's notes reach stderr, one line each."""
+    from animalcls.core import logs
+
+    with logs.library_logs_to_stderr():
+        _serve(argv, time.perf_counter())
+
+
+def _serve(argv: Sequence[str] | None, started: float) -> None:
     from animalcls.core import logs
 
     args = parse_args(argv)
