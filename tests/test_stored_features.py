@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from animalcls.core.errors import AnimalclsError, CheckpointError
@@ -147,3 +148,17 @@ def test_chained_head_finetunes_keep_short_names_their_lineage_and_their_feature
     lineage = json.loads((chain[3] / "manifest.json").read_text())["finetuned_from"]["lineage"]
     assert lineage == ["transfer-tiny", *names[:2]]
     assert find_features(chain[3], search).folder == photo_less
+
+
+def test_the_bundled_transfer_checkpoint_stores_each_feature_once():
+    """train and test live in scope.npz (the detector and teaching read them there), only val in
+    features.npz; the loader still returns every part."""
+    from animalcls.store.checkpoints import default_pair
+    from animalcls.store.stored_features import load_features
+
+    folder = default_pair()["transfer"]
+    with np.load(folder / "features.npz") as stored:
+        assert sorted(stored.files) == ["backbone_key", "val_features", "val_labels"]
+    loaded = load_features(folder)
+    assert loaded.sizes() == {"train": 2100, "val": 300, "test": 600}
+    assert sum(p.stat().st_size for p in folder.glob("*.npz")) <= 7.5 * 2**20

@@ -6,9 +6,10 @@ fine-tuned with no photos at all (a Hugging Face Space ships no dataset).
 order) and `<part>_labels`, plus `backbone_key` (features.backbone_key of the model that
 made them: a fine-tune refuses features of another backbone). The train part is read from
 the scope detector's `scope.npz` (`train_features`, `train_labels`: the same pooled features
-of the same photos) when that file holds it, so it is not stored twice; `features.npz` then
-keeps only val and test. A head-only fine-tune keeps its source's backbone, so it finds its
-features through `manifest.finetuned_from.name` (see `find_features`).
+of the same photos) when that file holds it, and so is the test part, so neither is stored
+twice: the bundled transfer checkpoint's `features.npz` keeps only val. A head-only fine-tune
+keeps its source's backbone, so it finds its features through `manifest.finetuned_from.name`
+(see `find_features`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from animalcls.core.atomic import write_atomic
 from animalcls.core.errors import CheckpointError
 from animalcls.store.checkpoints import MANIFEST_FILE, read_json
-from animalcls.trust.scope import SCOPE_NPZ, ScopeError, train_part  # the train part is stored once, in scope.npz
+from animalcls.trust.scope import SCOPE_NPZ, ScopeError, stored_part  # train and test are stored once, in scope.npz
 
 FEATURES_FILE = "features.npz"
 
@@ -53,15 +54,18 @@ def save_features(folder: Path, backbone_key: str, parts: dict[str, tuple[np.nda
 
 def load_features(folder: Path) -> StoredFeatures | None:
     """The features stored in `folder`, or None when it has no features.npz; every part in
-    PARTS must be found (train may come from scope.npz)."""
+    PARTS must be found (train and test may come from scope.npz)."""
     path = Path(folder) / FEATURES_FILE
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
-        if "train_features" not in arrays and (Path(folder) / SCOPE_NPZ).is_file():
-            arrays["train_features"], arrays["train_labels"] = train_part(folder)
+        for part in PARTS:
+            if f"{part}_features" not in arrays and (Path(folder) / SCOPE_NPZ).is_file():
+                found = stored_part(folder, part)
+                if found is not None:
+                    arrays[f"{part}_features"], arrays[f"{part}_labels"] = found
         parts = {
             part: (arrays[f"{part}_features"].astype(np.float32), arrays[f"{part}_labels"].astype(np.int64))
             for part in PARTS

@@ -248,13 +248,16 @@ def load_scope(folder: str | Path) -> ScopeDetector:
     return detector
 
 
-def train_part(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The train split's pooled features and labels in scope.npz, checked against scope.json's hash."""
+def stored_part(folder: str | Path, part: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """A split part's pooled features and labels in scope.npz ("train" always, "test" when
+    added), checked against scope.json's hash; None when the file does not hold that part."""
     folder = Path(folder)
     payload = _read_payload(folder, _read_meta(folder))
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-            return data["train_features"], data["train_labels"]
+            if f"{part}_features" not in data.files:
+                return None
+            return data[f"{part}_features"], data[f"{part}_labels"]
     except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged archive
         raise ScopeError(f"Corrupt {SCOPE_NPZ} in {folder}: {exc}") from None
 
