@@ -132,8 +132,7 @@ def test_bad_image_does_not_break_the_predictor(tiny_checkpoints, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     with pytest.raises(ImageError):
         predictor.predict([tmp_path / "bad.jpg"])
-    probabilities, seconds = predictor.timed_predict(_asymmetric_rgb())
-    assert len(probabilities) == 5 and seconds > 0
+    assert len(predictor.predict([_asymmetric_rgb()])[0]) == 5
 
 
 def test_a_changed_model_file_is_reloaded(tiny_checkpoints, tmp_path):

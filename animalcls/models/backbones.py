@@ -94,13 +94,6 @@ def _with_local_weights(spec: BackboneSpec, size: int, path: Path) -> keras.Mode
     return model
 
 
-def imagenet_weights_cached(name: str) -> bool:
-    """Whether ImageNet weights for `name` are available without a download."""
-    if name == "inception_v3":
-        return (keras_models_dir() / INCEPTION_NOTOP_FILE).is_file()
-    return get_backbone(name).has_imagenet_weights
-
-
 @contextmanager
 def _socket_timeout(seconds: float):
     previous = socket.getdefaulttimeout()

@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import threading
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -224,13 +223,6 @@ class Predictor:
         batch = np.stack([to_model_input(load_image(image, self.image_size), self.image_size) for image in images])
         probabilities = self.forward(batch)
         return [dict(zip(self.class_names, map(float, row))) for row in probabilities]
-
-    def timed_predict(self, image: ImageInput) -> tuple[dict[str, float], float]:
-        """Predict one image; also return the seconds the forward pass took."""
-        batch = to_model_input(load_image(image, self.image_size), self.image_size)[None]
-        start = time.perf_counter()
-        probabilities = self.forward(batch)[0]
-        return dict(zip(self.class_names, map(float, probabilities))), time.perf_counter() - start
 
 
 # Loaded models, keyed by model file, its mtime and the engine: a bounded, least recently used

@@ -59,11 +59,6 @@ class OnnxEngine(ManifestFacts):
     path: Path
     manifest: dict[str, Any]
     session: Any = field(repr=False)
-    _names: tuple[str, ...] = field(default=(), repr=False)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._names
 
     def run(self, batch: np.ndarray, outputs: Sequence[str] = onnx_store.OUTPUTS) -> dict[str, np.ndarray]:
         """Named outputs for a (N, S, S, 3) batch of raw RGB 0-255 (any numeric dtype)."""
@@ -148,7 +143,7 @@ def load_engine(folder: str | Path, build: bool = True) -> OnnxEngine:
     if path is None:
         path = _rebuild(folder, keras_sha, verdicts, build)
     session = make_session(path)
-    engine = OnnxEngine(path, manifest, session, tuple(o.name for o in session.get_outputs()))
+    engine = OnnxEngine(path, manifest, session)
     _check_io(engine)
     return engine
 

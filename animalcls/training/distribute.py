@@ -168,9 +168,6 @@ class Plan:
             and "chief" not in resolver.cluster_spec().as_dict()
         )
 
-    def global_batch(self, per_replica: int) -> int:
-        return per_replica * self.replicas
-
     def describe(self) -> dict[str, Any]:
         return {"strategy": self.kind, "replicas": self.replicas, "dtype_policy": self.policy}
 

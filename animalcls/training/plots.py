@@ -4,7 +4,6 @@ figures are returned, so the app can display them and checkpoints can save them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -58,11 +57,6 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
         ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=colour)
     ax.set_title(title or "Confusion matrix")
     return fig
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def checkpoint_figures(

@@ -84,7 +84,7 @@ class AnimalApp(FinetuneHandlers):
         self.examples_dir = Path(examples_dir)
         remove_stale()  # temp folders of app processes that died without cleaning up
         self.render_dir = private_folder("plots")  # plots drawn for PNG-less folders; removed at exit
-        self.cleaned = clean_leftovers([self.checkpoints_root, self.finetune_root])
+        clean_leftovers([self.checkpoints_root, self.finetune_root])
         # A store over its caps (they may have been lowered) is pruned now, not after the next fine-tune.
         self.store.prune(keep=[p for p in paths.values() if p is not None])
         # Set once TensorFlow and Keras are imported (main() imports them after the server is

@@ -293,12 +293,11 @@ class FinetuneJob:
 
 
 class FinetuneRunner:
-    """Allows one fine-tune at a time per server; keeps the last job for "Use this model"."""
+    """Allows one fine-tune at a time per server; keeps the current job for "Use this model"."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.current: FinetuneJob | None = None
-        self.last_success: FinetuneJob | None = None
 
     def start(
         self, target: Callable[[TrainHooks], Any], epochs: int, meta: dict[str, Any] | None = None
@@ -309,18 +308,9 @@ class FinetuneRunner:
                     "A fine-tune is already running on this server "
                     f"({self.current.progress().describe()}). Wait for it to finish or press Cancel."
                 )
-            job = FinetuneJob(self._wrap(target), epochs, meta)
+            job = FinetuneJob(target, epochs, meta)
             self.current = job
             return job.start()
-
-    def _wrap(self, target: Callable[[TrainHooks], Any]) -> Callable[[TrainHooks], Any]:
-        def run(hooks: TrainHooks) -> Any:
-            result = target(hooks)
-            with self._lock:
-                self.last_success = self.current
-            return result
-
-        return run
 
     def cancel(self) -> bool:
         """Ask the running fine-tune to stop after its current batch; False when none runs."""
