@@ -137,6 +137,61 @@ def shared_raw() -> Path:
     return SHARED_RAW
 
 
+# ---------------------------------------------------------------- shared by the app and fine-tune tests
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (relative POSIX path) -> its SHA-1: equal before and after means untouched."""
+    import hashlib
+
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def load_model(folder: Path):
+    from animalcls.store.checkpoints import load_checkpoint
+
+    return load_checkpoint(folder).model
+
+
+def drain(generator) -> list[tuple]:
+    return list(generator)
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Feature cache and default output root inside the test's tmp_path; no Hub. Modules that
+    fine-tune use it for every test: `pytest.mark.usefixtures("isolated_dirs")`."""
+    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    monkeypatch.setenv("ANIMALCLS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("ANIMALCLS_HUB_REPO", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def animal_app(tiny_checkpoints, tmp_path: Path):
+    """The web app's handlers over the tiny checkpoints, without a server."""
+    from animalcls.webapp.handlers import AnimalApp
+
+    return AnimalApp(
+        tiny_checkpoints["scratch"],
+        tiny_checkpoints["transfer"],
+        finetune_root=tmp_path / "finetunes",
+        use_hub=False,
+        examples_dir=tmp_path / "no-examples",
+    )
+
+
+@pytest.fixture
+def test_photo(tiny_checkpoints) -> str:
+    from animalcls.webapp.views import held_out_photos
+
+    return held_out_photos([tiny_checkpoints["transfer"]])[0]
+
+
 # ---------------------------------------------------------------- shared by the app and browser tests
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -8,13 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_checkpoint, make_image
-
-
-def load_model(folder: Path):
-    from animalcls.store.checkpoints import load_checkpoint
-
-    return load_checkpoint(folder).model
+from conftest import copy_checkpoint, load_model, make_image
 
 
 @pytest.fixture

@@ -10,30 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import folder_hashes, load_model, make_image
 from PIL import Image
 
-
-@pytest.fixture(autouse=True)
-def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Feature cache and default output root inside the test's tmp_path."""
-    monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "feature-cache"))
-    monkeypatch.setenv("ANIMALCLS_RUNS", str(tmp_path / "runs"))
-    return tmp_path
-
-
-def folder_hashes(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def load_model(folder: Path):
-    from animalcls.store.checkpoints import load_checkpoint
-
-    return load_checkpoint(folder).model
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 def test_path(folder: Path, part: str = "test") -> tuple[list[str], list[int]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_checkpoint
 
 from animalcls.serving.onnx_engine import OnnxUnavailableError, load_engine
 from animalcls.store import checkpoints, onnx_store
@@ -32,10 +33,6 @@ def assert_parity(engine, reference: dict[str, np.ndarray], batch: np.ndarray) -
     for name in ("pooled", "feature_map"):
         assert got[name].shape == reference[name].shape
         assert np.abs(got[name] - reference[name]).max() <= FEATURE_TOLERANCE, name
-
-
-def copy_checkpoint(source: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(source, tmp_path / source.name))
 
 
 def test_importing_the_engine_imports_neither_tensorflow_nor_keras():
@@ -88,7 +85,7 @@ def test_training_writes_a_fresh_serving_graph(tiny_checkpoints):
 def test_tiny_model_converts_with_three_outputs_matching_keras(tiny_checkpoints, tmp_path):
     from animalcls.serving.convert_onnx import write_onnx
 
-    folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path)
+    folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "transfer-tiny")
     path = write_onnx(folder)
     assert path == folder / onnx_store.ONNX_FILE
     sidecar = json.loads(onnx_store.sidecar_path(path).read_text())
@@ -107,7 +104,7 @@ def test_tiny_model_converts_with_three_outputs_matching_keras(tiny_checkpoints,
 def test_stale_or_corrupt_graph_is_refused_without_build_and_rebuilt_with_it(tiny_checkpoints, tmp_path):
     from animalcls.serving.convert_onnx import write_onnx
 
-    folder = copy_checkpoint(tiny_checkpoints["scratch"], tmp_path)
+    folder = copy_checkpoint(tiny_checkpoints["scratch"], tmp_path / "scratch-tiny")
     (folder / onnx_store.ONNX_FILE).unlink()
     with pytest.raises(OnnxUnavailableError, match="model.onnx is missing"):
         load_engine(folder, build=False)
@@ -132,7 +129,7 @@ def test_stale_or_corrupt_graph_is_refused_without_build_and_rebuilt_with_it(tin
 def test_engine_rejects_a_batch_of_the_wrong_shape(tiny_checkpoints, tmp_path):
     from animalcls.serving.convert_onnx import write_onnx
 
-    folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path)
+    folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "transfer-tiny")
     write_onnx(folder)
     engine = load_engine(folder, build=False)
     with pytest.raises(ValueError, match=r"\(N, 32, 32, 3\)"):

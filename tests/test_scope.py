@@ -165,15 +165,11 @@ def test_absolute_train_paths_are_refused(tmp_path: Path) -> None:
         scope.load_scope(tmp_path)
 
 
-def _copy_checkpoint(source: Path, tmp_path: Path) -> Path:
-    return copy_checkpoint(source, tmp_path / source.name)
-
-
 def test_build_scope_on_a_tiny_checkpoint(tiny_checkpoints: dict[str, Path], tmp_path: Path) -> None:
     from animalcls.data.dataset import Split
     from animalcls.trust.scope_build import build_scope
 
-    checkpoint = _copy_checkpoint(tiny_checkpoints["scratch"], tmp_path)
+    checkpoint = copy_checkpoint(tiny_checkpoints["scratch"], tmp_path / "scratch-tiny")
     split = Split.load(checkpoint / "split.json")
     root = split.locate_root(checkpoint)
     out_dir, cross_dir = tmp_path / "out", tmp_path / "cross"
