@@ -145,45 +145,23 @@ def checkpoint_stage(args: argparse.Namespace, out: Path) -> Path:
 def compare_stage(args: argparse.Namespace, out: Path, candidate: Path) -> None:
     robustness = out / "robustness.json"
     if not robustness.is_file():
-        extra = ["--cross-source", args.cross_source] if args.cross_source else []
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "robustness.py"),
-                "--data",
-                args.data,
-                "--kinds",
-                "scratch",
-                "--scratch",
-                str(candidate),
-                "--out",
-                str(robustness),
-                *extra,
-            ],
-            check=True,
-        )
+        run_robustness(args, "--kinds", "scratch", "--scratch", str(candidate), "--out", str(robustness))
     old = out / "robustness-bundled.json"
     if not old.is_file():
-        extra = ["--cross-source", args.cross_source] if args.cross_source else []
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "robustness.py"),
-                "--data",
-                args.data,
-                "--kinds",
-                "scratch",
-                "--out",
-                str(old),
-                *extra,
-            ],
-            check=True,
-        )
+        run_robustness(args, "--kinds", "scratch", "--out", str(old))
     validation = out / "validation.json"
     if not validation.is_file():
         write_json(validation, {"bundled": val_accuracies(args, BUNDLED), "new": val_accuracies(args, candidate)})
     tables = json.loads(old.read_text())["scratch"], json.loads(robustness.read_text())["scratch"]
     print(compare_table(*tables, json.loads(validation.read_text()), out))
+
+
+def run_robustness(args: argparse.Namespace, *more: str) -> None:
+    """scripts/robustness.py on --data, with `more` arguments, and --cross-source when given."""
+    extra = ["--cross-source", args.cross_source] if args.cross_source else []
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "robustness.py"), "--data", args.data, *more, *extra], check=True
+    )
 
 
 def val_accuracies(args: argparse.Namespace, folder: Path) -> dict[str, float]:
@@ -270,8 +248,7 @@ def adopt_stage(args: argparse.Namespace, out: Path, candidate: Path) -> None:
         [sys.executable, str(scripts / "build_scope.py"), str(BUNDLED), "--shared", str(shared), "--overwrite"],
         check=True,
     )
-    extra = ["--cross-source", args.cross_source] if args.cross_source else []
-    subprocess.run([sys.executable, str(scripts / "robustness.py"), "--data", args.data, *extra], check=True)
+    run_robustness(args)
     logging.info("adopted %s as %s", candidate, BUNDLED)
 
 

@@ -146,7 +146,11 @@ def _checkpoint_command(
 ) -> Any:
     """A subcommand that reads a checkpoint folder, with --data (a dataset folder) or --repo-id."""
     p = commands.add_parser(name, help=summary, description=description)
-    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT_DIR",
+        help="a checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind",
+    )
     if data_help:
         p.add_argument("--data", help=data_help)
     if hub:
@@ -174,17 +178,13 @@ def _add_evaluate(commands: Any) -> None:
 
 
 def _add_predict(commands: Any) -> None:
-    p = commands.add_parser(
+    p = _checkpoint_command(
+        commands,
         "predict",
-        help="classify images (or whole folders) with a checkpoint",
+        "classify images (or whole folders) with a checkpoint",
         description="Print the top classes and their probabilities for each image. Given a "
         "folder, or --format/--output, stream one row per image (recursively, decoding in "
         "parallel, in batches) as CSV or JSON lines; unreadable files get an error row.",
-    )
-    p.add_argument(
-        "checkpoint",
-        metavar="CHECKPOINT_DIR",
-        help="a checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind",
     )
     p.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+")
     p.add_argument("--top", type=int, help=f"how many classes to show for explicit images (default {DEFAULT_TOP})")
@@ -205,16 +205,12 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 
 def _add_explain(commands: Any) -> None:
-    p = commands.add_parser(
+    p = _checkpoint_command(
+        commands,
         "explain",
-        help="heatmaps of where a model looked, as overlay PNGs",
+        "heatmaps of where a model looked, as overlay PNGs",
         description="Grad-CAM heatmap of each image's predicted class, blended over the photo and written "
         "to --out as <image>.<checkpoint>.png (written atomically; a file of that name is replaced).",
-    )
-    p.add_argument(
-        "checkpoint",
-        metavar="CHECKPOINT_DIR",
-        help="a checkpoint folder, or 'scratch'/'transfer' for the bundled default of that kind",
     )
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--out", default="runs/explain", metavar="DIR", help="folder for the PNGs (default: runs/explain)")
@@ -286,12 +282,12 @@ def _add_push(commands: Any) -> None:
 def _add_export(commands: Any) -> None:
     from animalcls.serving.export import FORMATS
 
-    p = commands.add_parser(
+    p = _checkpoint_command(
+        commands,
         "export",
-        help="export a checkpoint as ONNX, a TF SavedModel or TFLite",
+        "export a checkpoint as ONNX, a TF SavedModel or TFLite",
         description="Write the model (raw RGB 0-255 in, preprocessing inside) with its class "
         "order and a README on how to call it into a NEW folder.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="a checkpoint folder, or 'scratch'/'transfer'")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create (must not exist)")
