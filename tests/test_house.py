@@ -171,3 +171,22 @@ def test_gitignore_lists_no_committed_file():
         check=True,
     ).stdout.split()
     assert listed == []
+
+
+def test_one_numpy_head_trainer_one_adam_and_one_backprop():
+    """Fine-tune (heads.head_fit) and teach (heads.teach_head) step the same Adam over the same
+    backprop: no other module of the package, scripts or benchmarks defines either again."""
+    places = set()
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "scripts").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            named = node.name.lower().strip("_") in ("adam", "backprop")
+            decays = node in tree.body and "0.999" in ast.unparse(node)  # Adam's second-moment decay
+            if named or decays:
+                places.add(f"{path.relative_to(REPO)}:{node.name}")
+    assert places == {"animalcls/heads/teach_head.py:Adam", "animalcls/heads/teach_head.py:backprop"}
+    for trainer in ("head_fit", "teach_head"):
+        source = (PACKAGE / "heads" / f"{trainer}.py").read_text()
+        assert "backprop(" in source and ".step(" in source, trainer
