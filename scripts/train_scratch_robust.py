@@ -51,6 +51,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--warmup-epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42, help="the batches' permutations and augmentations")
+    parser.add_argument(
+        "--init-weights",
+        help="continue from this run's best.weights.h5 (an earlier run of this recipe) with a new cosine cycle",
+    )
     parser.add_argument("--limit", type=int, help="only the first N train and val photos (a dry run)")
     parser.add_argument(
         "--stages", nargs="+", default=["train", "checkpoint", "compare"], choices=["train", "checkpoint", "compare"]
@@ -63,6 +69,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(f"--data {args.data} is not a folder")
     if not Path(args.split).is_file():
         parser.error(f"--split {args.split} is not a file")
+    if args.init_weights and not Path(args.init_weights).is_file():
+        parser.error(f"--init-weights {args.init_weights} is not a file")
     return args
 
 
@@ -81,7 +89,13 @@ def train_stage(args: argparse.Namespace, out: Path) -> None:
         train_paths, train_labels = train_paths[: args.limit], train_labels[: args.limit]
         val_paths, val_labels = val_paths[: args.limit], val_labels[: args.limit]
     config = RunConfig(
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_epochs=args.warmup_epochs,
+        seed=args.seed,
+        init=args.init_weights,
     )
     (out / "config.json").write_text(
         json.dumps({**config.__dict__, "augment": config.batch_augment().to_json()}, indent=1)
@@ -104,7 +118,9 @@ def train_stage(args: argparse.Namespace, out: Path) -> None:
                 "fit_seconds": round(total, 1),
                 "train_images_per_second": round(result.images_per_second, 1),
                 "best_epoch": result.best_epoch,
-                "init": None,
+                "init": f"{Path(args.init_weights).parent.name} (an earlier run of this recipe)"
+                if args.init_weights
+                else None,
                 "pack": None,
             },
             indent=1,

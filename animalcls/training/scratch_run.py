@@ -59,6 +59,9 @@ class RunConfig:
     bn_momentum: float = 0.9
     seed: int = 42
     augment: dict[str, Any] = field(default_factory=dict)  # BatchAugment overrides
+    # Weights of an earlier run of this recipe to continue from (a second cosine cycle); never
+    # pretrained ones: that would erase what the scratch model is there to show.
+    init: str | None = None
 
     def batch_augment(self) -> BatchAugment:
         return BatchAugment(self.image_size, **self.augment)
@@ -122,6 +125,8 @@ def run(
     model = models.build_scratch(config.backbone, num_classes, config.image_size, config.dropout, config.bn_momentum)
     train_config = config.train_config()
     compile_model(model, train_config)
+    if config.init and start_epoch == 0:  # a resumed call gets its weights from the backup
+        model.load_weights(config.init)
     history = _history_so_far(out, start_epoch)
     selector = EpochSelector(val_views(val_photos, config.image_size), np.asarray(val_labels), out, history)
     callbacks = [
