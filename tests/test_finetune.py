@@ -132,7 +132,8 @@ def test_finetune_writes_a_new_checkpoint_and_leaves_the_source_alone(tiny_check
     checkpoint = load_checkpoint(out)
     manifest = checkpoint.manifest
     assert manifest["name"] == "ft" and manifest["kind"] == "transfer"
-    assert manifest["finetuned_from"] == {"name": source.name}  # no absolute path recorded
+    # no absolute path recorded: the source by name, and the chain of names it came from
+    assert manifest["finetuned_from"] == {"name": source.name, "lineage": [source.name]}
     training = manifest["training"]
     assert training["method"] == "cached-features" and training["epochs"] == 2 and not training["cancelled"]
     assert training["feature_cache"]["misses"] == 35 * 2 + 5 + 10 and training["feature_cache"]["hits"] == 0
