@@ -76,7 +76,9 @@ def figures(kind: str, folder: Path, robustness: dict, few_shot: dict | None, re
         "cross_source_accuracy": (robustness.get(kind, {}).get("cross_source") or {}).get("accuracy"),
         **{f"{key}_accuracy": degraded.get(name) for key, name in DEGRADATIONS.items()},
         "few_shot": (few_shot or {}).get("curve", {}).get(kind),
-        "training_seconds": manifest["training"].get("seconds"),
+        # A frozen-base run first extracts its features once: that is part of what it cost.
+        "training_seconds": manifest["training"].get("seconds", 0)
+        + (manifest["training"].get("where") or {}).get("feature_seconds", 0),
         "training_photos": manifest["dataset"]["sizes"]["train"],
         "imagenet_start": manifest["kind"] == "transfer",
         "trainable_parameters": trainable,

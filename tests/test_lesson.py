@@ -44,14 +44,14 @@ LESSON = {
 
 def test_photos_to_learn_is_the_fewest_that_reach_three_in_four():
     assert photos_to_learn(LESSON["transfer"]["few_shot"]) == "5 photos"
-    assert photos_to_learn(LESSON["scratch"]["few_shot"]) == "more than 20 (at best 36 %)"
+    assert photos_to_learn(LESSON["scratch"]["few_shot"]) == "more than 20 (at best 36.0 %)"
     assert photos_to_learn(None) == "–"
 
 
 def test_the_markdown_names_both_models_in_plain_words():
     text = lesson_markdown(LESSON)
     assert "Trained from scratch" in text and "Transfer learning (ImageNet)" in text
-    assert "| Photos of the same animals from other sources | 63 % | 100 % |" in text
+    assert "| Photos of the same animals from other sources | 63.2 % | 100.0 % |" in text
     assert "| Training time on 2 CPU cores | 38 min | 3 min |" in text
     assert "3.40 million" in text and "660 thousand" in text
     assert "scope" not in text.lower() and "pooled" not in text.lower()

@@ -32,7 +32,7 @@ def load_lesson(checkpoints_dir: Path) -> dict[str, Any] | None:
 
 
 def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.0f} %"
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def photos_to_learn(curve: dict[str, dict[str, float]] | None) -> str:
