@@ -70,3 +70,30 @@ def test_the_chart_has_a_bar_per_model_and_accuracy():
     bars = figure.axes[0].patches
     assert len(bars) == 10
     assert round(bars[1].get_height()) == 63 and round(bars[6].get_height()) == 100
+
+
+def test_the_lesson_is_shown_only_for_the_pair_it_was_measured_on(tmp_path):
+    import shutil
+
+    from animalcls.core.settings import BUNDLED_DIR
+    from animalcls.store.checkpoints import default_pair
+    from animalcls.webapp.lesson import lesson_for
+
+    pair = default_pair()
+    lesson = lesson_for(pair, BUNDLED_DIR)
+    assert lesson is not None and lesson["transfer"]["name"] == pair["transfer"].name
+    other = tmp_path / pair["scratch"].name  # same name, another model
+    other.mkdir()
+    evaluation = json.loads((pair["scratch"] / "eval.json").read_text())
+    (other / "eval.json").write_text(json.dumps({**evaluation, "accuracy": 0.5}))
+    assert lesson_for({**pair, "scratch": other}, BUNDLED_DIR) is None
+    assert lesson_for({**pair, "scratch": None}, BUNDLED_DIR) is None
+    shutil.rmtree(other)
+
+
+def test_the_training_tab_opens_with_the_lesson(tmp_path):
+    import app
+
+    demo = app.build_demo(use_hub=False, finetune_root=tmp_path / "ft")
+    texts = [c.get("props", {}).get("value") for c in demo.config["components"]]
+    assert any(isinstance(t, str) and t.startswith("### What transfer learning buys") for t in texts)

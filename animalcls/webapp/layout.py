@@ -12,10 +12,12 @@ from typing import Any
 
 import gradio as gr
 
+from animalcls.core.settings import BUNDLED_DIR
 from animalcls.store.checkpoints import KINDS
 from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp.handlers import AnimalApp
 from animalcls.webapp.inputs import CheckedNumber, UploadedImage
+from animalcls.webapp.lesson import lesson_figure, lesson_for, lesson_markdown
 from animalcls.webapp.sessions import new_session
 from animalcls.webapp.teach_session import TeachLimits
 from animalcls.webapp.teach_tab import API_NAMES as TEACH_API_NAMES
@@ -111,6 +113,7 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
             with gr.Tab("Classify", id="classify", elem_id="tab-classify"):
                 classify_parts = _classify_tab(handlers, session)
             with gr.Tab("Training", id="training", elem_id="tab-training"):
+                _lesson_section(lesson_for(handlers.registry.paths(), BUNDLED_DIR))
                 training_parts = _training_tab()
                 build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
@@ -249,6 +252,17 @@ def _caption_groups(photos: list[str]) -> list[str]:
         answer = example_caption(photo).split(" (")[0]
         counts[answer] = counts.get(answer, 0) + 1
     return [f"{n} {answer}" for answer, n in counts.items()]
+
+
+def _lesson_section(lesson: dict[str, Any] | None) -> None:
+    """What transfer learning buys, at the top of the Training tab (bundled pair only)."""
+    if lesson is None:
+        return
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=320):
+            gr.Markdown(lesson_markdown(lesson), elem_id="lesson")
+        with gr.Column(scale=2, min_width=320):
+            gr.Plot(lesson_figure(lesson), show_label=False, format="png", elem_id="lesson-chart")
 
 
 def _training_tab() -> list[Any]:

@@ -31,6 +31,23 @@ def load_lesson(checkpoints_dir: Path) -> dict[str, Any] | None:
     return lesson if all(isinstance(lesson.get(kind), dict) for kind in KINDS) else None
 
 
+def lesson_for(served: dict[str, Path | None], checkpoints_dir: Path) -> dict[str, Any] | None:
+    """The lesson when the app serves the very pair it was measured on (same names and test
+    accuracy), else None: figures of other models would mislead."""
+    lesson = load_lesson(checkpoints_dir)
+    if lesson is None:
+        return None
+    for kind in KINDS:
+        folder = served.get(kind)
+        try:
+            accuracy = json.loads((Path(folder) / "eval.json").read_text())["accuracy"] if folder else None
+        except (OSError, ValueError, KeyError):
+            return None
+        if folder is None or Path(folder).name != lesson[kind]["name"] or accuracy != lesson[kind]["test_accuracy"]:
+            return None
+    return lesson
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
