@@ -144,5 +144,5 @@ def lesson_figure(lesson: dict[str, Any] | None) -> Any:
     axes.set_xticks(range(len(labels)), labels)
     axes.set_ylabel("photos recognised (%)")
     axes.set_ylim(0, 100)
-    axes.legend(loc="lower left", fontsize="small")
+    figure.legend(loc="outside upper center", ncol=2, fontsize="small", frameon=False)
     return figure
