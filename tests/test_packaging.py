@@ -42,3 +42,15 @@ def test_the_console_script_is_the_cli_and_answers_help_without_tensorflow():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "usage:" in run.stdout and run.stdout.strip().endswith("no TF 0")
+
+
+def test_the_public_api_is_lazy_and_every_name_resolves():
+    code = (
+        "import sys, animalcls\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')], 'eager import'\n"
+        "missing = [n for n in animalcls.__all__ if getattr(animalcls, n, None) is None]\n"
+        "print('missing', missing)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "missing []"
