@@ -112,7 +112,7 @@ def run(
     """Train (or resume) into `out`: backup/, history.json, best.weights.h5 and best.json.
     `extra_callbacks` run last, after the epoch's backup is written."""
     from animalcls.models import builders as models
-    from animalcls.training.train import CosineWarmup, compile_model
+    from animalcls.training.train import CosineWarmup, HistoryRecorder, compile_model
 
     out.mkdir(parents=True, exist_ok=True)
     start_epoch = finished_epochs(out)
@@ -128,13 +128,15 @@ def run(
     if config.init and start_epoch == 0:  # a resumed call gets its weights from the backup
         model.load_weights(config.init)
     history = _history_so_far(out, start_epoch)
+    recorder = HistoryRecorder(out / HISTORY_FILE, _log_epochs(on_epoch))
+    recorder.history = history  # a resumed run appends to the epochs it kept
     selector = EpochSelector(val_views(val_photos, config.image_size), np.asarray(val_labels), out, history)
     callbacks = [
         selector,  # first: adds the degraded validation accuracies to the logs the others see
         CosineWarmup(config.learning_rate, config.epochs, config.warmup_epochs),
         # History before backup: a crash between the two leaves a longer history, which the
         # next call cuts to the backed-up epochs.
-        _HistoryWriter(out / HISTORY_FILE, history, on_epoch),
+        recorder,
         keras.callbacks.BackupAndRestore(str(out / BACKUP_DIR), delete_checkpoint=False),
         *extra_callbacks,
     ]
@@ -212,24 +214,13 @@ class EpochSelector(keras.callbacks.Callback):
             write_json(self.out / BEST_FILE, self.best)
 
 
-class _HistoryWriter(keras.callbacks.Callback):
-    """Appends each epoch's logs (and its seconds and learning rate) to history.json."""
+def _log_epochs(on_epoch: Callable[[int, dict[str, float]], None] | None) -> Callable[[int, dict], None]:
+    """HistoryRecorder's epoch hook: one log line per epoch, then the caller's hook with that row."""
 
-    def __init__(self, path: Path, history: dict, on_epoch: Callable[[int, dict[str, float]], None] | None) -> None:
-        super().__init__()
-        self.path, self.history, self.on_epoch = path, history, on_epoch
-        self._began = 0.0
+    def hook(epoch: int, history: dict[str, list[float]]) -> None:
+        row = {key: values[-1] for key, values in history.items()}
+        log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 4) for k, v in row.items()}))
+        if on_epoch:
+            on_epoch(epoch, row)
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._began = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        row = {k: float(v) for k, v in (logs or {}).items()}
-        row["epoch_seconds"] = time.perf_counter() - self._began
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        for key, value in row.items():
-            self.history.setdefault(key, []).append(value)
-        write_json(self.path, self.history)
-        if self.on_epoch:
-            self.on_epoch(epoch + 1, row)
-        log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in row.items()}))
+    return hook

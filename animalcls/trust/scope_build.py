@@ -265,7 +265,6 @@ def build_scope(
     `extract` replaces `extract_arrays` (same arguments), e.g. to reuse arrays already computed.
     """
     from animalcls.core.errors import DataError
-    from animalcls.data.dataset import Split
     from animalcls.store.checkpoints import MODEL_FILE, SPLIT_FILE, load_checkpoint, now_iso
 
     folder = Path(checkpoint)
@@ -273,12 +272,7 @@ def build_scope(
         raise scope.ScopeError(f"{folder} already has {scope.SCOPE_JSON}; pass overwrite=True to rebuild it.")
     if not (folder / SPLIT_FILE).is_file():
         raise DataError(f"{folder} records no {SPLIT_FILE}: the detector needs the training split's photos.")
-    split = Split.load(folder / SPLIT_FILE)
-    root = split.locate_root(folder)
-    if root is None:
-        raise DataError(
-            f"The dataset of {folder} is not on this machine (looked for {split.root_relative or split.root})."
-        )
+    split, root = split_and_root(folder)
     loaded = load_checkpoint(folder)
     parts = {
         "train": split.paths("train", root)[0],
@@ -378,18 +372,11 @@ class ScopePredictor:
 def add_test_features(folder: str | Path, batch_size: int = 32) -> int:
     """Store the test split's pooled features in `folder`'s scope.npz (the detector is kept), so
     teaching can score the original classes without their photos. Returns how many."""
-    from animalcls.core.errors import DataError
-    from animalcls.data.dataset import Split
-    from animalcls.store.checkpoints import SPLIT_FILE, load_checkpoint
+    from animalcls.store.checkpoints import load_checkpoint
 
     folder = Path(folder)
     detector = scope.load_scope(folder)
-    split = Split.load(folder / SPLIT_FILE)
-    root = split.locate_root(folder)
-    if root is None:
-        raise DataError(
-            f"The dataset of {folder} is not on this machine (looked for {split.root_relative or split.root})."
-        )
+    split, root = split_and_root(folder)
     loaded = load_checkpoint(folder)
     paths, labels = split.paths("test", root)
     both = arrays_model(loaded.model)  # (probabilities, pooled), as for the stored train features
@@ -399,3 +386,18 @@ def add_test_features(folder: str | Path, batch_size: int = 32) -> int:
     detector.test_files = [rel for rel, _ in split.test]
     scope.save_scope(folder, detector)
     return len(paths)
+
+
+def split_and_root(folder: Path) -> tuple[Any, Path]:
+    """The checkpoint's recorded split and where its photos are on this machine (DataError if absent)."""
+    from animalcls.core.errors import DataError
+    from animalcls.data.dataset import Split
+    from animalcls.store.checkpoints import SPLIT_FILE
+
+    split = Split.load(folder / SPLIT_FILE)
+    root = split.locate_root(folder)
+    if root is None:
+        raise DataError(
+            f"The dataset of {folder} is not on this machine (looked for {split.root_relative or split.root})."
+        )
+    return split, root
