@@ -133,7 +133,7 @@ def test_classify_heatmap_toggle(scoped, photos, tmp_path) -> None:
     on = handlers.classify(photos["red"], True)
     assert on[1] == off[1] and on[3] == off[3]  # the same answers
     for kind, update in zip(("scratch", "transfer"), on[7:]):
-        assert update["visible"] is True and kind in update["label"]
+        assert update["visible"] is True and kind in update["label"].lower()
         with Image.open(update["value"]) as overlay:
             assert overlay.size == (24, 24)  # the photo's size: the overlay is blended over it
     assert on[7]["value"] != on[8]["value"]
@@ -148,7 +148,8 @@ def test_classify_banner_and_api_verdict_on_an_out_of_scope_photo(scoped, photos
     assert "may show none of the five animals" in banner and "cat, spider, butterfly, elephant, chicken" in banner
     assert verdict["out_of_scope"] is True
     assert verdict["transfer"]["out_of_scope"] is True and set(verdict["transfer"]["probabilities"]) == set(FIVE)
-    assert "Not to be trusted" in out[2] and out[3]  # the probabilities are still shown, marked
+    assert "side-flagged" in out[2] and out[3]  # the probabilities are still shown, marked (and dimmed)
+    assert "scope score" not in banner and "<details>" in banner  # the scores behind a toggle
     assert "five animals: cat, spider, butterfly, elephant, chicken" in handlers.known_classes()
 
 
@@ -230,7 +231,7 @@ def test_bundled_app_banner_on_noise_and_a_dog_not_on_a_cat(tmp_path) -> None:
     ):
         out = handlers.classify(str(photo), False)
         assert bool(out[5]) is flagged and out[6]["out_of_scope"] is flagged, photo
-        assert ("Not to be trusted" in out[0]) is flagged and out[1]  # probabilities still shown
+        assert ("side-flagged" in out[0]) is flagged and out[1]  # probabilities still shown, dimmed
 
 
 # ------------------------------------------------------------------------------ browser

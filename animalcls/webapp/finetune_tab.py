@@ -17,7 +17,9 @@ from animalcls.core import errors
 from animalcls.core.errors import AnimalclsError
 from animalcls.core.settings import finetune_folder
 from animalcls.store.checkpoints import read_manifest
+from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp import views
+from animalcls.webapp.inputs import CheckedNumber
 from animalcls.webapp.sessions import session_of
 from animalcls.webapp.state import BusyError, JobProgress
 
@@ -267,3 +269,99 @@ def _cancelled_status(error: BaseException) -> str:
             "The features computed so far stay cached, so the next run starts faster."
         )
     return "**Cancelled** before the first epoch finished: nothing was saved."
+
+
+# ------------------------------------------------------------------------ layout
+
+
+def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image]:
+    """A column with a model's test-split report table and confusion matrix."""
+    with gr.Column():
+        gr.Markdown(f"### {title}")
+        report = gr.Dataframe(
+            headers=REPORT_HEADERS,
+            label="Classification report (test split)",
+            interactive=False,
+            elem_id=f"{elem_prefix}-report",
+        )
+        confusion = gr.Image(
+            type="filepath",
+            label="Confusion matrix",
+            show_label=False,
+            interactive=False,
+            elem_id=f"{elem_prefix}-confusion",
+            buttons=["download", "fullscreen"],
+        )
+    return report, confusion
+
+
+def build_finetune_section(
+    handlers: Any, session: gr.State, classify_parts: dict[str, Any], training_parts: list[Any]
+) -> None:
+    gr.Markdown(handlers.finetune_intro(), elem_id="ft-intro")
+    with gr.Row():
+        epochs = CheckedNumber(
+            value=min(3, handlers.max_epochs),
+            label=f"Epochs (1-{handlers.max_epochs})",
+            minimum=1,
+            maximum=handlers.max_epochs,
+            precision=0,
+            elem_id="ft-epochs",
+        )
+        rate = CheckedNumber(value=1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
+        unfreeze = CheckedNumber(
+            value=0,
+            label=f"Unfreeze the top N backbone layers (0 = head only; at most {handlers.max_unfreeze} here)",
+            minimum=0,
+            maximum=handlers.max_unfreeze,
+            precision=0,
+            interactive=handlers.max_unfreeze > 0,
+            elem_id="ft-unfreeze",
+        )
+    with gr.Row():
+        run = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+        use = gr.Button("Use this model", interactive=False, elem_id="ft-use")
+        restore = gr.Button("Restore original models", elem_id="ft-restore")
+    status = gr.Markdown("Not running.", elem_id="ft-status")
+    # The result this visitor is looking at: "Use this model" names it explicitly.
+    result = gr.Textbox(label="Your fine-tuned model", interactive=False, elem_id="ft-result")
+    # gr.Progress draws its bar over this strip, so it never hides the status text or the curves.
+    bar = gr.HTML("", elem_id="ft-progress", min_height=72, padding=False)
+    curves = gr.Plot(label="Training vs validation (updates after every epoch)", format="png", elem_id="ft-curves")
+    with gr.Row(equal_height=False):
+        start_report, start_confusion = _report_column("Starting model", "ft-start")
+        new_report, new_confusion = _report_column("Fine-tuned model", "ft-new")
+    # concurrency_limit=1: one fine-tune per server; Gradio's queue shows the others their place.
+    run.click(
+        handlers.finetune,
+        [epochs, rate, unfreeze, session],
+        [status, curves, start_report, start_confusion, new_report, new_confusion, result, use, session],
+        api_name="finetune",
+        concurrency_id="finetune",
+        concurrency_limit=1,
+        show_progress_on=[bar],
+    )
+    cancel.click(
+        handlers.cancel_finetune,
+        None,
+        status,
+        api_name="cancel_finetune",
+        concurrency_limit=None,
+        show_progress="hidden",
+    )
+    views_out = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
+    use.click(
+        handlers.use_model,
+        [result, session],
+        [status, *views_out, session],
+        api_name="use_model",
+        concurrency_limit=None,
+    ).success(api_name="classify_after_use", api_visibility="undocumented", **classify_parts["refresh"])
+    restore.click(
+        handlers.restore_models,
+        session,
+        [status, *views_out, session],
+        api_name="restore_models",
+        concurrency_limit=None,
+    ).success(api_name="classify_after_restore", api_visibility="undocumented", **classify_parts["refresh"])

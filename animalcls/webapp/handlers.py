@@ -29,11 +29,10 @@ from animalcls.webapp.trust_view import (
     answer_sides,
     cleared_trust_outputs,
     known_classes_markdown,
+    scope_thresholds,
     trust_outputs,
     untrusted_note,
 )
-
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 
 def image_error(message: str) -> gr.Error:
@@ -60,7 +59,7 @@ class AnimalApp(FinetuneHandlers):
         finetune_root: str | Path | None = None,
         use_hub: bool = True,
         hub_repo: str | None = None,
-        examples_dir: str | Path = EXAMPLES_DIR,
+        examples_dir: str | Path = views.EXAMPLES_DIR,
         limits: StoreLimits | None = None,
         max_epochs: int = 20,
         max_unfreeze: int = 0,
@@ -139,11 +138,20 @@ class AnimalApp(FinetuneHandlers):
                 header += "\n\n" + views.timing_line(answer.seconds) + untrusted_note(answer)
             results[kind] = (answer.probabilities, answer.seconds) if answer else None
             outputs += [header, dict(top_k(answer.probabilities, 5)) if answer else None]
-        extras = trust_outputs(answers, picture, bool(show_heatmaps), self.images, self.class_names(sides))
-        comparison = views.comparison_markdown(results)
-        if extras[0] and comparison:
-            comparison = "*Not to be trusted (see the warning above):* " + comparison
-        return (*outputs, comparison, *extras)
+        limits = scope_thresholds({kind: folder for kind, (folder, _) in sides.items() if folder})
+        extras = trust_outputs(answers, picture, bool(show_heatmaps), self.images, self.class_names(sides), limits)
+        # Under a warning the page dims the comparison (PAGE_CSS): it is not repeated here.
+        return (*outputs, views.comparison_markdown(results), *extras)
+
+    @staticmethod
+    def validate_photo(image: str | None, show_heatmaps: bool = False, session: Any = None) -> list[dict[str, Any]]:
+        """The Classify button's validator: without a photo, one message by the photo input
+        instead of an error on every output (classify itself still refuses, for API callers)."""
+        return [
+            gr.validate(bool(image), "Upload a photo first (or click an example below)."),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+        ]
 
     def classify_new(self, image: str | None, show_heatmaps: bool = False, session: Any = None) -> tuple[Any, ...]:
         """The photo input, then classify's outputs, after an upload (or a model swap): the

@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 from gradio.data_classes import ImageData
@@ -133,3 +134,22 @@ class CheckedNumber(gr.Number):
 
 def _bad_number(message: str) -> gr.Error:
     return gr.Error(message, title="Bad settings", print_exception=False)
+
+
+def checked_examples(examples: gr.Examples) -> gr.Examples:
+    """An example gallery whose load endpoint answers an index it does not have with a message."""
+    dataset = examples.dataset
+    original = dataset.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        count = len(dataset.raw_samples)
+        if payload is not None and (type(payload) is not int or not 0 <= payload < count):
+            raise gr.Error(
+                f"No example {str(payload)[:40]!r}: choose a whole number from 0 to {count - 1}.",
+                title="No such example",
+                print_exception=False,
+            )
+        return original(payload)
+
+    dataset.preprocess = preprocess  # type: ignore[method-assign]
+    return examples

@@ -15,15 +15,16 @@ import gradio as gr
 from animalcls.core.settings import BUNDLED_DIR
 from animalcls.store.checkpoints import KINDS
 from animalcls.training.reports import REPORT_HEADERS
+from animalcls.webapp import views
+from animalcls.webapp.finetune_tab import build_finetune_section
 from animalcls.webapp.handlers import AnimalApp
-from animalcls.webapp.inputs import CheckedNumber, UploadedImage
+from animalcls.webapp.inputs import UploadedImage, checked_examples
 from animalcls.webapp.lesson import lesson_figure, lesson_for, lesson_markdown
 from animalcls.webapp.sessions import new_session
 from animalcls.webapp.teach_session import TeachLimits
 from animalcls.webapp.teach_tab import API_NAMES as TEACH_API_NAMES
 from animalcls.webapp.teach_tab import build_teach_section
 from animalcls.webapp.trust_view import build_cells_section
-from animalcls.webapp.views import example_caption
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # Gradio's (frequency, age) in seconds: every 15 minutes, uploads and outputs older than an hour
@@ -53,48 +54,21 @@ API_NAMES = (
     "cell_photos_transfer",
     "disagreements",
     "end_session",  # private: the page closing (demo.unload)
+    "show_answers",  # private, in the page only: scrolls to where the answers appear (below)
+    "show_user_answers",
+    "show_test_answers",
     *TEACH_API_NAMES,
 )
 
-
-def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image]:
-    """A column with a model's test-split report table and confusion matrix."""
-    with gr.Column():
-        gr.Markdown(f"### {title}")
-        report = gr.Dataframe(
-            headers=REPORT_HEADERS,
-            label="Classification report (test split)",
-            interactive=False,
-            elem_id=f"{elem_prefix}-report",
-        )
-        confusion = gr.Image(
-            type="filepath",
-            label="Confusion matrix",
-            show_label=False,
-            interactive=False,
-            elem_id=f"{elem_prefix}-confusion",
-            buttons=["download", "fullscreen"],
-        )
-    return report, confusion
-
-
-def checked_examples(examples: gr.Examples) -> gr.Examples:
-    """An example gallery whose load endpoint answers an index it does not have with a message."""
-    dataset = examples.dataset
-    original = dataset.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        count = len(dataset.raw_samples)
-        if payload is not None and (type(payload) is not int or not 0 <= payload < count):
-            raise gr.Error(
-                f"No example {str(payload)[:40]!r}: choose a whole number from 0 to {count - 1}.",
-                title="No such example",
-                print_exception=False,
-            )
-        return original(payload)
-
-    dataset.preprocess = preprocess  # type: ignore[method-assign]
-    return examples
+# Where the eye should be when the answers come: the top of the answers (the one warning goes
+# there). On a phone they sit below the photo and the examples; Gradio 6.31's scroll_to_output
+# does not scroll (its status tracker never receives the flag), so the page does it at the click.
+SCROLL_TO_ANSWERS_JS = """() => {
+    const top = document.querySelector('#scope-banner')?.getBoundingClientRect().top;
+    if (top !== undefined && (top < 0 || top > window.innerHeight * 0.6)) {
+        window.scrollTo({top: top + window.scrollY - 12, behavior: 'smooth'});
+    }
+}"""
 
 
 def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -> gr.Blocks:
@@ -103,7 +77,10 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
         # This visitor's model choices and fine-tunes (animalcls.webapp.sessions): per browser
         # session or gradio_client Client, never shared.
         session = gr.State(new_session(), delete_callback=handlers.forget_session)
-        gr.Markdown(f"# {TITLE}")
+        gr.Markdown(f"# {TITLE}", elem_id="title")
+        gr.Markdown(views.intro_markdown(handlers.registry.paths().values()), elem_id="intro")
+        with gr.Accordion("How to read this", open=False, elem_id="how-to-read"):
+            gr.Markdown(views.HOW_TO_READ)
         gr.Markdown(
             "\n\n".join(f"**Note:** {html.escape(n)}" for n in handlers.notices),
             visible=bool(handlers.notices),
@@ -117,7 +94,7 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
                 training_parts = _training_tab()
                 build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
-                _finetune_tab(handlers, session, classify_parts, training_parts)
+                build_finetune_section(handlers, session, classify_parts, training_parts)
                 teach_panel = build_teach_section(handlers, teach_limits)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
         demo.load(
@@ -144,30 +121,39 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
                 sources=["upload", "webcam", "clipboard"],
                 type="filepath",
                 image_mode=None,
-                label="Photo (JPEG, PNG, GIF, BMP, WebP, TIFF; up to 50 MB)",
+                label="Your photo",
                 elem_id="classify-image",
                 height=320,
             )
             button = gr.Button("Classify", variant="primary", elem_id="classify-button")
             show_heatmaps = gr.Checkbox(
-                False, label="Show where each model looked (Grad-CAM heatmaps)", elem_id="heatmap-toggle"
+                False, label="Show where each model looked (heatmaps)", elem_id="heatmap-toggle"
             )
         with gr.Column(scale=3):
-            banner = gr.Markdown(elem_id="scope-banner")
+            banner = gr.Markdown(elem_id="scope-banner")  # the one warning, where the answers appear
             with gr.Row(equal_height=False):
                 for kind in KINDS:
-                    with gr.Column(min_width=240):
+                    with gr.Column(min_width=240, elem_classes=["result-side"]):
                         info[kind] = gr.Markdown(handlers.header(kind), elem_id=f"info-{kind}")
                         labels[kind] = gr.Label(
-                            num_top_classes=5, label=f"{kind} model: top 5", elem_id=f"label-{kind}"
+                            num_top_classes=5,
+                            label=f"{views.side_title(kind)}: how sure",
+                            show_label=False,
+                            elem_id=f"label-{kind}",
+                            elem_classes=["result-label"],
                         )
-                        heatmaps[kind] = gr.Image(
-                            type="filepath",
-                            visible=False,
-                            interactive=False,
-                            elem_id=f"heatmap-{kind}",
-                            buttons=["fullscreen"],
-                        )
+            # Their own row, so the two pictures line up whatever the headers above them say.
+            with gr.Row(equal_height=True):
+                for kind in KINDS:
+                    heatmaps[kind] = gr.Image(
+                        type="filepath",
+                        visible=False,
+                        interactive=False,
+                        elem_id=f"heatmap-{kind}",
+                        elem_classes=["heatmap"],
+                        buttons=["fullscreen"],
+                        min_width=200,
+                    )
             verdict = gr.Markdown(elem_id="verdict")
             scope_verdict = gr.JSON(visible=False, label="none-of-the-five verdict", elem_id="scope-verdict")
     outputs = [
@@ -190,7 +176,11 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
     )
     # After an upload, a model swap or the heatmap toggle: the photo (cleared when unusable) and its results, or none.
     refresh = {**events, "fn": handlers.classify_new, "outputs": [image, *outputs]}
-    button.click(api_name="classify", **events)
+    # A missing photo is one message by the photo (the validator), not an error on every output.
+    # The page scrolls to the answers (and the warning above them) when they come: on a phone
+    # they are below the photo and the examples.
+    button.click(api_name="classify", validator=handlers.validate_photo, **events)
+    button.click(None, js=SCROLL_TO_ANSWERS_JS, api_name="show_answers", api_visibility="private")
     # Turning the heatmaps on or off answers the photo on the page again.
     show_heatmaps.change(api_name="reclassify_heatmaps", api_visibility="undocumented", **refresh)
     # A new photo first clears the previous answer (so an error never sits above stale
@@ -207,17 +197,12 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
     ).then(api_name="classify_upload", api_visibility="undocumented", **refresh)
     test_photos, user_photos = handlers.example_photos()
     galleries = (
-        (test_photos, "test", "Photos from the test split of the models' dataset (never used in training)", None),
-        # Thumbnails, not text captions (Gradio shows one or the other); the file names sort the
-        # "none-*" photos last, as the label says.
-        (
-            user_photos,
-            "user",
-            "Example photos (freely licensed, see examples/CREDITS.md): " + ", ".join(_caption_groups(user_photos)),
-            None,
-        ),
+        # The shipped photos first: on a Space (no dataset) they are the only ones. Thumbnails,
+        # captioned by the page's style (views.page_css) from their file names.
+        (user_photos, "user", "Examples: click one (freely licensed photos, credited in the app's files)"),
+        (test_photos, "test", "Photos from the test split of the models' dataset (never used in training)"),
     )
-    for photos, name, label, captions in galleries:
+    for photos, name, label in galleries:
         if photos:
             examples = checked_examples(
                 gr.Examples(
@@ -229,11 +214,13 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
                     api_name=f"load_{name}_example",
                     api_visibility="undocumented",
                     elem_id=f"examples-{name}",
-                    example_labels=captions,
                 )
             )
             # Clicking a photo loads it, then classifies it (in the same concurrency group).
             examples.load_input_event.then(api_name=f"classify_{name}_example", api_visibility="undocumented", **events)
+            examples.dataset.click(
+                None, js=SCROLL_TO_ANSWERS_JS, api_name=f"show_{name}_answers", api_visibility="private"
+            )
     return {
         "image": image,
         "info": info,
@@ -243,15 +230,6 @@ def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:
         "heatmaps": heatmaps,
         "refresh": refresh,
     }
-
-
-def _caption_groups(photos: list[str]) -> list[str]:
-    """ "2 cats", "3 none of the five"... in file-name order, for the examples' label."""
-    counts: dict[str, int] = {}
-    for photo in photos:
-        answer = example_caption(photo).split(" (")[0]
-        counts[answer] = counts.get(answer, 0) + 1
-    return [f"{n} {answer}" for answer, n in counts.items()]
 
 
 def _lesson_section(lesson: dict[str, Any] | None) -> None:
@@ -303,75 +281,3 @@ def _training_tab() -> list[Any]:
                 )
                 parts[kind] = [facts, history, confusion, report]
     return [*parts["scratch"], *parts["transfer"]]
-
-
-def _finetune_tab(
-    handlers: AnimalApp, session: gr.State, classify_parts: dict[str, Any], training_parts: list[Any]
-) -> None:
-    gr.Markdown(handlers.finetune_intro(), elem_id="ft-intro")
-    with gr.Row():
-        epochs = CheckedNumber(
-            value=min(3, handlers.max_epochs),
-            label=f"Epochs (1-{handlers.max_epochs})",
-            minimum=1,
-            maximum=handlers.max_epochs,
-            precision=0,
-            elem_id="ft-epochs",
-        )
-        rate = CheckedNumber(value=1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
-        unfreeze = CheckedNumber(
-            value=0,
-            label=f"Unfreeze the top N backbone layers (0 = head only; at most {handlers.max_unfreeze} here)",
-            minimum=0,
-            maximum=handlers.max_unfreeze,
-            precision=0,
-            interactive=handlers.max_unfreeze > 0,
-            elem_id="ft-unfreeze",
-        )
-    with gr.Row():
-        run = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
-        cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
-        use = gr.Button("Use this model", interactive=False, elem_id="ft-use")
-        restore = gr.Button("Restore original models", elem_id="ft-restore")
-    status = gr.Markdown("Not running.", elem_id="ft-status")
-    # The result this visitor is looking at: "Use this model" names it explicitly.
-    result = gr.Textbox(label="Your fine-tuned model", interactive=False, elem_id="ft-result")
-    # gr.Progress draws its bar over this strip, so it never hides the status text or the curves.
-    bar = gr.HTML("", elem_id="ft-progress", min_height=72, padding=False)
-    curves = gr.Plot(label="Training vs validation (updates after every epoch)", format="png", elem_id="ft-curves")
-    with gr.Row(equal_height=False):
-        start_report, start_confusion = _report_column("Starting model", "ft-start")
-        new_report, new_confusion = _report_column("Fine-tuned model", "ft-new")
-    # concurrency_limit=1: one fine-tune per server; Gradio's queue shows the others their place.
-    run.click(
-        handlers.finetune,
-        [epochs, rate, unfreeze, session],
-        [status, curves, start_report, start_confusion, new_report, new_confusion, result, use, session],
-        api_name="finetune",
-        concurrency_id="finetune",
-        concurrency_limit=1,
-        show_progress_on=[bar],
-    )
-    cancel.click(
-        handlers.cancel_finetune,
-        None,
-        status,
-        api_name="cancel_finetune",
-        concurrency_limit=None,
-        show_progress="hidden",
-    )
-    views_out = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
-    use.click(
-        handlers.use_model,
-        [result, session],
-        [status, *views_out, session],
-        api_name="use_model",
-        concurrency_limit=None,
-    ).success(api_name="classify_after_use", api_visibility="undocumented", **classify_parts["refresh"])
-    restore.click(
-        handlers.restore_models,
-        session,
-        [status, *views_out, session],
-        api_name="restore_models",
-        concurrency_limit=None,
-    ).success(api_name="classify_after_restore", api_visibility="undocumented", **classify_parts["refresh"])

@@ -29,13 +29,19 @@ from animalcls.webapp.checkpoints import resolve_checkpoints
 from animalcls.webapp.sessions import StoreLimits
 from animalcls.webapp.state import BackgroundWarmUp
 from animalcls.webapp.teach_session import TeachLimits
+from animalcls.webapp.views import EXAMPLES_DIR, folder_photos, page_css
 
 if TYPE_CHECKING:
     import gradio as gr
 
 # Passed to launch() by main() and the tests: uploads over the limit are refused before the
 # handler runs; server-side rendering stays off (it needs Node and slows startup).
-LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": MAX_FILE_BYTES, "ssr_mode": False}
+# The page's style (with the shipped examples' captions) goes with them.
+LAUNCH_OPTIONS: dict[str, Any] = {
+    "max_file_size": MAX_FILE_BYTES,
+    "ssr_mode": False,
+    "css": page_css(folder_photos(EXAMPLES_DIR)),
+}
 
 
 def build_demo(

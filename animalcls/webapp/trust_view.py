@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from animalcls.trust import verdicts as trust
 from animalcls.trust.cells import SplitPredictions, disagreements, recorded_confusion, split_predictions, true_labels
 from animalcls.webapp.state import ModelRegistry
 from animalcls.webapp.temp import private_folder
+from animalcls.webapp.views import side_title
 
 OVERLAY_SIDE = 448  # overlays are shown about 250 px wide: no need to blend a 12-megapixel photo
 KEEP_OVERLAYS = 64  # overlay files kept on disk; older ones are deleted (Gradio has copied them by then)
@@ -86,8 +87,8 @@ def known_classes_markdown(registry: ModelRegistry) -> str:
         return ""
     count = NUMBERS.get(len(names), str(len(names)))
     return (
-        f"These models know **{count} animals: {', '.join(names)}**. For a photo of anything else they still "
-        f"pick one of the {count}, so a detector checks each photo and warns when it may show none of them."
+        f"They know **{count} animals: {', '.join(names)}**. Shown anything else, they still pick one of "
+        f"the {count}, so each photo is checked too, with a warning when it may show none of them."
     )
 
 
@@ -122,32 +123,66 @@ def answer_sides(folders: dict[str, Path], picture: Any, heatmaps: bool) -> dict
 
 
 def untrusted_note(answer: trust.Answer | None) -> str:
-    """Appended to a side's header: whether its probabilities can be trusted."""
+    """Appended to a side's header: a small tag when its check flags the photo (the page dims that
+    side's answer; the one warning above says why)."""
     if answer is None or answer.out_of_scope is None:
-        return "\n\nNo none-of-the-five check for this model (it has no scope files)." if answer else ""
+        return "\n\nThis model has no check for photos of other things." if answer else ""
     if answer.out_of_scope:
-        return (
-            f"\n\n**⚠ Not to be trusted:** this photo looks unlike the photos this model knows "
-            f"(scope score {answer.scope_score:.2f}); its probabilities below are a forced choice."
-        )
+        return ' · <span class="side-flagged">⚠ a guess: not to be trusted</span>'
     return ""
 
 
+def scope_thresholds(folders: Mapping[str, Path]) -> dict[str, float]:
+    """kind -> the distance above which its none-of-the-five check warns (for the warning's details)."""
+    out: dict[str, float] = {}
+    for kind, folder in folders.items():
+        try:
+            detector, _ = trust.load_detector(folder, read_manifest(folder))
+        except (AnimalclsError, OSError, ValueError):
+            continue
+        if detector is not None:
+            out[kind] = float(detector.threshold)
+    return out
+
+
+def warning_markdown(
+    answered: Mapping[str, trust.Answer], class_names: Sequence[str], limits: Mapping[str, float]
+) -> str:
+    """The ONE warning for a photo a model's check flags, with the scores behind a details toggle."""
+    flagged = [k for k, a in answered.items() if a.out_of_scope]
+    if not flagged:
+        return ""
+    count = NUMBERS.get(len(class_names), str(len(class_names)))
+    who = "Both models" if len(flagged) == 2 else f"The {side_title(flagged[0]).lower()} model"
+    scores = "".join(
+        f"<li>{side_title(k)}: {a.scope_score:.2f}"
+        + (f" (it warns above {limits[k]:.2f})" if k in limits else "")
+        + (", flagged" if a.out_of_scope else "")
+        + "</li>"
+        for k, a in answered.items()
+        if a.scope_score is not None
+    )
+    return (
+        '<div class="scope-warning">\n\n'
+        f"**⚠ This photo may show none of the {count} animals these models know** "
+        f"({', '.join(class_names)}). {who} must still pick one, so the dimmed "
+        f"answer{'s' if len(flagged) == 2 else ''} below {'are guesses' if len(flagged) == 2 else 'is a guess'}.\n\n"
+        "<details><summary>Details</summary>Each model checks how far the photo is from the photos it was "
+        f"trained on (a distance in its own features; higher is less alike):<ul>{scores}</ul></details>\n\n</div>"
+    )
+
+
 def trust_outputs(
-    answers: dict[str, trust.Answer | str], picture: Any, heatmaps: bool, images: TempImages, class_names: Sequence[str]
+    answers: dict[str, trust.Answer | str],
+    picture: Any,
+    heatmaps: bool,
+    images: TempImages,
+    class_names: Sequence[str],
+    limits: Mapping[str, float] | None = None,
 ) -> tuple[Any, ...]:
     """(banner, verdict for the API, scratch heatmap, transfer heatmap)."""
     answered = {k: a for k, a in answers.items() if isinstance(a, trust.Answer)}
-    flagged = [k for k, a in answered.items() if a.out_of_scope]
-    banner = ""
-    if flagged:
-        who = "Both models' checks flag it" if len(flagged) == 2 else f"The {flagged[0]} model's check flags it"
-        count = NUMBERS.get(len(class_names), str(len(class_names)))
-        banner = (
-            f"## ⚠ This photo may show none of the {count} animals these models know "
-            f"({', '.join(class_names)})\n\n{who}: the answers below are a forced choice among those "
-            "animals and are **not to be trusted**."
-        )
+    banner = warning_markdown(answered, class_names, limits or {})
     checked = [a.out_of_scope for a in answered.values() if a.out_of_scope is not None]
     verdict = {"out_of_scope": any(checked) if checked else None, **{k: a.to_json() for k, a in answered.items()}}
     return (banner, verdict, *(_heatmap(kind, answered.get(kind), picture, heatmaps, images) for kind in KINDS))
@@ -157,12 +192,12 @@ def _heatmap(kind: str, answer: trust.Answer | None, picture: Any, heatmaps: boo
     if not heatmaps or answer is None:
         return gr.update(value=None, visible=False)
     if answer.heatmap is None:
-        return gr.update(value=None, visible=True, label=f"{kind}: no heatmap (its head is not a Dense chain)")
+        return gr.update(value=None, visible=True, label=f"{side_title(kind)}: no heatmap for this model")
     from animalcls.trust.explain import overlay
 
     small = picture.copy()
     small.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
-    label = f"Where the {kind} model looked for “{answer.label}” (Grad-CAM)"
+    label = f"{side_title(kind)}: where it looked for “{answer.label}”"
     return gr.update(value=images.overlay(overlay(small, answer.heatmap)), visible=True, label=label)
 
 

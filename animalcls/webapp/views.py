@@ -4,6 +4,7 @@ tables, plot images and the side-by-side comparison. No Gradio here, so tests ca
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,9 @@ from animalcls.store.checkpoints import (
     read_json,
     read_manifest,
 )
+from animalcls.webapp.lesson import HEADINGS
 
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"  # the freely licensed photos shipped
 # An absolute path (not part of a URL or a fraction like 3/10) and an environment variable name.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[\w.@+-]+/)*([\w.@+-]+)/?")
 _ENV_NAME = re.compile(r"\$?\b(?:ANIMALCLS|HF|GRADIO|KERAS|HUGGINGFACE)_[A-Z0-9_]+\b")
@@ -72,23 +75,28 @@ def held_out_accuracy(folder: Path) -> float | None:
     return float(found["accuracy"]) if found else None
 
 
+def side_title(kind: str) -> str:
+    """What a side is called on the page: "Trained from scratch", "Transfer learning (ImageNet)"."""
+    return HEADINGS.get(kind, f"{kind.capitalize()} model")
+
+
 def model_header(folder: Path | None, kind: str, note: str = "", swapped: bool = False) -> str:
-    """Markdown: the model's name, kind, backbone, image size and test accuracy."""
+    """Markdown: what the model is (in plain words), then its technical facts (name, backbone,
+    image size, test accuracy) one click away."""
+    title = side_title(kind)
     if folder is None:
-        return f"### {kind.capitalize()} model\n\n{missing_side_text(kind, note)}"
+        return f"### {title}\n\n{missing_side_text(kind, note)}"
     try:
         manifest = read_manifest(folder)
         accuracy = held_out_accuracy(folder)
     except AnimalclsError as exc:
-        return f"### {kind.capitalize()} model\n\n**Unusable checkpoint:** {exc}"
+        return f"### {title}\n\n**Unusable checkpoint:** {exc}"
     evaluation = evaluation_of(folder)
     n = f" on {evaluation['n']} test photos" if evaluation and "n" in evaluation else ""
-    acc = f"test accuracy **{accuracy:.1%}**{n}" if accuracy is not None else "test accuracy unknown (no eval.json)"
+    acc = f"test accuracy {accuracy:.1%}{n}" if accuracy is not None else "test accuracy unknown (no eval.json)"
     tag = " (fine-tuned, swapped in)" if swapped else ""
-    return (
-        f"### {manifest['name']}{tag}\n\n"
-        f"{manifest['kind']} · {manifest['backbone']} · {manifest['image_size']} px · {acc}"
-    )
+    facts = f"{manifest['name']} · {manifest['backbone']} · {manifest['image_size']} px · {acc}"
+    return f'### {title}{tag}\n\n<details class="tech"><summary>Technical facts</summary>{facts}</details>'
 
 
 def top_label(probabilities: Mapping[str, float]) -> str:
@@ -281,3 +289,91 @@ def example_caption(path: str | Path) -> str:
 def folder_examples(folder: Path, limit: int = 20) -> list[tuple[str, str]]:
     """(path, caption) for each photo in `examples/`, for a clickable gallery that needs no dataset."""
     return [(path, example_caption(path)) for path in folder_photos(folder, limit)]
+
+
+def tile_caption(path: str | Path) -> str:
+    """The short caption under an example's thumbnail: the animal it shows, e.g. "cat" or
+    "dog (not one of the five)" for a `none-dog.jpg`."""
+    answer, _, detail = Path(path).stem.partition("-")
+    if answer.lower() == "none":
+        return f"{detail.replace('-', ' ').replace('_', ' ').strip() or 'other'} (not one of the five)"
+    return answer
+
+
+def training_photos(folders: Iterable[Path | None]) -> str:
+    """How many training photos the served models learned from, e.g. "2,100" (the first known)."""
+    for folder in folders:
+        try:
+            sizes = (read_manifest(folder).get("dataset") or {}).get("sizes") or {} if folder else {}
+        except AnimalclsError:
+            continue
+        if isinstance(sizes.get("train"), int):
+            return f"{sizes['train']:,}"
+    return "a few thousand"
+
+
+def intro_markdown(folders: Iterable[Path | None]) -> str:
+    """The page's first words: what the two models are and what to look for."""
+    photos = training_photos(folders)
+    return (
+        f"**Same network, two starts.** One was *trained from scratch*: all it knows comes from {photos} "
+        "photos of animals. The other, by *transfer learning*, started from a network that had already learned "
+        f"to see from ImageNet's 1.3 million photos, then learned the same {photos}. Try a photo and compare how "
+        "sure each one is, and where each one looked: the difference is what transfer learning buys."
+    )
+
+
+HOW_TO_READ = """\
+- **The bars** show how sure each model is about each animal it knows; they add up to 100 %.
+- **The two models differ only in where they started**: random numbers, or what a network learned on ImageNet.
+- **⚠ A warning** appears when a photo looks unlike anything the models were trained on. They must still pick \
+one of the animals they know, so their answers are dimmed: they are guesses.
+- **Heatmaps** (tick *Show where each model looked*): red marks the parts of the photo that pushed a model \
+towards its answer.
+- **The Training tab** shows how each model learned and what transfer learning buys at a glance; \
+**Fine-tune** lets you train the transfer model further or teach both models a new animal.
+"""
+
+
+# The page's own style, passed to launch() (server.LAUNCH_OPTIONS): plain words first, one
+# warning, dimmed untrusted answers, heatmap captions outside the picture, captioned examples.
+PAGE_CSS = """
+#intro { font-size: 1.05em; }
+details.tech { font-size: 0.85em; color: var(--body-text-color-subdued); margin-top: -0.4em; }
+details.tech summary { cursor: pointer; width: fit-content; }
+.scope-warning { border: 1px solid #f59e0b; border-left-width: 6px; background: #fffbeb; color: #78350f;
+  border-radius: 8px; padding: 10px 14px; }
+.scope-warning strong, .scope-warning summary { color: #78350f; }
+.scope-warning details { margin-top: 0.4em; font-size: 0.9em; }
+.scope-warning summary { cursor: pointer; width: fit-content; text-decoration: underline; }
+.side-flagged { display: inline-block; font-size: 0.85em; color: #92400e; background: #fef3c7;
+  border-radius: 4px; padding: 0 6px; }
+.result-side:has(.side-flagged) .result-label { opacity: 0.4; filter: grayscale(1); }
+.gradio-container:has(.scope-warning) #verdict { opacity: 0.5; }
+.heatmap label[data-testid="block-label"] { position: static; margin: 0 0 4px 0; border-radius: 4px;
+  width: fit-content; max-width: 100%; white-space: normal; }
+#examples-user .gallery-item { display: inline-flex; flex-direction: column; align-items: center;
+  justify-content: flex-start; width: 100px; }
+#examples-user .gallery-item .container { width: 92px !important; height: 92px !important; }
+#examples-user .gallery-item img { width: 100%; height: 100%; object-fit: cover; }
+#examples-user .gallery-item::after { display: block; font-size: 12px; line-height: 1.25; min-height: 2.5em;
+  max-width: 96px; text-align: center; padding: 3px 2px; color: var(--body-text-color); }
+@media (max-width: 640px) {
+  #title h1 { font-size: 1.4rem; line-height: 1.25; }
+  #intro, #known-classes { font-size: 0.92em; }
+  #examples-user .gallery-item { width: 31%; }
+  #examples-user .gallery-item .container { width: 100% !important; height: 84px !important; }
+}
+"""
+
+
+def page_css(example_files: Iterable[str | Path]) -> str:
+    """PAGE_CSS plus a caption under each example thumbnail (by its file name, which the
+    thumbnail's address ends with)."""
+    rules = [
+        f'#examples-user .gallery-item:has(img[src$="/{Path(p).name}"])::after '
+        f"{{ content: {json.dumps(tile_caption(p))}; }}"
+        for p in example_files
+        if '"' not in Path(p).name and "\\" not in Path(p).name
+    ]
+    return PAGE_CSS + "\n".join(rules)
