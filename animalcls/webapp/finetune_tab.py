@@ -196,6 +196,19 @@ class FinetuneHandlers:
             state,
         )
 
+    def finetune_waiting(self) -> tuple[str, Any]:
+        """What the page says the moment Start is pressed: starting, or waiting behind another
+        visitor's fine-tune (Gradio's queue shows the place in the progress strip)."""
+        job = self.runner.current
+        if job is not None and job.running:
+            text = (
+                "**Waiting in the queue:** another visitor's fine-tune is running; yours starts when it ends. "
+                "Your place in the queue shows below."
+            )
+        else:
+            text = "**Starting…**"
+        return text, gr.update(visible=True)
+
     def cancel_finetune(self, request: gr.Request = None) -> str:
         """Cancel this session's own fine-tune (never another visitor's)."""
         job = self.runner.current
@@ -315,12 +328,12 @@ def build_finetune_section(
             minimum=0,
             maximum=handlers.max_unfreeze,
             precision=0,
-            interactive=handlers.max_unfreeze > 0,
+            visible=handlers.max_unfreeze > 0,  # a control that can only be 0 is no control
             elem_id="ft-unfreeze",
         )
     with gr.Row():
         run = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
-        cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+        cancel = gr.Button("Cancel", variant="stop", visible=False, elem_id="ft-cancel")  # shown while one is yours
         use = gr.Button("Use this model", interactive=False, elem_id="ft-use")
         restore = gr.Button("Restore original models", elem_id="ft-restore")
     status = gr.Markdown("Not running.", elem_id="ft-status")
@@ -333,7 +346,17 @@ def build_finetune_section(
         start_report, start_confusion = _report_column("Starting model", "ft-start")
         new_report, new_confusion = _report_column("Fine-tuned model", "ft-new")
     # concurrency_limit=1: one fine-tune per server; Gradio's queue shows the others their place.
+    # At once: Cancel appears and the status says whether the run starts or waits in the queue.
     run.click(
+        handlers.finetune_waiting,
+        None,
+        [status, cancel],
+        queue=False,
+        api_name="finetune_waiting",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    finetune = run.click(
         handlers.finetune,
         [epochs, rate, unfreeze, session],
         [status, curves, start_report, start_confusion, new_report, new_confusion, result, use, session],
@@ -341,6 +364,22 @@ def build_finetune_section(
         concurrency_id="finetune",
         concurrency_limit=1,
         show_progress_on=[bar],
+    )
+    finetune.success(
+        lambda: gr.update(visible=False),
+        None,
+        cancel,
+        api_name="finetune_ended",
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    finetune.failure(
+        lambda: ("**Not started or stopped:** see the message in the corner.", gr.update(visible=False)),
+        None,
+        [status, cancel],
+        api_name="finetune_failed",
+        api_visibility="private",
+        show_progress="hidden",
     )
     cancel.click(
         handlers.cancel_finetune,

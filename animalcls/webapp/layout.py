@@ -57,6 +57,9 @@ API_NAMES = (
     "show_answers",  # private, in the page only: scrolls to where the answers appear (below)
     "show_user_answers",
     "show_test_answers",
+    "finetune_waiting",  # private: the Fine-tune tab's status and Cancel button around a run
+    "finetune_ended",
+    "finetune_failed",
     *TEACH_API_NAMES,
 )
 

@@ -133,7 +133,13 @@ def build_teach_section(app: Any, limits: TeachLimits | None = None) -> TeachPan
             height=240,
         )
         labels = [
-            gr.Label(num_top_classes=5, label=f"taught {kind} model", elem_id=f"teach-label-{kind}") for kind in KINDS
+            gr.Label(
+                num_top_classes=5,
+                label=f"taught {kind} model",
+                elem_id=f"teach-label-{kind}",
+                elem_classes=["teach-result"],
+            )
+            for kind in KINDS
         ]
     go = gr.Button("Classify with both taught models", elem_id="teach-classify")
     add.click(panel.add, [state, name, files, webcam], [state, table, notes, files, webcam], api_name="teach_add")

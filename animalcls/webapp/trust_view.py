@@ -354,11 +354,19 @@ def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
                 interactive=False,
                 elem_id=f"cells-{kind}",
             )
-    disagree = gr.Button("Show the test photos where the two models disagree", elem_id="cells-disagree")
+    # Without the dataset (a Space) there are no photos to show: no button, no empty gallery.
+    photos = view.has_photos()
+    disagree = gr.Button("Show the test photos where the two models disagree", visible=photos, elem_id="cells-disagree")
     caption = gr.Markdown(elem_id="cells-caption")
     # Three columns: each caption (true class, both predictions) fits its tile without being cut.
     gallery = gr.Gallery(
-        label="Test photos", columns=3, height=760, elem_id="cells-gallery", allow_preview=True, object_fit="contain"
+        label="Test photos",
+        columns=3,
+        height=760,
+        elem_id="cells-gallery",
+        allow_preview=True,
+        object_fit="contain",
+        visible=photos,
     )
     for kind in KINDS:
         tables[kind].select(

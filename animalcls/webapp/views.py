@@ -358,6 +358,9 @@ details.tech summary { cursor: pointer; width: fit-content; }
 #examples-user .gallery-item img { width: 100%; height: 100%; object-fit: cover; }
 #examples-user .gallery-item::after { display: block; font-size: 12px; line-height: 1.25; min-height: 2.5em;
   max-width: 96px; text-align: center; padding: 3px 2px; color: var(--body-text-color); }
+/* An input problem is one toast or one message by the input: no bare "Error" badge on outputs. */
+#ft-progress [data-testid="status-tracker"] span.error, .teach-result [data-testid="status-tracker"] span.error,
+#teach-status [data-testid="status-tracker"] span.error { display: none; }
 @media (max-width: 640px) {
   #title h1 { font-size: 1.4rem; line-height: 1.25; }
   #intro, #known-classes { font-size: 0.92em; }
