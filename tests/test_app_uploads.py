@@ -54,6 +54,8 @@ def call(url: str, api_name: str, data: list[Any], event_data: Any = None) -> tu
     started = httpx.post(
         f"{url}gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"}, timeout=60
     )
+    if started.status_code == 400 and api_name == "classify":  # its validator refused the call up front
+        return "error", {"error": started.json()["detail"].strip("'")}
     assert started.status_code == 200, started.text
     with httpx.stream("GET", f"{url}gradio_api/call/{api_name}/{started.json()['event_id']}", timeout=120) as reply:
         text = "".join(reply.iter_text())
