@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from animalcls.webapp.layout import IMAGE_ENDPOINTS
+
 REPO = Path(__file__).resolve().parents[1]
 META = {"_type": "gradio.FileData"}
 HOOK = """import os, sys, time
@@ -43,17 +45,6 @@ sys.addaudithook(hook)
 import runpy
 runpy.run_path("app.py", run_name="__main__")
 """
-ENDPOINTS = {
-    "classify": lambda image: [image, False],
-    "classify_upload": lambda image: [image, False],
-    "reclassify_heatmaps": lambda image: [image, True],
-    "classify_test_example": lambda image: [image, True],
-    "classify_user_example": lambda image: [image, False],
-    "classify_after_use": lambda image: [image, False],
-    "classify_after_restore": lambda image: [image, False],
-    "teach_add": lambda image: ["dog", None, image],
-    "teach_classify": lambda image: [image],
-}
 
 
 def call(url: str, api: str, data: list[Any]) -> tuple[str, Any, float]:
@@ -177,7 +168,7 @@ def sweep(url: str, app_dir: Path, work: Path, opened: Path) -> None:
     secret.write_bytes(png(64))
     payloads = hostile(url, app_dir, cache, secret)
     endpoints = {
-        api: shape for api, shape in ENDPOINTS.items() if not call(url, api, shape(None))[0].startswith("http")
+        api: shape for api, shape in IMAGE_ENDPOINTS.items() if not call(url, api, shape(None))[0].startswith("http")
     }
     print(f"image endpoints served: {', '.join(endpoints)}")
     wait_quiet(opened)
@@ -226,7 +217,7 @@ def bombs(url: str, pid: int, repeat: int) -> None:
             payload = make()
             Path(f"/proc/{pid}/clear_refs").write_text("5")
             before = status_kb(pid, "VmHWM")
-            event, data, took = call(url, api, ENDPOINTS[api](payload))
+            event, data, took = call(url, api, IMAGE_ENDPOINTS[api](payload))
             grown.append((status_kb(pid, "VmHWM") - before) / 1024)
             seconds.append(took)
         answer = str(data.get("error") if isinstance(data, dict) else data)[:110]

@@ -21,20 +21,9 @@ from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 from animalcls.webapp.inputs import REFUSED  # noqa: E402
+from animalcls.webapp.layout import IMAGE_ENDPOINTS  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}
-# Every event whose input is a photo, with the API data around it (State inputs are not sent).
-IMAGE_ENDPOINTS = {
-    "classify": lambda image: [image, False],
-    "classify_upload": lambda image: [image, False],
-    "reclassify_heatmaps": lambda image: [image, True],
-    "classify_test_example": lambda image: [image, True],
-    "classify_user_example": lambda image: [image, False],
-    "classify_after_use": lambda image: [image, False],
-    "classify_after_restore": lambda image: [image, False],
-    "teach_add": lambda image: ["dog", None, image],
-    "teach_classify": lambda image: [image],
-}
 _OPENED: list[str] | None = None  # paths opened while a sweep records (see _record_opens)
 
 

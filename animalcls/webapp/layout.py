@@ -63,6 +63,20 @@ API_NAMES = (
     *TEACH_API_NAMES,
 )
 
+# Every event whose input is a photo, with the API data a client sends around it (State inputs
+# are not sent): what the tests and benchmarks/bench_hostile_inputs.py probe with hostile payloads.
+IMAGE_ENDPOINTS = {
+    "classify": lambda image: [image, False],
+    "classify_upload": lambda image: [image, False],
+    "reclassify_heatmaps": lambda image: [image, True],
+    "classify_test_example": lambda image: [image, True],
+    "classify_user_example": lambda image: [image, False],
+    "classify_after_use": lambda image: [image, False],
+    "classify_after_restore": lambda image: [image, False],
+    "teach_add": lambda image: ["dog", None, image],
+    "teach_classify": lambda image: [image],
+}
+
 # Where the eye should be when the answers come: the top of the answers (the one warning goes
 # there). On a phone they sit below the photo and the examples; Gradio 6.31's scroll_to_output
 # does not scroll (its status tracker never receives the flag), so the page does it at the click.
