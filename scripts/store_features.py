@@ -4,7 +4,8 @@ so the app can fine-tune its head where the photos are absent (a Hugging Face Sp
     python scripts/store_features.py checkpoints/transfer-efficientnet_lite0 [--data DIR]
 
 Writes CHECKPOINT/features.npz (float16; see animalcls/store/stored_features.py). When the folder's
-scope.npz already holds the train features, features.npz keeps only val and test.
+scope.npz already holds a part (train always, test once added), features.npz leaves it out: each
+feature is stored once (the bundled transfer checkpoint's features.npz keeps only val).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     from animalcls.serving.features import backbone_key
     from animalcls.store import checkpoints
     from animalcls.store.stored_features import SCOPE_NPZ, extract_parts, load_features, save_features
+    from animalcls.trust.scope import stored_part
 
     split = data.Split.load(args.checkpoint / "split.json")
     root = data.dataset_root(args.data) if args.data else split.locate_root(args.checkpoint)
@@ -35,13 +37,13 @@ def main() -> None:
     split.root = str(root)
     model = checkpoints.load_checkpoint(args.checkpoint).model
     parts = extract_parts(model, split)
-    scope_file = args.checkpoint / SCOPE_NPZ
-    if scope_file.is_file():
-        with np.load(scope_file, allow_pickle=False) as scope:
-            if "train_features" in scope.files and len(scope["train_features"]) == len(split.train):
-                gap = float(np.abs(scope["train_features"].astype(np.float32) - parts["train"][0]).max())
-                print(f"train features come from {SCOPE_NPZ} (max difference to a fresh extraction: {gap:.4f})")
-                parts.pop("train")
+    if (args.checkpoint / SCOPE_NPZ).is_file():
+        for part in ("train", "test"):
+            found = stored_part(args.checkpoint, part)
+            if found is not None and len(found[1]) == len(parts[part][1]):
+                gap = float(np.abs(found[0].astype(np.float32) - parts[part][0]).max())
+                print(f"{part} features come from {SCOPE_NPZ} (max difference to a fresh extraction: {gap:.4f})")
+                parts.pop(part)
     path = save_features(args.checkpoint, backbone_key(model), parts)
     stored = load_features(args.checkpoint)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB): {stored.sizes()}")
