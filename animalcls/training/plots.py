@@ -12,12 +12,13 @@ from matplotlib.ticker import MaxNLocator
 METRICS = ("loss", "accuracy", "precision", "recall")
 
 
-def history_figure(history: Mapping[str, Sequence[float]], title: str = "") -> Figure:
-    """Training vs validation curves, one panel per metric. Fixed margins rather than a layout
-    engine: the labels are always the same, and constrained layout doubled the drawing time
-    (about 1 s on 2 shared cores), which every fine-tune pays."""
+def history_figure(history: Mapping[str, Sequence[float]], title: str = "", note: str = "") -> Figure:
+    """Training vs validation curves, one panel per metric, and `note` (see `loss_note`) under
+    them. Fixed margins rather than a layout engine: the labels are always the same, and
+    constrained layout doubled the drawing time, which every fine-tune pays."""
     fig = Figure(figsize=(9, 6.5))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.9 if title else 0.95, hspace=0.38, wspace=0.2)
+    bottom = 0.12 if note else 0.08
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=bottom, top=0.9 if title else 0.95, hspace=0.38, wspace=0.2)
     axes = fig.subplots(2, 2).ravel()
     for ax, metric in zip(axes, METRICS):
         for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
@@ -34,7 +35,34 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str = "") -> F
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
+    if note:
+        fig.text(0.5, 0.012, note, ha="center", va="bottom", fontsize=9, wrap=True)
     return fig
+
+
+def loss_note(training: Mapping, num_classes: int) -> str:
+    """Why the training loss sits above the validation loss, when the recipe makes it so: label
+    smoothing puts a floor under the training loss (the entropy of the smoothed target), and
+    the training curves are measured on augmented views while validation sees plain photos."""
+    smoothing = float(training.get("label_smoothing") or 0.0)
+    augmented = any(training.get(key) for key in ("robust_augment", "strong_augment", "mix"))
+    if smoothing <= 0 and not augmented:
+        return ""
+    parts = (
+        [f"label smoothing {smoothing:g} (floor {smoothed_loss_floor(smoothing, num_classes):.2f})"]
+        if smoothing > 0
+        else []
+    )
+    parts += ["augmented photos"] if augmented else []
+    plain = "plain photos and labels" if smoothing > 0 else "plain photos"
+    return f"Training loss uses {' and '.join(parts)}; validation loss uses {plain}."
+
+
+def smoothed_loss_floor(smoothing: float, num_classes: int) -> float:
+    """The least cross-entropy a model can reach against label-smoothed targets."""
+    target = np.full(num_classes, smoothing / num_classes)
+    target[0] += 1.0 - smoothing
+    return float(-(target * np.log(target)).sum())
 
 
 def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "") -> Figure:
@@ -60,14 +88,14 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
 
 
 def checkpoint_figures(
-    history: Mapping[str, Sequence[float]] | None, evaluation: Mapping | None, title: str
+    history: Mapping[str, Sequence[float]] | None, evaluation: Mapping | None, title: str, note: str = ""
 ) -> dict[str, Figure]:
     """The pictures a checkpoint folder holds, by file name, for `checkpoints.save_checkpoint`."""
     from animalcls.store.checkpoints import CONFUSION_PLOT, HISTORY_PLOT
 
     figures: dict[str, Figure] = {}
     if history is not None:
-        figures[HISTORY_PLOT] = history_figure(history, title)
+        figures[HISTORY_PLOT] = history_figure(history, title, note)
     if evaluation is not None:
         figures[CONFUSION_PLOT] = confusion_figure(evaluation["confusion_matrix"], evaluation["class_names"], title)
     return figures

@@ -200,7 +200,8 @@ def save_with_figures(
 ) -> Path:
     """Draw the training curves and confusion matrix (unless not `draw`), then save the
     checkpoint folder (`write_model`: see checkpoints.save_checkpoint)."""
-    figures = plots.checkpoint_figures(history, evaluation, manifest["name"]) if draw else {}
+    note = plots.loss_note(manifest.get("training") or {}, len(manifest["class_names"]))
+    figures = plots.checkpoint_figures(history, evaluation, manifest["name"], note) if draw else {}
     return checkpoints.save_checkpoint(
         out_dir, model, manifest, history, evaluation, split, figures=figures, write_model=write_model
     )
