@@ -1,12 +1,14 @@
 """Few-shot teaching of the bundled pair: a learning curve and the time from "Train" to a model.
 
-    python benchmarks/bench_teach.py [--draws 5] [--shots 1 3 5 10 20]
+    python benchmarks/bench_teach.py [--draws 5] [--shots 1 3 5 10 20] [--max-claimed 1 0.01]
 
 New class: `cane` (dogs) from ../shared/data/animals10-offline. Its 300 photos are split once
 (seeded) into a pool of 150 that training photos are drawn from and 150 that only measure the
 dog accuracy. Each draw takes `shots` photos from the pool (and their mirror images), widens
 and trains the head exactly as `finetune --data` does (teach.teach_head, same settings), and
 scores the five original classes on their 600 stored test-split features (scope.npz).
+`--max-claimed` compares limits on the share of the old classes' training photos a new class
+may claim (TrainSettings.max_claimed; 1 = no limit, the behaviour before the limit existed).
 
 Timing: with the models loaded (as in the app), decode + resize 10 new photos, extract their
 pooled features (and mirrors') through ONNX Runtime (the app's engine) and through TensorFlow,
@@ -36,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-claimed", type=float, nargs="+", help="limits to compare (default: the library's)")
     p.add_argument("--skip-curve", action="store_true", help="only the timing")
     p.add_argument("--json", type=Path, help="also write the curve here (read by scripts/lesson_figures.py)")
     return p.parse_args(argv)
@@ -60,7 +63,7 @@ def load(kind: str) -> dict:
     }
 
 
-def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int, epochs: int) -> dict:
+def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int, epochs: int, limit: float) -> dict:
     from animalcls.heads.teach import photo_batch, score, teach_head, with_mirrors
     from animalcls.heads.teach_head import TrainSettings
 
@@ -73,7 +76,8 @@ def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int,
         for draw in range(draws):
             chosen = np.random.default_rng(1000 * k + draw).choice(pool, k, replace=False)
             train = {"dog": np.concatenate([plain[chosen], mirrored[chosen]])}
-            taught = teach_head(side["head"], side["stored"], names, train, TrainSettings(epochs=epochs, seed=draw))
+            settings = TrainSettings(epochs=epochs, seed=draw, max_claimed=limit)
+            taught = teach_head(side["head"], side["stored"], names, train, settings)
             score(taught, side["stored"], {"dog": plain[pool:]})
             rows.append((taught.scores["dog"]["accuracy"], taught.scores["original_classes"]["accuracy"]))
         out[k] = np.asarray(rows)
@@ -96,6 +100,12 @@ def time_teach(side: dict, photos: list[Path], epochs: int, engine: str) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from animalcls.heads.teach_head import TrainSettings
+
+    args.max_claimed = args.max_claimed or [TrainSettings().max_claimed]
+    if not all(0 <= limit <= 1 for limit in args.max_claimed):
+        print("error: --max-claimed takes shares between 0 and 1", file=sys.stderr)
+        return 2
     dogs = sorted((args.data / "cane").iterdir())
     if len(dogs) < 40:
         print(f"error: need the cane/ photos in {args.data}", file=sys.stderr)
@@ -108,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.draws} draws, {args.epochs} epochs, pool {pool} / held-out {len(dogs) - pool} dog photos\n"
     )
     if not args.skip_curve:
-        curves = print_curve(sides, dogs, pool, args)
-        if args.json:
-            write_curve(args.json, curves, args)
+        for limit in args.max_claimed:
+            curves = print_curve(sides, dogs, pool, args, limit)
+            if args.json and limit == TrainSettings().max_claimed:
+                write_curve(args.json, curves, args)
     print_timing(sides, dogs[:10], args)
     return 0
 
@@ -118,16 +129,21 @@ def main(argv: list[str] | None = None) -> int:
 def write_curve(path: Path, curves: dict, args: argparse.Namespace) -> None:
     """{kind: {photos: {"dog": mean, "old_classes": mean}}} and how it was measured."""
     from animalcls.core.atomic import write_json
+    from animalcls.heads.teach_head import TrainSettings
 
     rows = {
         kind: {str(k): {"dog": float(c[k][:, 0].mean()), "old_classes": float(c[k][:, 1].mean())} for k in args.shots}
         for kind, c in curves.items()
     }
-    write_json(path, {"draws": args.draws, "epochs": args.epochs, "new_class": "dog", "curve": rows})
+    limit = TrainSettings().max_claimed
+    write_json(
+        path, {"draws": args.draws, "epochs": args.epochs, "new_class": "dog", "max_claimed": limit, "curve": rows}
+    )
 
 
-def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespace) -> dict:
-    curves = {kind: curve(side, dogs, pool, args.shots, args.draws, args.epochs) for kind, side in sides.items()}
+def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespace, limit: float) -> dict:
+    curves = {kind: curve(side, dogs, pool, args.shots, args.draws, args.epochs, limit) for kind, side in sides.items()}
+    print(f"New class may claim at most {limit:.0%} of the old classes' training photos:\n")
     print("| dog photos | scratch: dog | scratch: 5 old classes | transfer: dog | transfer: 5 old classes |")
     print("|---|---|---|---|---|")
     for k in args.shots:

@@ -13,7 +13,7 @@ from conftest import REPO, copy_checkpoint, make_image
 
 from animalcls.core.errors import DataError
 from animalcls.data.teach_folders import plan_split, scan_teach_folder, union_classes
-from animalcls.heads.teach_head import Head, TrainSettings, _gradients, train_head
+from animalcls.heads.teach_head import Head, TrainSettings, _gradients, limit_new_classes, train_head
 
 BASE = ["cat", "spider", "butterfly", "elephant", "chicken"]
 
@@ -94,6 +94,20 @@ def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> 
     test_new = (centres[3] + rng.normal(0, 1, (50, 16))).astype(np.float32)
     assert (taught.probabilities(test_old).argmax(1) == np.repeat(np.arange(3), 50)).mean() > 0.9
     assert (taught.probabilities(test_new).argmax(1) == 3).mean() > 0.8
+
+
+def test_a_new_class_that_overlaps_the_old_ones_claims_at_most_its_share_of_their_photos() -> None:
+    rng = np.random.default_rng(2)
+    old = rng.normal(0, 1, (1000, 8)).astype(np.float32)
+    kernel = np.concatenate([rng.normal(0, 1, (8, 3)), old.mean(axis=0)[:, None] + 0.5], axis=1).astype(np.float32)
+    head = Head([kernel], [np.asarray([0, 0, 0, 3.0], np.float32)])  # the new column wins almost everywhere
+    assert (head.probabilities(old).argmax(1) == 3).mean() > 0.5
+    limited, lowered = limit_new_classes(head, old, 3, 0.01)
+    assert (limited.probabilities(old).argmax(1) == 3).mean() <= 0.01 and lowered[0] > 0
+    np.testing.assert_array_equal(limited.kernels[-1], head.kernels[-1])
+    np.testing.assert_array_equal(limited.biases[-1][:3], head.biases[-1][:3])
+    apart = Head([kernel], [np.asarray([0, 0, 0, -50.0], np.float32)])  # claims nothing: left as it is
+    assert limit_new_classes(apart, old, 3, 0.01)[1] == [0.0]
 
 
 def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(

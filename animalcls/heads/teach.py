@@ -30,9 +30,16 @@ from animalcls.core.errors import CheckpointError
 from animalcls.core.hooks import TrainHooks
 from animalcls.core.settings import POOL_LAYER, finetune_folder
 from animalcls.data.teach_folders import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
-from animalcls.heads.teach_head import Head, TrainSettings, read_head, train_head, train_output_layer
+from animalcls.heads.taught import Taught
+from animalcls.heads.teach_head import (
+    Head,
+    TrainSettings,
+    limit_new_classes,
+    read_head,
+    train_head,
+    train_output_layer,
+)
 from animalcls.store import checkpoints
-from animalcls.store.manifest import Manifest
 from animalcls.trust import scope
 
 Extractor = Callable[[np.ndarray], np.ndarray]  # (n, S, S, 3) raw RGB -> (n, dim) pooled features
@@ -211,38 +218,6 @@ def head_from_file(folder: str | Path) -> Head:
     )
 
 
-def taught_model(model: Any, head: Head) -> Any:
-    """`model` with its head replaced by `head` (a new output layer of `head.num_classes` units);
-    the backbone layers are shared, not copied."""
-    import keras
-    from keras import layers
-
-    from animalcls.core.settings import PREDICTIONS_LAYER
-
-    pool = model.get_layer(POOL_LAYER)
-    x = pool.output
-    for layer in model.layers[model.layers.index(pool) + 1 : -1]:
-        x = layer(x)
-    out = layers.Dense(head.num_classes, activation="softmax", name=PREDICTIONS_LAYER)(x)
-    taught = keras.Model(model.inputs, out, name=model.name)
-    for name, kernel, bias in zip([*head.hidden_names, PREDICTIONS_LAYER], head.kernels, head.biases):
-        taught.get_layer(name).set_weights([kernel, bias])
-    return taught
-
-
-@dataclass
-class Taught:
-    """A head trained for the union of classes, and how it did."""
-
-    head: Head
-    class_names: list[str]
-    history: dict[str, list[float]]
-    seconds: dict[str, float]
-    cancelled: bool = False
-    evaluation: dict[str, Any] | None = None
-    scores: dict[str, Any] = field(default_factory=dict)
-
-
 def teach_head(
     base_head: Head,
     stored: StoredFeatures,
@@ -268,6 +243,8 @@ def teach_head(
     else:
         x = np.concatenate([stored_hidden, *(base_head.penultimate(f) for f in new_train.values())])
         head, history, cancelled = train_output_layer(widened, x, np.concatenate(y), settings, epoch_hook, hooks.cancel)
+    old_hidden = head.penultimate(stored.train) if settings.train_hidden else stored_hidden
+    head, _ = limit_new_classes(head, old_hidden, base_head.num_classes, settings.max_claimed)
     return Taught(head, list(class_names), history, {"train": time.perf_counter() - start}, cancelled)
 
 
@@ -330,7 +307,7 @@ def run_teach(plan: TeachPlan, hooks: TrainHooks | None = None) -> Any:
     import keras
 
     from animalcls.heads.finetune import FinetuneResult
-    from animalcls.training.workflows import save_with_figures
+    from animalcls.heads.taught import save_taught, training_record
 
     hooks = hooks or TrainHooks()
     start = time.perf_counter()
@@ -348,63 +325,36 @@ def run_teach(plan: TeachPlan, hooks: TrainHooks | None = None) -> Any:
     taught = teach_head(read_head(model), stored, plan.class_names, train, plan.settings, hooks)
     score(taught, stored, test)
     taught.seconds.update(extract=extract_seconds, total=time.perf_counter() - start)
-    manifest = taught_manifest(plan, taught, stored, engine)
-    path = save_with_figures(
-        plan.out_dir, taught_model(model, taught.head), manifest, taught.history, taught.evaluation, None
-    )
+    training = training_record(taught, plan.settings, engine)
+    plain = {name: features[: len(features) // 2] for name, features in train.items()}  # without the mirrors
+    path = save_taught(plan.source, model, taught, plan.out_dir, training, folder_dataset(plan, taught, stored), plain)
     return FinetuneResult(
         path, plan.source, taught.evaluation or {}, taught.history, time.perf_counter() - start, taught.cancelled
     )
 
 
-def taught_manifest(plan: TeachPlan, taught: Taught, stored: StoredFeatures, engine: str) -> dict[str, Any]:
-    """The source manifest with the new classes, provenance, training and exactly what trained."""
-    source = plan.manifest
+def folder_dataset(plan: TeachPlan, taught: Taught, stored: StoredFeatures) -> dict[str, Any]:
+    """The manifest's `dataset` for a taught checkpoint: the folder, its split and the scores."""
     photos = plan.photos
-    training = {
-        "method": "teach: head on stored + new pooled features (backbone frozen)",
-        "finetune": True,
-        "teach": True,
-        "unfreeze_layers": 0,
-        "epochs": plan.settings.epochs,
-        "epochs_run": len(taught.history["loss"]),
-        "learning_rate": plan.settings.learning_rate,
-        "batch_size": plan.settings.batch_size,
-        "optimizer": "adam",
-        "loss": "class-balanced cross-entropy",
-        "seed": plan.settings.seed,
-        "new_columns": "imprinted (centred mean penultimate activation)",
-        "mirrored_new_photos": True,
-        "feature_engine": engine,
-        "cancelled": taught.cancelled,
-        "seconds": {k: round(v, 2) for k, v in taught.seconds.items()},
-    }
-    dataset = {
+    return {
         "teach_folder": photos.root.name,
         "class_folders": photos.folders,
         "new_classes": plan.new_classes,
         "skipped": [{"path": rel, "reason": why} for rel, why in photos.skipped],
         "split": plan.split.summary(),
-        "stored_features": {
-            "file": scope.SCOPE_NPZ,
-            "train": len(stored.train),
-            "test": 0 if stored.test is None else len(stored.test),
-            "classes": stored.class_names,
-        },
+        "stored_features": stored_summary(stored),
         "scores": taught.scores,
-        "source_dataset": _dataset_name(source.get("dataset") or {}),
+        "source_dataset": _dataset_name(plan.manifest.get("dataset") or {}),
     }
-    return (
-        Manifest.from_json(source, plan.source)
-        .derive(
-            plan.out_dir.name,
-            training,
-            dataset,
-            class_names=list(plan.class_names),
-            finetuned_from={"class_names": list(source["class_names"])},
-        )
-        .to_json()
-    )
+
+
+def stored_summary(stored: StoredFeatures) -> dict[str, Any]:
+    return {
+        "file": scope.SCOPE_NPZ,
+        "train": len(stored.train),
+        "test": 0 if stored.test is None else len(stored.test),
+        "classes": stored.class_names,
+    }
 
 
 def _dataset_name(dataset: dict[str, Any]) -> str | None:

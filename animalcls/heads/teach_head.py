@@ -7,7 +7,9 @@ Heads this project builds: transfer `Dense 512 ReLU -> Dense N softmax`; scratch
 columns as they are and adds one column per new class, initialised by *weight imprinting*
 (Qi et al., 2018), centred on the old photos' mean activation (see `Head._imprint`). Training
 then updates the output layer (Adam, class-balanced cross-entropy, the last Dropout applied as
-in Keras); `TrainSettings.train_hidden` trains the hidden layers too.
+in Keras); `TrainSettings.train_hidden` trains the hidden layers too. Last, `limit_new_classes`
+lowers a new class's bias until it claims at most a small share of the original classes' photos
+(see there why).
 """
 
 from __future__ import annotations
@@ -101,6 +103,31 @@ def read_head(model: Any) -> Head:
     )
 
 
+def limit_new_classes(head: Head, old_hidden: np.ndarray, old_classes: int, share: float) -> tuple[Head, list[float]]:
+    """A copy of `head` whose new output columns (from `old_classes` on) win on at most `share`
+    of `old_hidden` (the original classes' training photos, penultimate activations), by
+    lowering each new column's bias; returns it and the amounts lowered.
+
+    Why: the class-balanced loss gives a few new photos the weight of a whole class, so the new
+    class's region grows until it holds all of them, and the stored photos of the old classes
+    do not push back, because their features are those the model was trained on, more
+    separable than a new photo's. On features that do not tell the new animal from the old
+    ones (a model trained from scratch on five classes), the new class then claims many old
+    photos at test time. The share is read on the training photos, so it is a floor: at test
+    time a new class claims somewhat more.
+    """
+    head = head.copy()
+    logits = old_hidden @ head.kernels[-1] + head.biases[-1]
+    best_old = logits[:, :old_classes].max(axis=1)
+    lowered = []
+    for column in range(old_classes, head.num_classes):
+        margin = logits[:, column] - best_old  # > 0: the new class wins that photo
+        shift = max(0.0, float(np.quantile(margin, 1.0 - share))) if len(margin) else 0.0
+        head.biases[-1][column] -= shift
+        lowered.append(shift)
+    return head, lowered
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -125,6 +152,8 @@ class TrainSettings:
     # 2-epoch teach of the bundled transfer model took 13.8 s with them, 0.7-1.0 s without
     # (the output layer trains on penultimate activations computed once).
     train_hidden: bool = False
+    # The most a new class may claim of the original classes' stored training photos: see limit_new_classes.
+    max_claimed: float = 0.01
 
 
 def train_head(
