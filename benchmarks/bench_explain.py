@@ -107,12 +107,13 @@ def quadrant_sample(folder: Path, data: Path, per_class: int, seed: int) -> tupl
 
 def evaluate_model(arg: str, args: argparse.Namespace) -> tuple[list[tuple], list[tuple]]:
     from animalcls.cli.main import resolve_checkpoint
+    from animalcls.heads.reader import read_dense_head
     from animalcls.serving.inference import load_predictor, to_model_input
-    from animalcls.trust.explain import explain_batch, feature_forward, head_weights
+    from animalcls.trust.explain import explain_batch, feature_forward
 
     folder = resolve_checkpoint(arg)
     predictor = load_predictor(folder)
-    forward, head, name = feature_forward(predictor), head_weights(folder), predictor.manifest["name"]
+    forward, head, name = feature_forward(predictor), read_dense_head(folder), predictor.manifest["name"]
     canvases, quadrants, labels = quadrant_sample(folder, args.data, args.per_class, args.seed)
     inputs = np.stack([to_model_input(c, predictor.image_size) for c in canvases])
     one = inputs[:1]

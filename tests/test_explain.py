@@ -13,8 +13,9 @@ from conftest import COLOURS, REPO, make_image
 from PIL import Image
 
 from animalcls.cli.main import main
+from animalcls.heads.reader import read_dense_head
 from animalcls.trust import cam
-from animalcls.trust.explain import explain, feature_forward, head_weights, quadrant_canvas, quadrant_hits
+from animalcls.trust.explain import explain, feature_forward, quadrant_canvas, quadrant_hits
 
 
 def _batch(size: int, count: int = 4) -> np.ndarray:
@@ -53,7 +54,7 @@ def test_numpy_cams_equal_gradient_tape(tiny_checkpoints, kind):
     predictor = load_predictor(tiny_checkpoints[kind])
     batch = _batch(predictor.image_size)
     feature_map, pooled, probabilities = feature_forward(predictor)(batch)
-    head = head_weights(predictor.path)
+    head = read_dense_head(predictor.path)
     ref_gradcam, ref_plus, ref_classes = _tape_cams(predictor.model, batch)
     classes = probabilities.argmax(axis=1)
     assert (classes == ref_classes).all()
@@ -70,33 +71,13 @@ def test_head_weights_read_without_keras_reproduce_the_model(tiny_checkpoints):
     from animalcls.serving.inference import load_predictor
 
     predictor = load_predictor(tiny_checkpoints["transfer"])
-    head = head_weights(predictor.path)
+    head = read_dense_head(predictor.path)
     assert [layer.activation for layer in head.layers] == ["relu", "softmax"]
     np.testing.assert_array_equal(head.layers[0].kernel, predictor.model.get_layer("fc512").kernel.numpy())
     _, pooled, probabilities = feature_forward(predictor)(_batch(predictor.image_size))
     logits = head.logits(pooled)
     softmax = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(softmax / softmax.sum(1, keepdims=True), probabilities, atol=1e-5)
-
-
-def test_pool_layer_name_agrees_with_the_model_builders():
-    from animalcls.models.builders import POOL_LAYER
-
-    assert cam.POOL_LAYER == POOL_LAYER
-
-
-def test_unsupported_head_is_refused(tmp_path):
-    import keras
-
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(keras.layers.Conv2D(4, 3)(inputs))
-    x = keras.layers.BatchNormalization()(x)
-    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(tmp_path / "m.keras")
-    with pytest.raises(cam.HeadError, match="Unsupported head layer"):
-        cam.load_head_weights(tmp_path / "m.keras")
-    (tmp_path / "broken.keras").write_bytes(b"not a zip")
-    with pytest.raises(cam.HeadError, match="Cannot read the head's weights"):
-        cam.load_head_weights(tmp_path / "broken.keras")
 
 
 def test_explanations_sum_to_one_and_overlay_the_photo(tiny_checkpoints, tmp_path):
@@ -198,7 +179,7 @@ def test_transfer_heatmaps_find_the_photo_in_its_quadrant(shared_raw):
             for p, q in zip(picks, quadrants)
         ]
     )
-    _, heatmaps = explain_batch(feature_forward(predictor), head_weights(folder), batch)
+    _, heatmaps = explain_batch(feature_forward(predictor), read_dense_head(folder), batch)
     assert quadrant_hits(heatmaps, quadrants).mean() >= 0.85
 
 
@@ -215,5 +196,5 @@ def test_bundled_models_numpy_cam_equals_gradient_tape_on_real_photos(shared_raw
     feature_map, pooled, probabilities = feature_forward(predictor)(batch)
     reference, _, classes = _tape_cams(predictor.model, batch)
     assert (probabilities.argmax(axis=1) == classes).all()
-    ours = cam.grad_cam(head_weights(folder), feature_map, pooled, classes)
+    ours = cam.grad_cam(read_dense_head(folder), feature_map, pooled, classes)
     np.testing.assert_allclose(ours, reference, atol=1e-5 * reference.max())

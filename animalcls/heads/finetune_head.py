@@ -30,7 +30,7 @@ import numpy as np
 
 from animalcls.core.atomic import file_sha256
 from animalcls.core.hooks import TrainHooks
-from animalcls.core.settings import POOL_LAYER
+from animalcls.heads.reader import KERAS_WEIGHTS, dense_weight_groups, head_layers, read_dense_head
 from animalcls.store.checkpoints import MODEL_FILE, load_checkpoint, read_manifest
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,6 @@ def source_model(source: Path) -> Iterator[tuple[Any, str]]:
                 layer.set_weights(weights)
 
 
-def head_layers(model: Any) -> list[Any]:
-    """The layers after the pooling layer that hold weights."""
-    after = model.layers[model.layers.index(model.get_layer(POOL_LAYER)) + 1 :]
-    return [layer for layer in after if layer.weights]
-
-
 def train_head(
     model: Any,
     config: Any,
@@ -82,13 +76,12 @@ def train_head(
     `model`, or None when the recipe or the head is one only Keras trains."""
     from animalcls.core.errors import CheckpointError
     from animalcls.heads import head_fit
-    from animalcls.heads.teach_head import read_head
     from animalcls.training.train import FitResult
 
     if not head_fit.supports(config):
         return None
     try:
-        head = read_head(model)
+        head = read_dense_head(model).as_head()
     except CheckpointError:
         return None
     recipe = head_fit.Recipe(
@@ -104,8 +97,7 @@ def train_head(
     labelled = (train[0], np.asarray(train[1]))
     held = (val[0], np.asarray(val[1])) if val is not None and len(val[1]) else None
     fitted = head_fit.fit_head(head, labelled, held, recipe, flipped, hooks.on_batch, hooks.on_epoch, hooks.cancel)
-    dense = [layer for layer in head_layers(model)]
-    for layer, kernel, bias in zip(dense, fitted.head.kernels, fitted.head.biases):
+    for layer, kernel, bias in zip(head_layers(model), fitted.head.kernels, fitted.head.biases):
         layer.set_weights([kernel, bias])
     probabilities = fitted.head.probabilities(test_x)
     if hooks.on_eval:
@@ -113,16 +105,11 @@ def train_head(
     return FitResult(fitted.history, fitted.seconds, fitted.cancelled, fitted.best_epoch), probabilities
 
 
-KERAS_WEIGHTS = "model.weights.h5"
-
-
 def head_patched_writer(source: Path, model: Any) -> Callable[[Path], None]:
     """A `write_model` for checkpoints.save_checkpoint: `source`'s model.keras with the Dense
     layers after the pooling layer holding `model`'s current head weights, and beside it the
     serving graph patched the same way (see `write_patched_graph`). Only for a model loaded
     from that file whose backbone did not change (a head-only fine-tune)."""
-    from animalcls.trust.cam import _dense_group_names
-
     new_weights = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in head_layers(model)}
 
     def write(path: Path) -> None:
@@ -130,7 +117,7 @@ def head_patched_writer(source: Path, model: Any) -> Callable[[Path], None]:
 
         with zipfile.ZipFile(Path(source) / MODEL_FILE) as archive:
             parts = {info.filename: archive.read(info) for info in archive.infolist()}
-        groups = _dense_group_names(json.loads(parts["config.json"]))
+        groups = dense_weight_groups(json.loads(parts["config.json"]))
         buffer, replaced = io.BytesIO(parts[KERAS_WEIGHTS]), []
         with h5py.File(buffer, "r+") as handle:
             for name, arrays in new_weights.items():
@@ -174,7 +161,6 @@ def inherit_scope(derived: Derived) -> None:
 
     from animalcls.core.errors import CheckpointError
     from animalcls.trust import scope
-    from animalcls.trust.cam import load_head_weights
 
     source = derived.source
     if not scope.has_scope(source):
@@ -182,7 +168,7 @@ def inherit_scope(derived: Derived) -> None:
     try:
         detector = scope.load_scope(source)
         scope.check_matches(detector, derived.source_manifest, source, derived.source_sha256)
-        layers = load_head_weights(source / MODEL_FILE).layers
+        layers = read_dense_head(source).layers
         activations = [layer.activation for layer in layers]
         if detector.calibration_head is None and activations != ["relu"] * (len(layers) - 1) + ["softmax"]:
             raise CheckpointError(f"its head's activations {activations} are not ReLU layers and a softmax")

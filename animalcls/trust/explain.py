@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from animalcls.core.errors import CheckpointError, ImageError
+from animalcls.core.errors import ImageError
 from animalcls.data.preprocessing import to_model_input
+from animalcls.heads.reader import DenseHead, read_dense_head
 from animalcls.serving.inference import ImageInput, Predictor, load_image
 from animalcls.trust import cam
 
@@ -51,7 +52,7 @@ class Explanation:
 
 
 def explain_batch(
-    forward: FeatureForward, head: cam.HeadWeights, batch: np.ndarray, method: str = DEFAULT_METHOD
+    forward: FeatureForward, head: DenseHead, batch: np.ndarray, method: str = DEFAULT_METHOD
 ) -> tuple[np.ndarray, np.ndarray]:
     """Engine-agnostic core: (probabilities (N,C), heatmaps (N,h,w) each summing to 1) for the
     top class of each input, from one forward pass plus a small numpy computation."""
@@ -73,7 +74,7 @@ def explain(
     single = isinstance(images, (str, Path, bytes, Image.Image, np.ndarray))
     photos = [load_image(image) for image in ([images] if single else images)]
     batch = np.stack([to_model_input(photo, predictor.image_size) for photo in photos])
-    probabilities, heatmaps = explain_batch(feature_forward(predictor), head_weights(predictor.path), batch, method)
+    probabilities, heatmaps = explain_batch(feature_forward(predictor), read_dense_head(predictor.path), batch, method)
     names = predictor.class_names
     return [
         Explanation(names[int(np.argmax(p))], dict(zip(names, map(float, p))), heatmap, _for_display(photo))
@@ -90,22 +91,7 @@ def _for_display(photo: Image.Image) -> Image.Image:
 # ------------------------------------------------------------------ the engines
 
 _FORWARDS: dict[int, tuple[Any, FeatureForward]] = {}
-_HEADS: dict[tuple[str, float], cam.HeadWeights] = {}
 _LOCK = threading.Lock()
-
-
-def head_weights(checkpoint: str | Path) -> cam.HeadWeights:
-    """The checkpoint's head weights, read once from its model.keras with h5py (no TF)."""
-    from animalcls.store.checkpoints import MODEL_FILE
-
-    model_file = Path(checkpoint).resolve() / MODEL_FILE
-    if not model_file.is_file():
-        raise CheckpointError(f"Missing {MODEL_FILE} in {checkpoint}")
-    key = (str(model_file), model_file.stat().st_mtime)
-    with _LOCK:
-        if key not in _HEADS:
-            _HEADS[key] = cam.load_head_weights(model_file)
-        return _HEADS[key]
 
 
 def feature_forward(predictor: Predictor) -> FeatureForward:
@@ -205,7 +191,7 @@ def plan_job(checkpoint: Path, images: Sequence[str], out_dir: Path, json_file: 
     from animalcls.store.checkpoints import read_manifest
 
     name = read_manifest(checkpoint)["name"]
-    head_weights(checkpoint)  # an unsupported or unreadable head fails here, before any TF import
+    read_dense_head(checkpoint)  # an unsupported or unreadable head fails here, before any TF import
     for image in images:
         if Path(image).is_dir():
             raise ImageError(f"{image} is a folder: explain takes image files (e.g. {Path(image) / '*.jpg'}).")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from animalcls.core.errors import AnimalclsError
 from animalcls.data.preprocessing import to_model_input
+from animalcls.heads.reader import DenseHead, HeadError, read_dense_head
 from animalcls.serving.inference import Predictor, load_image, load_predictor
 from animalcls.serving.model_cache import FileCache
 from animalcls.trust import cam, scope
@@ -107,15 +108,13 @@ class Judge:
             and self.predictor.image_size == scope.IMAGENET_IMAGE_SIZE
         )
 
-    def head(self) -> cam.HeadWeights:
-        from animalcls.trust.explain import head_weights
+    def head(self) -> DenseHead:
+        return read_dense_head(self.predictor.path)
 
-        return head_weights(self.predictor.path)
-
-    def _head_or_none(self) -> cam.HeadWeights | None:
+    def _head_or_none(self) -> DenseHead | None:
         try:
             return self.head()
-        except cam.HeadError:
+        except HeadError:
             return None
 
     def answer(
