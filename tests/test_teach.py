@@ -260,6 +260,38 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
         panel.train(one, progress=lambda *a, **k: None)
 
 
+def test_a_taught_session_is_saved_as_checkpoints_that_classify_check_and_teach_the_new_class(
+    taught_pair: dict[str, Path], tmp_path: Path
+) -> None:
+    from animalcls.heads.teach import stored_features
+    from animalcls.serving.inference import load_predictor
+    from animalcls.store.checkpoints import read_manifest
+    from animalcls.trust import scope
+    from animalcls.webapp.teach_session import TeachLimits, TeachSession, classify, save_taught_sides, teach_sides
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    dogs = [str(make_image(folder / f"dog{i}.png", (120, 120, 120), seed=800 + i)) for i in range(8)]
+    session = TeachSession()
+    session.add("dog", dogs, TeachLimits())
+    teach_sides(session, dict(taught_pair), epochs=3)
+    saved = save_taught_sides(session, tmp_path / "store", epochs=3)
+    assert set(saved) == {"scratch", "transfer"}
+    from PIL import Image
+
+    in_session = classify(session, list(saved), Image.open(dogs[0]))
+    for kind, path in saved.items():
+        assert path.parent == tmp_path / "store" and session.saved[kind] == path.name
+        manifest = read_manifest(path)
+        assert manifest["class_names"] == [*BASE, "dog"] and manifest["dataset"]["photos"] == {"dog": 8}
+        served = load_predictor(path).predict([dogs[0]])[0]
+        assert served == pytest.approx(in_session[kind], abs=1e-4)  # the checkpoint is the session's taught model
+        detector = scope.load_scope(path)
+        scope.check_matches(detector, manifest, path)
+        assert detector.class_names == [*BASE, "dog"] and int((detector.train_labels == 5).sum()) == 8
+        assert stored_features(path).class_names == [*BASE, "dog"]  # it can be taught again
+
+
 @pytest.mark.slow
 def test_a_head_only_finetune_can_be_taught_from_its_inherited_stored_features(
     taught_pair: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

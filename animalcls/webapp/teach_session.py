@@ -1,6 +1,8 @@
 """One visitor's "Teach" panel: photos per class, then both models' taught heads. No Gradio, and
 no TensorFlow at import; the app keeps one `TeachSession` per browser session (gr.State), so
-what a visitor teaches is theirs alone, held in memory and never written on the server.
+what a visitor teaches is theirs alone. The photos stay in memory; the taught models are
+written as checkpoints into the app's fine-tune store (`save_taught_sides`), owned by the
+visitor's session like a fine-tune, so the Classify tab can use them.
 
 Bounded: at most `TeachLimits.max_photos` photos per session, each file at most `max_mb`, kept
 as 8-bit RGB at the largest model input (224 px: about 150 KB each); at most `max_classes`
@@ -40,6 +42,8 @@ class TeachSession:
     photos: dict[str, list[np.ndarray]] = field(default_factory=dict)
     taught: dict[str, Any] = field(default_factory=dict)  # kind -> teach.Taught
     sources: dict[str, Path] = field(default_factory=dict)  # kind -> the checkpoint it was taught from
+    features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> class -> pooled, no mirrors
+    saved: dict[str, str] = field(default_factory=dict)  # kind -> the name of its taught checkpoint
 
     def count(self) -> int:
         return sum(len(v) for v in self.photos.values())
@@ -73,6 +77,7 @@ class TeachSession:
         if kept:
             self.photos.setdefault(name, []).extend(kept)
             self.taught.clear()  # the heads no longer match the photos
+            self.saved.clear()
         return notes
 
     def summary(self) -> list[list[Any]]:
@@ -149,6 +154,7 @@ def teach_sides(
     _check_ready(session)
     notes, step = [], on_step or (lambda fraction, what: None)
     session.taught.clear()
+    session.saved.clear()
     for i, (kind, folder) in enumerate(sides.items()):
         if folder is None:
             continue
@@ -166,7 +172,37 @@ def teach_sides(
         taught.seconds["total"] = time.perf_counter() - start
         score(taught, side["stored"], {})  # the original classes, on their stored test features
         session.taught[kind], session.sources[kind] = taught, Path(folder)
+        session.features[kind] = {name: f[: len(f) // 2] for name, f in train.items()}  # the mirrors follow
     return notes
+
+
+def save_taught_sides(session: TeachSession, root: Path, epochs: int = 10) -> dict[str, Path]:
+    """Write each taught side as a new checkpoint folder under `root` (the app's fine-tune
+    store); returns kind -> folder and records the names in `session.saved`. The first save
+    of a side loads its Keras model (kept for the next fine-tune or teach of the same file)."""
+    from animalcls.core.settings import finetune_folder
+    from animalcls.heads.finetune_head import source_model
+    from animalcls.heads.taught import save_taught, training_record
+    from animalcls.heads.teach import stored_summary
+    from animalcls.heads.teach_head import TrainSettings
+
+    folders = {}
+    for kind, taught in session.taught.items():
+        source, stored = session.sources[kind], base_side(session.sources[kind])["stored"]
+        training = training_record(taught, TrainSettings(epochs=epochs), "onnxruntime")
+        dataset = {
+            "teach_session": True,
+            "new_classes": [name for name in taught.class_names if name not in stored.class_names],
+            "photos": {name: len(arrays) for name, arrays in session.photos.items()},
+            "stored_features": stored_summary(stored),
+            "scores": taught.scores,
+        }
+        with source_model(source) as (model, _key):
+            folder = save_taught(
+                source, model, taught, finetune_folder(source, root), training, dataset, session.features[kind]
+            )
+        folders[kind], session.saved[kind] = folder, folder.name
+    return folders
 
 
 def _check_ready(session: TeachSession) -> None:
