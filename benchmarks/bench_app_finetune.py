@@ -69,7 +69,7 @@ def child(root: Path, cache: Path, runs: int, epochs: int) -> None:
     photo = str(root / "examples" / "cat-chelsea.jpg")
     for _ in range(runs):
         wall, cpu = time.perf_counter(), time.process_time()
-        updates = list(animal_app.finetune(epochs, 1e-3, 0, None))
+        updates = list(animal_app.finetune_tab.finetune(epochs, 1e-3, 0, None))
         done_wall, done_cpu = time.perf_counter(), time.process_time()
         assert updates[-1][0].startswith("**Done.**"), updates[-1][0]
         # What the first Classify after "Use this model" pays: loading the fine-tune to serve it.

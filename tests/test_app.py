@@ -164,7 +164,7 @@ def test_no_checkpoints_at_all(tmp_path):
     assert "No **scratch** checkpoint" in views[0] and "No **transfer** checkpoint" in views[1]
     with pytest.raises(gr.Error, match="No checkpoints are available"):
         animal_app.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))
-    assert "needs a transfer checkpoint" in animal_app.finetune_intro()
+    assert "needs a transfer checkpoint" in animal_app.finetune_tab.finetune_intro()
 
 
 def test_one_side_missing(tiny_checkpoints, tmp_path):

@@ -194,6 +194,6 @@ def test_only_shipped_examples_when_the_dataset_is_not_here(tiny_checkpoints, tm
     test_photos, shipped = animal_app.example_photos()
     assert test_photos == []  # no dataset here, but the photos shipped in examples/ still show
     assert {Path(p).name for p in shipped} >= {"cat-chelsea.jpg", "none-dog.jpg"}
-    assert "no data" in animal_app.finetune_intro()
+    assert "no data" in animal_app.finetune_tab.finetune_intro()
     with pytest.raises(gr.Error, match="No data to fine-tune on"):
-        next(animal_app.finetune(1, 1e-3, 0))
+        next(animal_app.finetune_tab.finetune(1, 1e-3, 0))

@@ -22,16 +22,16 @@ def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
 
     started = threading.Event()
     monkeypatch.setattr(animalcls.heads.finetune, "finetune", blocking_finetune(started))
-    first = animal_app.finetune(2, 1e-3, 0)
+    first = animal_app.finetune_tab.finetune(2, 1e-3, 0)
     assert "starting" in next(first)[0]
     assert started.wait(30)
     with pytest.raises(gr.Error) as busy:
-        next(animal_app.finetune(1, 1e-3, 0))
+        next(animal_app.finetune_tab.finetune(1, 1e-3, 0))
     assert "already running" in busy.value.message and busy.value.title == "Busy"
-    assert "Cancelling" in animal_app.cancel_finetune()
+    assert "Cancelling" in animal_app.finetune_tab.cancel_finetune()
     final = drain(first)[-1]
     assert final[0].startswith("**Cancelled**; kept the 1 finished epoch(s).")
-    assert animal_app.cancel_finetune() == "No fine-tune of yours is running."
+    assert animal_app.finetune_tab.cancel_finetune() == "No fine-tune of yours is running."
     assert not animal_app.runner.busy
 
 
@@ -51,7 +51,7 @@ def test_finetune_settings_are_checked(tiny_checkpoints, tmp_path):
         ("x", 1e-3, 0, "whole numbers"),
     ):
         with pytest.raises(gr.Error, match=text):
-            next(animal_app.finetune(epochs, rate, unfreeze))
+            next(animal_app.finetune_tab.finetune(epochs, rate, unfreeze))
 
 
 def test_finetune_failure_is_reported(animal_app, monkeypatch):
@@ -63,7 +63,7 @@ def test_finetune_failure_is_reported(animal_app, monkeypatch):
 
     monkeypatch.setattr(animalcls.heads.finetune, "finetune", broken)
     with pytest.raises(gr.Error, match="The fine-tune failed: 12 image"):
-        drain(animal_app.finetune(1, 1e-3, 0))
+        drain(animal_app.finetune_tab.finetune(1, 1e-3, 0))
     assert not animal_app.runner.busy
 
 
@@ -75,7 +75,7 @@ def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch)
         raise FeatureExtractionCancelled("Cancelled during feature extraction.")
 
     monkeypatch.setattr(animalcls.heads.finetune, "finetune", cancelled)
-    final = drain(animal_app.finetune(1, 1e-3, 0))[-1]
+    final = drain(animal_app.finetune_tab.finetune(1, 1e-3, 0))[-1]
     assert final[0].startswith("**Cancelled** while extracting backbone features")
     assert final[6] is None  # the result's name: none (a skip reaches API callers as {'__type__': 'update'})
     with pytest.raises(gr.Error, match="No fine-tuned model yet"):
@@ -86,10 +86,10 @@ def test_cancel_during_feature_extraction_saves_nothing(animal_app, monkeypatch)
 def test_cancel_before_the_first_epoch_saves_nothing_and_offers_nothing(animal_app, tmp_path):
     """A real fine-tune with unfrozen layers, cancelled as it starts: nothing saved, the status
     says so, and "Use this model" stays off."""
-    animal_app.max_unfreeze = 2  # the operator's --max-unfreeze
-    run = animal_app.finetune(3, 1e-3, 2)
+    animal_app.finetune_tab.settings.max_unfreeze = 2  # the operator's --max-unfreeze
+    run = animal_app.finetune_tab.finetune(3, 1e-3, 2)
     next(run)
-    assert animal_app.cancel_finetune().startswith("**Cancelling")
+    assert animal_app.finetune_tab.cancel_finetune().startswith("**Cancelling")
     final = drain(run)[-1]
     assert final[0] == "**Cancelled** before the first epoch finished: nothing was saved."
     assert final[-2]["interactive"] is False  # "Use this model" (the last output is the session)
@@ -107,7 +107,7 @@ def test_use_model_before_any_finetune(animal_app):
 def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, tmp_path, test_photo):
     source = tiny_checkpoints["transfer"]
     before = folder_hashes(source)
-    updates = drain(animal_app.finetune(1, 1e-3, 0, None))
+    updates = drain(animal_app.finetune_tab.finetune(1, 1e-3, 0, None))
     status, curves, start_report, start_confusion, new_report, new_confusion, name, use_button, mine = updates[-1]
     assert status.startswith("**Done.**") and "test accuracy" in status
     # A warm fine-tune can end inside one watch interval: the last phase of its work still shows.
@@ -145,7 +145,7 @@ def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, te
         examples_dir=tmp_path / "none",
         use_for_everyone=True,
     )
-    *_, name, _, mine = drain(shared.finetune(1, 1e-3, 0, None))[-1]
+    *_, name, _, mine = drain(shared.finetune_tab.finetune(1, 1e-3, 0, None))[-1]
     message, *_ = shared.use_model(name, mine)
     assert "every visitor" in message and shared.registry.path("transfer").name == name
     assert name in shared.classify(test_photo, session=None)[2]  # a fresh visitor gets it too
@@ -168,6 +168,6 @@ def test_finetune_caps(tiny_checkpoints, tmp_path):
         max_unfreeze=0,
     )
     with pytest.raises(gr.Error, match="between 1 and 4"):
-        next(capped.finetune(5, 1e-3, 0))
+        next(capped.finetune_tab.finetune(5, 1e-3, 0))
     with pytest.raises(gr.Error, match="At most 0 backbone layers"):
-        next(capped.finetune(2, 1e-3, 3))
+        next(capped.finetune_tab.finetune(2, 1e-3, 3))

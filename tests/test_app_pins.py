@@ -94,5 +94,5 @@ def test_the_store_is_pruned_at_start_and_the_tab_says_the_real_limit(tiny_check
         limits=StoreLimits(max_count=5, max_bytes=7 * 2**20),
     )
     assert sorted(p.name for p in app.store.stored()) == ["transfer-tiny-ft-2", "transfer-tiny-ft-3"]
-    intro = app.finetune_intro()
+    intro = app.finetune_tab.finetune_intro()
     assert "The newest 2 fine-tunes are kept" in intro and "5 fine-tunes" not in intro, intro

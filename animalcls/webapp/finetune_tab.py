@@ -1,13 +1,14 @@
-"""The Fine-tune tab's handlers (a mixin of app_handlers.AnimalApp): one fine-tune at a time
-per server (Gradio's queue with concurrency_limit=1 makes the others wait and shows them their
-place), capped epochs and unfrozen layers, results owned by the session that made them, the
-oldest stored fine-tunes removed past the caps."""
+"""The Fine-tune tab: its handlers (`FinetuneTab`, given the services they use) and its layout
+(`build_finetune_section`). One fine-tune at a time per server (Gradio's queue with
+concurrency_limit=1 makes the others wait and shows them their place), capped epochs and
+unfrozen layers, results owned by the session that made them, the oldest stored fine-tunes
+removed past the caps."""
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +20,44 @@ from animalcls.core.settings import finetune_folder
 from animalcls.store.checkpoints import read_manifest
 from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp import views
-from animalcls.webapp.inputs import CheckedNumber
-from animalcls.webapp.sessions import session_of
-from animalcls.webapp.state import BusyError, JobProgress
+from animalcls.webapp.inputs import CheckedNumber, user_error
+from animalcls.webapp.sessions import SessionModels, session_hash, session_key, session_of
+from animalcls.webapp.state import BusyError, FinetuneRunner, JobProgress, ModelRegistry
 
 LIVE_PLOT_SECONDS = 1.0
 
 
-def user_error(message: str, title: str = "Error") -> gr.Error:
-    """A gr.Error whose text names no server path and no environment variable. Plain text, not
-    HTML-escaped: API clients read it as is (the page's toast sanitises what it shows)."""
-    return gr.Error(views.public(message), title=title, print_exception=False)
+@dataclass
+class FinetuneSettings:
+    """The operator's choices for fine-tuning on this server (app flags)."""
+
+    data_dir: Path | None = None  # the photos to fine-tune on; None: the transfer model's own, if here
+    checkpoints_root: Path | None = None  # where stored features of the bundled models are looked for
+    max_epochs: int = 20
+    max_unfreeze: int = 0
 
 
-class FinetuneHandlers:
-    """Fine-tune handlers; expects AnimalApp's registry, sessions, store, runner and limits."""
+class FinetuneTab:
+    """The Fine-tune tab's handlers. `registry` holds the server's default models, `sessions`
+    each visitor's (and, as `sessions.store`, the stored fine-tunes), `runner` the one job a
+    server runs at a time; `wait_ready` blocks until TensorFlow is imported."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        sessions: SessionModels,
+        runner: FinetuneRunner,
+        wait_ready: Callable[[], None],
+        render_dir: Path,
+        settings: FinetuneSettings,
+    ) -> None:
+        self.registry, self.sessions, self.store, self.runner = registry, sessions, sessions.store, runner
+        self.wait_ready, self.render_dir, self.settings = wait_ready, render_dir, settings
 
     def finetune_data(self) -> Path | None:
         """The configured dataset, else the one the transfer model was trained on, if on this machine."""
-        return self.data_dir if self.data_dir is not None else views.dataset_root_of(self.registry.path("transfer"))
+        data_dir = self.settings.data_dir
+        return data_dir if data_dir is not None else views.dataset_root_of(self.registry.path("transfer"))
 
     def stored_features(self, source: Path | None) -> Any:
         """Features stored with `source` (or the checkpoint it was fine-tuned from), or None."""
@@ -46,7 +66,8 @@ class FinetuneHandlers:
         if source is None:
             return None
         try:
-            return find_features(source, [self.checkpoints_root, self.finetune_root, Path(source).parent])
+            roots = [self.settings.checkpoints_root, self.store.root, Path(source).parent]
+            return find_features(source, [root for root in roots if root is not None])
         except AnimalclsError:
             return None
 
@@ -65,10 +86,10 @@ class FinetuneHandlers:
             where = "**no data**: neither its photos nor stored features are on this server, so fine-tuning is off"
         return (
             f"Fine-tunes the transfer model you are using on {where}, then evaluates it on the test split. "
-            f"Up to {self.max_epochs} epochs"
+            f"Up to {self.settings.max_epochs} epochs"
             + (
-                f" and {self.max_unfreeze} unfrozen backbone layers"
-                if self.max_unfreeze
+                f" and {self.settings.max_unfreeze} unfrozen backbone layers"
+                if self.settings.max_unfreeze
                 else "; only the classifier head trains"
             )
             + " on this server. One fine-tune runs at a time: if another visitor's is running, yours waits in the "
@@ -99,7 +120,7 @@ class FinetuneHandlers:
         status, live curves, both reports and confusion matrices, the result's name, the
         "Use this model" button's state and the session (which then owns the result)."""
         epochs, learning_rate, unfreeze = _finetune_inputs(
-            epochs, learning_rate, unfreeze_layers, self.max_epochs, self.max_unfreeze
+            epochs, learning_rate, unfreeze_layers, self.settings.max_epochs, self.settings.max_unfreeze
         )
         state = session_of(session)
         source = self.sessions.paths(state)["transfer"]
@@ -119,8 +140,8 @@ class FinetuneHandlers:
         crowded = self.store.crowded()
         if crowded is not None:
             raise user_error(crowded, "Server full")
-        out_dir = finetune_folder(source, self.finetune_root)
-        self._wait_ready()
+        out_dir = finetune_folder(source, self.store.root)
+        self.wait_ready()
 
         def target(hooks: Any) -> Any:
             from animalcls.heads.finetune import finetune
@@ -129,7 +150,7 @@ class FinetuneHandlers:
             # the Training tab shows them) itself, off the path to the saved checkpoint.
             return finetune(
                 source,
-                data_dir=self.data_dir,
+                data_dir=self.settings.data_dir,
                 epochs=epochs,
                 learning_rate=learning_rate,
                 unfreeze_layers=unfreeze,
@@ -140,7 +161,7 @@ class FinetuneHandlers:
             )
 
         try:
-            job = self.runner.start(target, epochs, meta={"source": source, "owner": _owner(request)})
+            job = self.runner.start(target, epochs, meta={"source": source, "owner": session_hash(request)})
         except BusyError as exc:
             raise user_error(str(exc), "Busy") from None
         try:
@@ -154,9 +175,9 @@ class FinetuneHandlers:
         yield (
             f"**Fine-tuning {name}**: starting…",
             _curves({}, name),
-            self.report_frame(views.evaluation_of(source)),
+            views.report_frame(views.evaluation_of(source)),
             views.confusion_file(source, self.render_dir),
-            self.report_frame(None),
+            views.report_frame(None),
             None,
             "",
             gr.update(interactive=False),
@@ -189,7 +210,7 @@ class FinetuneHandlers:
             _curves(result.history or {}, f"{name} fine-tuned"),
             skip,
             skip,
-            self.report_frame(result.evaluation),
+            views.report_frame(result.evaluation),
             views.confusion_file(new, self.render_dir),
             new.name,
             gr.update(interactive=True),
@@ -212,19 +233,10 @@ class FinetuneHandlers:
     def cancel_finetune(self, request: gr.Request = None) -> str:
         """Cancel this session's own fine-tune (never another visitor's)."""
         job = self.runner.current
-        if job is None or not job.running or job.meta.get("owner") != _owner(request):
+        if job is None or not job.running or job.meta.get("owner") != session_hash(request):
             return "No fine-tune of yours is running."
         job.cancel()
         return "**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs that finished."
-
-
-def _owner(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None)
-
-
-def session_key(request: gr.Request | None) -> str:
-    """The key a session's pins are kept under: its Gradio session hash (a random one without)."""
-    return _owner(request) or uuid.uuid4().hex
 
 
 def _finetune_inputs(
@@ -308,27 +320,28 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
     return report, confusion
 
 
-def build_finetune_section(
-    handlers: Any, session: gr.State, classify_parts: dict[str, Any], training_parts: list[Any]
-) -> None:
-    gr.Markdown(handlers.finetune_intro(), elem_id="ft-intro")
+def build_finetune_section(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
+    """The tab's components and events, inside the current gr.Tab. Returns what the layout wires
+    across tabs: the status, the result's name and the Use / Restore buttons."""
+    limits = tab.settings
+    gr.Markdown(tab.finetune_intro(), elem_id="ft-intro")
     with gr.Row():
         epochs = CheckedNumber(
-            value=min(3, handlers.max_epochs),
-            label=f"Epochs (1-{handlers.max_epochs})",
+            value=min(3, limits.max_epochs),
+            label=f"Epochs (1-{limits.max_epochs})",
             minimum=1,
-            maximum=handlers.max_epochs,
+            maximum=limits.max_epochs,
             precision=0,
             elem_id="ft-epochs",
         )
         rate = CheckedNumber(value=1e-3, label="Learning rate", minimum=1e-7, maximum=1.0, elem_id="ft-lr")
         unfreeze = CheckedNumber(
             value=0,
-            label=f"Unfreeze the top N backbone layers (0 = head only; at most {handlers.max_unfreeze} here)",
+            label=f"Unfreeze the top N backbone layers (0 = head only; at most {limits.max_unfreeze} here)",
             minimum=0,
-            maximum=handlers.max_unfreeze,
+            maximum=limits.max_unfreeze,
             precision=0,
-            visible=handlers.max_unfreeze > 0,  # a control that can only be 0 is no control
+            visible=limits.max_unfreeze > 0,  # a control that can only be 0 is no control
             elem_id="ft-unfreeze",
         )
     with gr.Row():
@@ -348,7 +361,7 @@ def build_finetune_section(
     # concurrency_limit=1: one fine-tune per server; Gradio's queue shows the others their place.
     # At once: Cancel appears and the status says whether the run starts or waits in the queue.
     run.click(
-        handlers.finetune_waiting,
+        tab.finetune_waiting,
         None,
         [status, cancel],
         queue=False,
@@ -357,7 +370,7 @@ def build_finetune_section(
         show_progress="hidden",
     )
     finetune = run.click(
-        handlers.finetune,
+        tab.finetune,
         [epochs, rate, unfreeze, session],
         [status, curves, start_report, start_confusion, new_report, new_confusion, result, use, session],
         api_name="finetune",
@@ -382,25 +395,11 @@ def build_finetune_section(
         show_progress="hidden",
     )
     cancel.click(
-        handlers.cancel_finetune,
+        tab.cancel_finetune,
         None,
         status,
         api_name="cancel_finetune",
         concurrency_limit=None,
         show_progress="hidden",
     )
-    views_out = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
-    use.click(
-        handlers.use_model,
-        [result, session],
-        [status, *views_out, session],
-        api_name="use_model",
-        concurrency_limit=None,
-    ).success(api_name="classify_after_use", api_visibility="undocumented", **classify_parts["refresh"])
-    restore.click(
-        handlers.restore_models,
-        session,
-        [status, *views_out, session],
-        api_name="restore_models",
-        concurrency_limit=None,
-    ).success(api_name="classify_after_restore", api_visibility="undocumented", **classify_parts["refresh"])
+    return {"status": status, "result": result, "use": use, "restore": restore}

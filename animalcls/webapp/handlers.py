@@ -15,12 +15,11 @@ from animalcls.core.errors import AnimalclsError, ImageError
 from animalcls.core.settings import BUNDLED_DIR, finetunes_root
 from animalcls.serving.inference import load_image, top_k
 from animalcls.store.checkpoints import KINDS, read_manifest
-from animalcls.training.reports import REPORT_HEADERS, report_rows
 from animalcls.webapp import views
 from animalcls.webapp.checkpoints import ServedCheckpoints, resolve_checkpoints
-from animalcls.webapp.finetune_tab import FinetuneHandlers, session_key, user_error
-from animalcls.webapp.inputs import UnusableUpload
-from animalcls.webapp.sessions import FinetuneStore, SessionModels, StoreLimits, session_of
+from animalcls.webapp.finetune_tab import FinetuneSettings, FinetuneTab
+from animalcls.webapp.inputs import UnusableUpload, user_error
+from animalcls.webapp.sessions import FinetuneStore, SessionModels, StoreLimits, session_hash, session_key, session_of
 from animalcls.webapp.state import FinetuneRunner, ModelRegistry
 from animalcls.webapp.temp import private_folder, remove_stale
 from animalcls.webapp.trust_view import (
@@ -36,11 +35,14 @@ from animalcls.webapp.trust_view import (
 
 
 def image_error(message: str) -> gr.Error:
-    return gr.Error(views.public(message), title="Not a usable image", print_exception=False)
+    return user_error(message, "Not a usable image")
 
 
-class AnimalApp(FinetuneHandlers):
-    """The app's handlers and server-side state; app_layout.build_layout() wires them into gr.Blocks.
+class AnimalApp:
+    """The app's handlers and server-side state; layout.build_layout() wires them into gr.Blocks.
+    Each tab with handlers of its own is an object built here from the services it uses
+    (`finetune_tab`, `cells`); this class keeps the Classify and Training handlers and those
+    that span tabs (use / restore a model, the session's end).
 
     State scope: the server's DEFAULT models (`registry`), the fine-tune queue (`runner`) and
     the fine-tune store are per server. Which models a visitor classifies with, and which
@@ -79,7 +81,7 @@ class AnimalApp(FinetuneHandlers):
         protected = [self.checkpoints_root, *(p for p in paths.values() if p is not None)]
         self.store = FinetuneStore(self.finetune_root, limits, protected)
         self.sessions = SessionModels(self.registry.paths, self.store)
-        self.max_epochs, self.max_unfreeze, self.use_for_everyone = max_epochs, max_unfreeze, use_for_everyone
+        self.use_for_everyone = use_for_everyone
         self.examples_dir = Path(examples_dir)
         remove_stale()  # temp folders of app processes that died without cleaning up
         self.render_dir = private_folder("plots")  # plots drawn for PNG-less folders; removed at exit
@@ -96,9 +98,14 @@ class AnimalApp(FinetuneHandlers):
         self.models_ready = threading.Event()
         self.models_ready.set()
         self.images = TempImages()  # overlay and thumbnail files for the page
-        self.cells = CellView(self.registry, self._wait_ready, self.images)
+        self.cells = CellView(self.registry, self.wait_ready, self.images)
+        settings = FinetuneSettings(self.data_dir, self.checkpoints_root, max_epochs, max_unfreeze)
+        self.finetune_tab = FinetuneTab(
+            self.registry, self.sessions, self.runner, self.wait_ready, self.render_dir, settings
+        )
 
-    def _wait_ready(self, event: threading.Event | None = None) -> None:
+    def wait_ready(self, event: threading.Event | None = None) -> None:
+        """Block until TensorFlow is imported (or `event` is set); a visitor is told after 5 minutes."""
         if not (event or self.ready).wait(timeout=300):
             raise user_error("The server is still starting up; try again in a minute.", "Starting")
 
@@ -122,7 +129,7 @@ class AnimalApp(FinetuneHandlers):
             picture = load_image(image, max_side=views.largest_input([folder for folder, _ in sides.values()]))
         except ImageError as exc:
             raise image_error(str(exc)) from None
-        self._wait_ready(self.models_ready)
+        self.wait_ready(self.models_ready)
         answers = answer_sides(
             {kind: folder for kind, (folder, _) in sides.items() if folder}, picture, bool(show_heatmaps)
         )
@@ -205,31 +212,23 @@ class AnimalApp(FinetuneHandlers):
         for kind in KINDS:
             folder = paths[kind]
             if folder is None:
-                values += [views.missing_side_text(kind), None, None, self.report_frame(None)]
+                values += [views.missing_side_text(kind), None, None, views.report_frame(None)]
                 continue
             try:
                 values += [
                     views.facts_markdown(folder),
                     views.history_file(folder, self.render_dir),
                     views.confusion_file(folder, self.render_dir),
-                    self.report_frame(views.evaluation_of(folder)),
+                    views.report_frame(views.evaluation_of(folder)),
                 ]
             except AnimalclsError as exc:
                 values += [
                     f"**Unusable checkpoint:** {html.escape(views.public(str(exc)))}",
                     None,
                     None,
-                    self.report_frame(None),
+                    views.report_frame(None),
                 ]
         return tuple(values)
-
-    @staticmethod
-    def report_frame(evaluation: dict[str, Any] | None) -> Any:
-        import pandas as pd
-
-        # Empty cells, not None: pandas turns None into NaN, which reaches the JSON as a bare NaN.
-        rows = [["" if cell is None else cell for cell in row] for row in report_rows(evaluation)]
-        return pd.DataFrame(rows, columns=REPORT_HEADERS)
 
     # ----- Use / restore (this session only, unless the operator shares swaps) -----
     def use_model(self, name: str | None = None, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:
@@ -246,7 +245,7 @@ class AnimalApp(FinetuneHandlers):
                 "Unknown model",
             )
         kind = read_manifest(folder)["kind"]
-        self._wait_ready()
+        self.wait_ready()
         state = self.store.pin(self.sessions.choose(state, folder.name, kind), session_key(request))
         if self.use_for_everyone:
             self.registry.use(folder, kind)
@@ -267,7 +266,7 @@ class AnimalApp(FinetuneHandlers):
     # ----- Session end: its fine-tunes are no longer pinned -----
     def end_session(self, request: gr.Request = None) -> None:
         """demo.unload: the visitor closed or reloaded the page."""
-        self.store.pins.drop(getattr(request, "session_hash", None))
+        self.store.pins.drop(session_hash(request))
 
     def forget_session(self, session: Any) -> None:
         """The session state's delete_callback: Gradio dropped the state (an hour after the page closed)."""

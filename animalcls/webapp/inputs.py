@@ -26,6 +26,7 @@ from gradio.data_classes import ImageData
 
 from animalcls.core.errors import ImageError
 from animalcls.serving.inference import MAX_FILE_BYTES, check_image_file
+from animalcls.webapp.views import public
 
 # The one answer for any file the app did not receive: it says nothing about what is on disk.
 REFUSED = "That file was not uploaded to this app: upload the photo itself (or send it inline as a data: URL)."
@@ -48,8 +49,15 @@ class UnusableUpload(str):
     leave a broken image in the input; the handlers show the reason once and clear instead."""
 
 
+def user_error(message: str, title: str) -> gr.Error:
+    """The one way the app refuses a request: a toast titled in plain words (never just "Error"),
+    whose text names no server path and no environment variable. Plain text, not HTML-escaped:
+    API clients read it as is (the page's toast sanitises what it shows)."""
+    return gr.Error(public(message), title=title, print_exception=False)
+
+
 def refused() -> gr.Error:
-    return gr.Error(REFUSED, title="Not an upload", print_exception=False)
+    return user_error(REFUSED, "Not an upload")
 
 
 def uploaded_file(path: str | None, cache: str) -> str:
@@ -133,7 +141,7 @@ class CheckedNumber(gr.Number):
 
 
 def _bad_number(message: str) -> gr.Error:
-    return gr.Error(message, title="Bad settings", print_exception=False)
+    return user_error(message, "Bad settings")
 
 
 def checked_examples(examples: gr.Examples) -> gr.Examples:

@@ -111,9 +111,10 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
                 training_parts = _training_tab()
                 build_cells_section(handlers.cells, demo)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
-                build_finetune_section(handlers, session, classify_parts, training_parts)
+                finetune_parts = build_finetune_section(handlers.finetune_tab, session)
                 teach_panel = build_teach_section(handlers, teach_limits)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
+        _model_choice_events(handlers, session, finetune_parts, view_outputs, classify_parts["refresh"])
         demo.load(
             handlers.model_views,
             session,
@@ -127,6 +128,26 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
     demo.animalcls_app = handlers  # for tests and embedding
     demo.animalcls_teach = teach_panel
     return demo
+
+
+def _model_choice_events(
+    handlers: AnimalApp, session: gr.State, parts: dict[str, Any], views_out: list[Any], refresh: dict[str, Any]
+) -> None:
+    """Use this model / Restore (on the Fine-tune tab): every tab's views follow this session's models."""
+    parts["use"].click(
+        handlers.use_model,
+        [parts["result"], session],
+        [parts["status"], *views_out, session],
+        api_name="use_model",
+        concurrency_limit=None,
+    ).success(api_name="classify_after_use", api_visibility="undocumented", **refresh)
+    parts["restore"].click(
+        handlers.restore_models,
+        session,
+        [parts["status"], *views_out, session],
+        api_name="restore_models",
+        concurrency_limit=None,
+    ).success(api_name="classify_after_restore", api_visibility="undocumented", **refresh)
 
 
 def _classify_tab(handlers: AnimalApp, session: gr.State) -> dict[str, Any]:

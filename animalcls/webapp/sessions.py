@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,16 @@ def session_of(state: Any) -> dict[str, Any]:
     if isinstance(state.get("pin"), str):
         session["pin"] = state["pin"]
     return session
+
+
+def session_hash(request: Any) -> str | None:
+    """The Gradio session hash of a request (a gr.Request; None without one)."""
+    return getattr(request, "session_hash", None)
+
+
+def session_key(request: Any) -> str:
+    """The key a session's pins are kept under: its Gradio session hash (a random one without)."""
+    return session_hash(request) or uuid.uuid4().hex
 
 
 def pinned_names(session: dict[str, Any]) -> set[str]:

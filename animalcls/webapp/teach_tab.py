@@ -57,7 +57,7 @@ class TeachPanel:
         return session, session.summary(), text, None, None
 
     def train(self, session: TeachSession, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
-        self.app._wait_ready()
+        self.app.wait_ready()
         try:
             notes = teach_sides(session, self.sides(), on_step=lambda f, what: progress(f, desc=what))
         except AnimalclsError as exc:

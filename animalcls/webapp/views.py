@@ -20,6 +20,7 @@ from animalcls.store.checkpoints import (
     read_json,
     read_manifest,
 )
+from animalcls.training.reports import REPORT_HEADERS, report_rows
 from animalcls.webapp.lesson import HEADINGS
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"  # the freely licensed photos shipped
@@ -67,6 +68,15 @@ def missing_side_text(kind: str, note: str = "") -> str:
 def evaluation_of(folder: Path) -> dict[str, Any] | None:
     path = Path(folder) / EVAL_FILE
     return read_json(path) if path.is_file() else None
+
+
+def report_frame(evaluation: dict[str, Any] | None) -> Any:
+    """The classification report as a table (an empty one without an evaluation)."""
+    import pandas as pd
+
+    # Empty cells, not None: pandas turns None into NaN, which reaches the JSON as a bare NaN.
+    rows = [["" if cell is None else cell for cell in row] for row in report_rows(evaluation)]
+    return pd.DataFrame(rows, columns=REPORT_HEADERS)
 
 
 def held_out_accuracy(folder: Path) -> float | None:
