@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load(kind: str) -> dict:
-    from animalcls.heads.teach import head_from_file, keras_extractor, onnx_extractor, stored_features
+    from animalcls.heads.reader import read_dense_head
+    from animalcls.heads.teach import keras_extractor, onnx_extractor, stored_features
     from animalcls.store.checkpoints import default_pair, load_checkpoint
 
     folder = default_pair()[kind]
@@ -55,7 +56,7 @@ def load(kind: str) -> dict:
         "folder": folder,
         "model": model,
         "size": int(model.input_shape[1]),
-        "head": head_from_file(folder),
+        "head": read_dense_head(folder).as_head(),
         "stored": stored_features(folder),
         "extract": onnx or keras_extractor(model),
         "tf": keras_extractor(model),

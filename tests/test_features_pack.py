@@ -86,7 +86,8 @@ def test_packs_are_keyed_by_their_entries_and_capped(tiny_checkpoints, tmp_path,
 
 def test_onnx_pooled_features_match_keras_plain_and_flipped(tiny_checkpoints, tmp_path, photos):
     from animalcls.heads.teach import photo_batch
-    from animalcls.serving.features import FeatureCache, cached_feature_groups, feature_model, pooled_forward
+    from animalcls.serving.features import FeatureCache, cached_feature_groups, pooled_forward
+    from animalcls.serving.forward import outputs_model
 
     folder = tiny_checkpoints["transfer"]  # train_checkpoint wrote its model.onnx
     forward = pooled_forward(folder)
@@ -94,7 +95,7 @@ def test_onnx_pooled_features_match_keras_plain_and_flipped(tiny_checkpoints, tm
     model = load_model(folder)
     batch = photo_batch(photos, 32)
     for images in (batch, batch[:, :, ::-1]):
-        keras_features = feature_model(model)(images, training=False).numpy()
+        keras_features = outputs_model(model, ("pooled",))(images, training=False)["pooled"].numpy()
         np.testing.assert_allclose(forward(np.ascontiguousarray(images)), keras_features, atol=1e-4)
 
     # The same through the cache: extracted by ONNX Runtime vs by Keras, each into its own cache.
@@ -225,8 +226,9 @@ def test_repeated_finetunes_start_from_the_file_and_save_loadable_models(tiny_ch
     and the patched model.keras loads in Keras and matches the trained head on features."""
     from animalcls.core.settings import BACKBONE_LAYER
     from animalcls.heads.finetune import finetune
-    from animalcls.heads.teach import photo_batch, read_head
-    from animalcls.serving.features import feature_model
+    from animalcls.heads.reader import read_dense_head
+    from animalcls.heads.teach import photo_batch
+    from animalcls.serving.forward import outputs_model
     from animalcls.store.checkpoints import load_checkpoint
 
     monkeypatch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp_path / "cache"))
@@ -247,5 +249,7 @@ def test_repeated_finetunes_start_from_the_file_and_save_loadable_models(tiny_ch
         np.testing.assert_array_equal(a, b)  # every backbone weight is the source's
     images = sorted(str(p) for p in Path(source).parent.parent.rglob("*.jpg"))[:6]
     batch = photo_batch(images, 32)
-    pooled = feature_model(saved)(batch, training=False).numpy()
-    np.testing.assert_allclose(saved(batch, training=False).numpy(), read_head(saved).probabilities(pooled), atol=1e-5)
+    pooled = outputs_model(saved, ("pooled",))(batch, training=False)["pooled"].numpy()
+    np.testing.assert_allclose(
+        saved(batch, training=False).numpy(), read_dense_head(saved).as_head().probabilities(pooled), atol=1e-5
+    )

@@ -164,7 +164,8 @@ def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
 def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     taught_pair: dict[str, Path], tmp_path: Path, kind: str
 ) -> None:
-    from animalcls.heads.teach import head_from_file, photo_batch, plan_teach, read_head, run_teach, stored_features
+    from animalcls.heads.reader import read_dense_head
+    from animalcls.heads.teach import photo_batch, plan_teach, run_teach, stored_features
     from animalcls.store.checkpoints import load_checkpoint
 
     root = tmp_path / "mine"
@@ -188,16 +189,19 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
 
     features = keras_extractor(loaded.model)(held)
     np.testing.assert_allclose(
-        loaded.model(held, training=False), read_head(loaded.model).probabilities(features), atol=1e-5
+        loaded.model(held, training=False), read_dense_head(loaded.model).as_head().probabilities(features), atol=1e-5
     )
-    from_file = head_from_file(result.path)  # the TF-free reader the app uses
-    assert from_file.dropout == read_head(loaded.model).dropout
+    from_file = read_dense_head(result.path).as_head()  # the TF-free reader the app uses
+    assert from_file.dropout == read_dense_head(loaded.model).as_head().dropout
     np.testing.assert_allclose(
-        from_file.probabilities(features), read_head(loaded.model).probabilities(features), atol=1e-6
+        from_file.probabilities(features), read_dense_head(loaded.model).as_head().probabilities(features), atol=1e-6
     )
     stored = stored_features(taught_pair[kind])
     truth = stored.test_labels
-    before = (read_head(load_checkpoint(taught_pair[kind]).model).probabilities(stored.test).argmax(1) == truth).mean()
+    before = (
+        read_dense_head(load_checkpoint(taught_pair[kind]).model).as_head().probabilities(stored.test).argmax(1)
+        == truth
+    ).mean()
     after = manifest["dataset"]["scores"]["original_classes"]["accuracy"]
     assert after >= before - 0.2, (before, after)
 

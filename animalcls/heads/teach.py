@@ -28,14 +28,14 @@ import numpy as np
 
 from animalcls.core.errors import CheckpointError
 from animalcls.core.hooks import TrainHooks
-from animalcls.core.settings import POOL_LAYER, finetune_folder
+from animalcls.core.settings import finetune_folder
 from animalcls.data.teach_folders import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
+from animalcls.heads.reader import read_dense_head
 from animalcls.heads.taught import Taught
 from animalcls.heads.teach_head import (
     Head,
     TrainSettings,
     limit_new_classes,
-    read_head,
     train_head,
     train_output_layer,
 )
@@ -194,30 +194,6 @@ def onnx_extractor(folder: Path) -> Extractor | None:
 # ---------------------------------------------------------------- the head
 
 
-def head_from_file(folder: str | Path) -> Head:
-    """`read_head` without TensorFlow: the Dense weights straight from model.keras (cam.py's
-    h5py reader) and the Dropout rate from its config, for serving through ONNX Runtime."""
-    import json
-    import zipfile
-
-    from animalcls.trust.cam import load_head_weights
-
-    keras_file = Path(folder) / checkpoints.MODEL_FILE
-    weights = load_head_weights(keras_file)
-    with zipfile.ZipFile(keras_file) as archive:
-        layers = json.loads(archive.read("config.json"))["config"]["layers"]
-    names = [layer["config"]["name"] for layer in layers]
-    after = layers[names.index(POOL_LAYER) + 1 :]
-    dense = [layer["config"]["name"] for layer in after if layer["class_name"] == "Dense"]
-    rate = float(after[-2]["config"]["rate"]) if len(after) > 1 and after[-2]["class_name"] == "Dropout" else 0.0
-    return Head(
-        [np.asarray(d.kernel, np.float32) for d in weights.layers],
-        [np.asarray(d.bias, np.float32) for d in weights.layers],
-        rate,
-        dense[:-1],
-    )
-
-
 def teach_head(
     base_head: Head,
     stored: StoredFeatures,
@@ -322,7 +298,7 @@ def run_teach(plan: TeachPlan, hooks: TrainHooks | None = None) -> Any:
     train = extract_photos(extractor, root, plan.split.train, size, True, hooks.on_features, hooks.cancel)
     test = extract_photos(extractor, root, plan.split.test, size, False, None, hooks.cancel)
     extract_seconds = time.perf_counter() - extracting
-    taught = teach_head(read_head(model), stored, plan.class_names, train, plan.settings, hooks)
+    taught = teach_head(read_dense_head(model).as_head(), stored, plan.class_names, train, plan.settings, hooks)
     score(taught, stored, test)
     taught.seconds.update(extract=extract_seconds, total=time.perf_counter() - start)
     training = training_record(taught, plan.settings, engine)

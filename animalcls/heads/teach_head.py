@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -76,31 +75,6 @@ class Head:
         direction = activations.mean(axis=0) - centre
         column = direction / max(float(np.linalg.norm(direction)), 1e-12) * float(np.linalg.norm(kernel, axis=0).mean())
         return column.astype(np.float32), float(bias.mean() - centre @ column)
-
-
-def read_head(model: Any) -> Head:
-    """The Dense layers after the pooling layer (hidden ReLU, last softmax) of a Keras model
-    as a Head (Keras is imported only here)."""
-    from keras import layers
-
-    from animalcls.core.errors import CheckpointError
-    from animalcls.core.settings import POOL_LAYER
-
-    after = model.layers[model.layers.index(model.get_layer(POOL_LAYER)) + 1 :]
-    dense = [layer for layer in after if isinstance(layer, layers.Dense)]
-    others = [layer for layer in after if not isinstance(layer, (layers.Dense, layers.Dropout))]
-    activations = [layer.get_config()["activation"] for layer in dense]
-    if others or not dense or activations[-1] != "softmax" or any(a != "relu" for a in activations[:-1]):
-        raise CheckpointError(f"{model.name}: only heads of ReLU Dense layers and a softmax Dense can be taught.")
-    dropout = [
-        layer.rate for layer in after if isinstance(layer, layers.Dropout) and after.index(layer) == len(after) - 2
-    ]
-    return Head(
-        [np.asarray(d.kernel.numpy(), np.float32) for d in dense],
-        [np.asarray(d.bias.numpy(), np.float32) for d in dense],
-        float(dropout[0]) if dropout else 0.0,
-        [d.name for d in dense[:-1]],
-    )
 
 
 def limit_new_classes(head: Head, old_hidden: np.ndarray, old_classes: int, share: float) -> tuple[Head, list[float]]:

@@ -116,7 +116,8 @@ def base_side(folder: Path) -> dict[str, Any]:
 
 
 def _load_side(folder: Path) -> dict[str, Any]:
-    from animalcls.heads.teach import chunked, head_from_file, keras_extractor, stored_features
+    from animalcls.heads.reader import read_dense_head
+    from animalcls.heads.teach import chunked, keras_extractor, stored_features
     from animalcls.serving.inference import load_predictor
 
     stored = stored_features(folder)  # first: a side without stored features fails fast
@@ -125,7 +126,7 @@ def _load_side(folder: Path) -> dict[str, Any]:
     extract = chunked(lambda b: engine.run(b, ("pooled",))["pooled"]) if engine else keras_extractor(predictor.model)
     return {
         "extract": extract,
-        "head": head_from_file(folder),
+        "head": read_dense_head(folder).as_head(),
         "stored": stored,
         "size": predictor.image_size,
         "name": folder.name,
