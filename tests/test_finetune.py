@@ -78,7 +78,8 @@ def test_flipped_features_differ_for_an_asymmetric_image(tiny_checkpoints, tmp_p
     import tensorflow as tf
 
     from animalcls.data.dataset import decode_resize
-    from animalcls.serving.features import FeatureCache, cached_features, feature_model
+    from animalcls.serving.features import FeatureCache, cached_features
+    from animalcls.serving.forward import outputs_model
 
     model = load_model(tiny_checkpoints["transfer"])
     pixels = np.zeros((32, 32, 3), np.uint8)
@@ -91,7 +92,8 @@ def test_flipped_features_differ_for_an_asymmetric_image(tiny_checkpoints, tmp_p
     flipped = cached_features(model, [str(path)], flip=True, cache=cache)
     assert not np.allclose(plain, flipped, atol=1e-4)
     image = decode_resize(tf.io.read_file(str(path)), 32)
-    expected = feature_model(model)(tf.image.flip_left_right(image)[None], training=False).numpy()
+    expected = outputs_model(model, ("pooled",))(tf.image.flip_left_right(image)[None], training=False)
+    expected = expected["pooled"].numpy()
     np.testing.assert_allclose(flipped, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -21,10 +21,10 @@ FEATURE_TOLERANCE = 1e-4  # absolute, on activations of order 1-10
 
 
 def keras_outputs(folder: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    from animalcls.serving.convert_onnx import serving_model
+    from animalcls.serving.forward import outputs_model
 
     model = checkpoints.load_checkpoint(folder).model
-    return {name: np.asarray(value) for name, value in serving_model(model)(batch, training=False).items()}
+    return {name: np.asarray(value) for name, value in outputs_model(model)(batch, training=False).items()}
 
 
 def assert_parity(engine, reference: dict[str, np.ndarray], batch: np.ndarray) -> None:

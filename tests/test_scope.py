@@ -203,12 +203,13 @@ def test_build_scope_on_a_tiny_checkpoint(tiny_checkpoints: dict[str, Path], tmp
 
 
 def test_scope_arrays_come_from_one_forward_pass(tiny_checkpoints: dict[str, Path]) -> None:
+    from animalcls.serving.forward import outputs_model
     from animalcls.store.checkpoints import load_checkpoint
-    from animalcls.trust.scope_build import arrays_model
 
     loaded = load_checkpoint(tiny_checkpoints["transfer"])
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    probabilities, features = arrays_model(loaded.model)(images, training=False)
+    outputs = outputs_model(loaded.model, ("probabilities", "pooled"))(images, training=False)
+    probabilities, features = outputs["probabilities"], outputs["pooled"]
     np.testing.assert_allclose(np.asarray(probabilities), np.asarray(loaded.model(images, training=False)), atol=1e-6)
     assert np.asarray(features).shape == (4, 16)
 

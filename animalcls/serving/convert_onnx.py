@@ -26,25 +26,10 @@ import numpy as np
 
 from animalcls.core.atomic import bytes_sha256, write_atomic
 from animalcls.core.errors import CheckpointError
+from animalcls.serving.forward import outputs_model
 from animalcls.store import onnx_store
 
 OPSET = 17
-
-
-def serving_model(model: Any) -> Any:
-    """A keras.Model sharing `model`'s layers whose outputs are the three serving outputs."""
-    import keras
-
-    from animalcls.core.settings import POOL_LAYER
-
-    try:
-        pool = model.get_layer(POOL_LAYER)
-    except ValueError:
-        raise CheckpointError(
-            f"Model {model.name} has no '{POOL_LAYER}' layer; it cannot be served via ONNX."
-        ) from None
-    outputs = {"probabilities": model.output, "pooled": pool.output, "feature_map": pool.input}
-    return keras.Model(model.input, outputs, name=f"{model.name}_serving")
 
 
 def to_onnx_bytes(model: Any, image_size: int) -> bytes:
@@ -53,7 +38,7 @@ def to_onnx_bytes(model: Any, image_size: int) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    serving = serving_model(model)
+    serving = outputs_model(model)
 
     @tf.function(autograph=False)
     def serve(image: Any) -> dict[str, Any]:

@@ -67,9 +67,9 @@ def _write_savedmodel(model: Any, image_size: int, path: Path) -> None:
     import keras
     import tensorflow as tf
 
-    from animalcls.serving.convert_onnx import serving_model
+    from animalcls.serving.forward import outputs_model
 
-    serving = serving_model(model)
+    serving = outputs_model(model)
     archive = keras.export.ExportArchive()
     archive.track(serving)
     spec = tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=onnx_store.INPUT_NAME)
@@ -133,9 +133,9 @@ def max_probability_delta(model: Any, folder: Path, fmt: str, image_size: int) -
 
 
 def output_shapes(model: Any) -> dict[str, tuple]:
-    from animalcls.serving.convert_onnx import serving_model
+    from animalcls.serving.forward import outputs_model
 
-    return {name: tuple(tensor.shape) for name, tensor in serving_model(model).output.items()}
+    return {name: tuple(tensor.shape) for name, tensor in outputs_model(model).output.items()}
 
 
 def export_readme(manifest: dict[str, Any], fmt: str, shapes: dict[str, tuple], delta: float) -> str:

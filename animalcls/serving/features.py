@@ -42,6 +42,7 @@ import numpy as np
 from animalcls.core.atomic import write_atomic, write_json
 from animalcls.core.errors import Cancelled, DataError
 from animalcls.core.settings import BACKBONE_LAYER, POOL_LAYER, feature_cache_root
+from animalcls.serving.forward import outputs_model
 
 # Bump when decoding, resizing or pooling change: every old entry then stops matching.
 FEATURES_VERSION = 1
@@ -58,11 +59,11 @@ class FeatureExtractionCancelled(Cancelled):
     """The cancel event was set during feature extraction; finished batches stay cached."""
 
 
-def feature_model(model: Any) -> Any:
-    """image -> pooled features, sharing `model`'s backbone and pooling layers (no copy)."""
-    import keras
-
-    return keras.Model(model.inputs, model.get_layer(POOL_LAYER).output, name=f"{model.name}_features")
+def feature_model(model: Any) -> Callable[..., Any]:
+    """image -> pooled features (one tensor). Only heads.teach.keras_extractor still calls it;
+    when it runs serving.forward.Forward instead, this goes."""
+    pooled = outputs_model(model, ("pooled",))
+    return lambda images, training=False: pooled(images, training=training)["pooled"]
 
 
 def backbone_fingerprint(model: Any) -> str:
@@ -322,9 +323,9 @@ def _extract(
         batch_size,
     )
     if pooled is None:
-        extractor = feature_model(model)
+        extractor = outputs_model(model, ("pooled",))
         # Compiled once; reduce_retracing keeps the smaller last batch from compiling a second graph.
-        compiled = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+        compiled = tf.function(lambda x: extractor(x, training=False)["pooled"], reduce_retracing=True)
         pooled = lambda batch: compiled(batch).numpy()  # noqa: E731
     done = total - len(missing)
     if on_progress:

@@ -114,29 +114,18 @@ def _onnx_outputs(engine: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return out["feature_map"], out["pooled"], out["probabilities"]
 
 
-def feature_model(model: Any) -> Any:
-    """The Keras adapter: same input, outputs [feature_map, pooled, probabilities]."""
-    import keras
-
-    from animalcls.core.settings import POOL_LAYER
-
-    # The pooling layer's input, not the nested backbone's `.output` (that one lives in the
-    # backbone's own graph and would pull its input layer in twice).
-    pool = model.get_layer(POOL_LAYER)
-    outputs = [pool.input, pool.output, model.output]
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
-
-
 def _compile_feature_forward(model: Any, image_size: int) -> FeatureForward:
     import tensorflow as tf
 
-    adapter = feature_model(model)
+    from animalcls.serving.forward import outputs_model
+
+    adapter = outputs_model(model)
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
     compiled = tf.function(lambda x: adapter(x, training=False), input_signature=[spec], autograph=False)
 
     def forward(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        feature_map, pooled, probabilities = compiled(tf.constant(batch, tf.float32))
-        return feature_map.numpy(), pooled.numpy(), probabilities.numpy()
+        out = compiled(tf.constant(batch, tf.float32))
+        return out["feature_map"].numpy(), out["pooled"].numpy(), out["probabilities"].numpy()
 
     return forward
 

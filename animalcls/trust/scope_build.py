@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from animalcls.serving.forward import outputs_model
 from animalcls.trust import scope
 
 CALIBRATION_SEED = 20261128
@@ -32,15 +33,6 @@ class ScopeArrays:
 
     def take(self, index: np.ndarray) -> ScopeArrays:
         return ScopeArrays(self.probabilities[index], self.features[index], self.imagenet_features[index])
-
-
-def arrays_model(model: Any) -> Any:
-    """image -> [probabilities, pooled features], both from ONE forward pass of `model`."""
-    import keras
-
-    from animalcls.core.settings import POOL_LAYER
-
-    return keras.Model(model.inputs, [model.output, model.get_layer(POOL_LAYER).output], name=f"{model.name}_scope")
 
 
 def imagenet_feature_model(image_size: int = scope.IMAGENET_IMAGE_SIZE) -> Any:
@@ -96,6 +88,10 @@ def _run(fn: Any, paths: Sequence[str], image_size: int, batch_size: int, on_bat
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
+def _pair(outputs: dict[str, Any]) -> tuple[Any, Any]:
+    return outputs["probabilities"], outputs["pooled"]
+
+
 def extract_arrays(
     model: Any,
     paths: Sequence[str],
@@ -110,7 +106,9 @@ def extract_arrays(
     model's own) or not `imagenet` (then imagenet_features has no columns)."""
     if not paths:
         raise ValueError("No image paths given.")
-    probabilities, features = _run(arrays_model(model), paths, image_size, batch_size, on_batch)
+    both = outputs_model(model, ("probabilities", "pooled"))
+    arrays = _run(lambda x, training: _pair(both(x, training=training)), paths, image_size, batch_size, on_batch)
+    probabilities, features = arrays
     if imagenet_from_pool or not imagenet:
         return ScopeArrays(probabilities, features, features if imagenet_from_pool else features[:, :0])
     (imagenet_features,) = _run(imagenet_feature_model(), paths, scope.IMAGENET_IMAGE_SIZE, batch_size, on_batch)
@@ -334,8 +332,10 @@ class ScopePredictor:
         import tensorflow as tf
 
         if self._forward is None:
-            model = arrays_model(self.predictor.model)
-            self._forward = tf.function(lambda x: model(x, training=False), autograph=False, reduce_retracing=True)
+            model = outputs_model(self.predictor.model, ("probabilities", "pooled"))
+            self._forward = tf.function(
+                lambda x: _pair(model(x, training=False)), autograph=False, reduce_retracing=True
+            )
         probabilities, features = self._forward(tf.constant(batch, tf.float32))
         return probabilities.numpy(), features.numpy()
 
@@ -379,8 +379,10 @@ def add_test_features(folder: str | Path, batch_size: int = 32) -> int:
     split, root = split_and_root(folder)
     loaded = load_checkpoint(folder)
     paths, labels = split.paths("test", root)
-    both = arrays_model(loaded.model)  # (probabilities, pooled), as for the stored train features
-    pooled = _run(lambda x, training: both(x, training=training)[1], paths, loaded.image_size, batch_size, None)[0]
+    both = outputs_model(loaded.model, ("probabilities", "pooled"))  # as for the stored train features
+    pooled = _run(lambda x, training: both(x, training=training)["pooled"], paths, loaded.image_size, batch_size, None)[
+        0
+    ]
     detector.test_features = pooled.astype(np.float16)
     detector.test_labels = np.asarray(labels)
     detector.test_files = [rel for rel, _ in split.test]
