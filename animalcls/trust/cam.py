@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from animalcls.heads.reader import DenseHead, read_dense_head
+from animalcls.heads.reader import DenseHead
 
 METHODS = ("gradcam", "gradcam++")
-# Only heads.teach.head_from_file still reads a head by this name; it moves to
-# heads.reader.read_dense_head, and this alias goes with it.
-load_head_weights = read_dense_head
 
 
 def logit_gradient(head: DenseHead, pooled: np.ndarray, classes: np.ndarray) -> np.ndarray:
