@@ -154,15 +154,17 @@ def print_curve(sides: dict, dogs: list[Path], pool: int, args: argparse.Namespa
             for col in (0, 1)
         ]
         print(f"| {k} | " + " | ".join(cells) + " |")
-    before = {
-        kind: float((s["head"].probabilities(s["stored"].test).argmax(1) == s["stored"].test_labels).mean())
-        for kind, s in sides.items()
-    }
+    before = {kind: old_class_accuracy(side["head"], side["stored"]) for kind, side in sides.items()}
     print(
         f"\nBefore teaching, on the same 600 test features: scratch {before['scratch']:.3f}, "
         f"transfer {before['transfer']:.3f}\n"
     )
     return curves
+
+
+def old_class_accuracy(head: object, stored: object) -> float:
+    features, labels = stored.parts["test"]
+    return float((head.probabilities(features).argmax(1) == labels).mean())
 
 
 def print_timing(sides: dict, ten: list[Path], args: argparse.Namespace) -> None:

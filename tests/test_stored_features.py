@@ -114,7 +114,7 @@ def test_the_train_part_borrowed_from_scope_npz_is_checked_against_its_hash(tmp_
         pytest.skip("no bundled transfer checkpoint with stored features")
     folder = tmp_path / bundled.name
     folder.mkdir()
-    for name in ("scope.npz", "scope.json"):
+    for name in ("scope.npz", "scope.json", "manifest.json"):
         shutil.copy(bundled / name, folder / name)
     with np.load(bundled / FEATURES_FILE) as full:  # a features.npz that leaves its train part to scope.npz
         np.savez(folder / FEATURES_FILE, **{k: full[k] for k in full.files if not k.startswith("train_")})

@@ -197,10 +197,9 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
         from_file.probabilities(features), read_dense_head(loaded.model).as_head().probabilities(features), atol=1e-6
     )
     stored = stored_features(taught_pair[kind])
-    truth = stored.test_labels
+    test, truth = stored.parts["test"]
     before = (
-        read_dense_head(load_checkpoint(taught_pair[kind]).model).as_head().probabilities(stored.test).argmax(1)
-        == truth
+        read_dense_head(load_checkpoint(taught_pair[kind]).model).as_head().probabilities(test).argmax(1) == truth
     ).mean()
     after = manifest["dataset"]["scores"]["original_classes"]["accuracy"]
     assert after >= before - 0.2, (before, after)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from animalcls.heads.teach_head import (
     train_output_layer,
 )
 from animalcls.store import checkpoints
+from animalcls.store.stored_features import StoredFeatures, load_features
 from animalcls.trust import scope
 
 Extractor = Callable[[np.ndarray], np.ndarray]  # (n, S, S, 3) raw RGB -> (n, dim) pooled features
@@ -56,28 +57,6 @@ def chunked(forward: Callable[[np.ndarray], np.ndarray], size: int = EXTRACT_BAT
     return run
 
 
-@dataclass
-class StoredFeatures:
-    """A checkpoint's stored pooled features: train split (always), test split (when stored)."""
-
-    class_names: list[str]
-    train: np.ndarray
-    train_labels: np.ndarray
-    test: np.ndarray | None = None
-    test_labels: np.ndarray | None = None
-    _hidden: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def hidden(self, head: Head) -> np.ndarray:
-        """The train features through `head`'s hidden layers, computed once per set of hidden
-        weights (the app teaches many sessions from one head; transfer: 2,100 x 1280 x 512)."""
-        import hashlib
-
-        digest = hashlib.sha1(b"".join(a.tobytes() for a in (*head.kernels[:-1], *head.biases[:-1]))).hexdigest()
-        if digest not in self._hidden:
-            self._hidden = {digest: head.penultimate(self.train)}
-        return self._hidden[digest]
-
-
 def stored_features(folder: str | Path) -> StoredFeatures:
     """Read them from the checkpoint's scope.npz; a checkpoint without one cannot be taught."""
     folder = Path(folder)
@@ -87,16 +66,8 @@ def stored_features(folder: str | Path) -> StoredFeatures:
             "cannot keep their training data: build them with scripts/build_scope.py, or fine-tune on the "
             "original dataset instead."
         )
-    detector = scope.load_scope(folder)
-    scope.check_matches(detector, checkpoints.read_manifest(folder), folder)
-    test = detector.test_features
-    return StoredFeatures(
-        detector.class_names,
-        np.asarray(detector.train_features, np.float32),
-        detector.train_labels,
-        None if test is None else np.asarray(test, np.float32),
-        detector.test_labels,
-    )
+    scope.check_matches(scope.load_scope(folder), checkpoints.read_manifest(folder), folder)
+    return load_features(folder, ("train",), optional=("test",))
 
 
 @dataclass
@@ -231,9 +202,10 @@ def score(taught: Taught, stored: StoredFeatures, held_out: dict[str, np.ndarray
 
     index = {name: i for i, name in enumerate(taught.class_names)}
     labels, predicted, scores = [], [], {}
-    if stored.test is not None:
-        truth = [index[stored.class_names[int(i)]] for i in stored.test_labels]
-        guess = taught.head.probabilities(stored.test).argmax(axis=1).tolist()
+    if stored.part("test") is not None:
+        test, test_labels = stored.parts["test"]
+        truth = [index[stored.class_names[int(i)]] for i in test_labels]
+        guess = taught.head.probabilities(test).argmax(axis=1).tolist()
         scores["original_classes"] = {"n": len(truth), "accuracy": float(np.mean(np.equal(truth, guess)))}
         labels, predicted = labels + truth, predicted + guess
     for name, features in held_out.items():
@@ -328,7 +300,7 @@ def stored_summary(stored: StoredFeatures) -> dict[str, Any]:
     return {
         "file": scope.SCOPE_NPZ,
         "train": len(stored.train),
-        "test": 0 if stored.test is None else len(stored.test),
+        "test": stored.sizes().get("test", 0),
         "classes": stored.class_names,
     }
 

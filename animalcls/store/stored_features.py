@@ -1,5 +1,7 @@
-"""Pooled backbone features stored next to a transfer checkpoint, so its head can be
-fine-tuned with no photos at all (a Hugging Face Space ships no dataset).
+"""Pooled backbone features stored next to a checkpoint, so its head can be fine-tuned or
+taught new classes with no photos at all (a Hugging Face Space ships no dataset). One
+dataclass, `StoredFeatures`, and one loader, `load_features`, for fine-tuning, teaching and
+the detector's neighbours (which read the same train features in scope.npz).
 
 `features.npz` (float16 features, int16 labels, written atomically) holds, per split part,
 `<part>_features` (n x dim, the `avg_pool` output for the unflipped photo, in split.json
@@ -14,8 +16,10 @@ keeps its source's backbone, so it finds its features through `manifest.finetune
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +37,36 @@ PARTS = ("train", "val", "test")
 
 @dataclass
 class StoredFeatures:
+    """A checkpoint's stored pooled features, per split part; labels index `class_names`."""
+
     folder: Path  # the checkpoint folder the features were stored with
-    backbone_key: str
+    class_names: list[str]
     parts: dict[str, tuple[np.ndarray, np.ndarray]]  # part -> (float32 features, int labels)
+    backbone_key: str | None = None  # of the model that made them (features.npz); None: scope.npz alone
+    _hidden: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def sizes(self) -> dict[str, int]:
         return {part: len(labels) for part, (_, labels) in self.parts.items()}
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.parts["train"][0]
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.parts["train"][1]
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(features, labels) of one part, None when not stored (teaching: the test part is optional)."""
+        return self.parts.get(name)
+
+    def hidden(self, head: Any) -> np.ndarray:
+        """The train features through `head`'s hidden layers (`head.penultimate`), computed once
+        per set of hidden weights: the app teaches many sessions from one head."""
+        digest = hashlib.sha1(b"".join(a.tobytes() for a in (*head.kernels[:-1], *head.biases[:-1]))).hexdigest()
+        if digest not in self._hidden:
+            self._hidden = {digest: head.penultimate(self.train)}
+        return self._hidden[digest]
 
 
 def save_features(folder: Path, backbone_key: str, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
@@ -52,31 +80,37 @@ def save_features(folder: Path, backbone_key: str, parts: dict[str, tuple[np.nda
     return write_atomic(Path(folder) / FEATURES_FILE, lambda handle: handle.write(buffer.getvalue()))
 
 
-def load_features(folder: Path) -> StoredFeatures | None:
-    """The features stored in `folder`, or None when it has no features.npz; every part in
-    PARTS must be found (train and test may come from scope.npz)."""
-    path = Path(folder) / FEATURES_FILE
-    if not path.is_file():
-        return None
+def load_features(folder: Path, parts: Sequence[str] = PARTS, optional: Sequence[str] = ()) -> StoredFeatures | None:
+    """The features `folder` stores for `parts` (and for those of `optional` it has), from
+    features.npz and scope.npz; None when it stores none of `parts`. A part found in neither,
+    a corrupt file or features and labels that disagree raise CheckpointError."""
+    folder = Path(folder)
+    path = folder / FEATURES_FILE
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-        for part in PARTS:
-            if f"{part}_features" not in arrays and (Path(folder) / SCOPE_NPZ).is_file():
-                found = stored_part(folder, part)
-                if found is not None:
-                    arrays[f"{part}_features"], arrays[f"{part}_labels"] = found
-        parts = {
-            part: (arrays[f"{part}_features"].astype(np.float32), arrays[f"{part}_labels"].astype(np.int64))
-            for part in PARTS
-        }
-        key = str(arrays["backbone_key"])
+        arrays: dict[str, Any] = {}
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {key: stored[key] for key in stored.files}
+        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for part in (*parts, *optional):
+            if f"{part}_features" in arrays:
+                found[part] = arrays[f"{part}_features"], arrays[f"{part}_labels"]
+            elif (folder / SCOPE_NPZ).is_file() and (pair := stored_part(folder, part)) is not None:
+                found[part] = pair
+        key = str(arrays["backbone_key"]) if "backbone_key" in arrays else None
+        class_names = list(read_json(folder / MANIFEST_FILE)["class_names"])
     except (OSError, ValueError, KeyError, ScopeError) as exc:
-        raise CheckpointError(f"Unusable {FEATURES_FILE} in checkpoint {Path(folder).name}: {exc}") from None
-    for part, (features, labels) in parts.items():
+        raise CheckpointError(f"Unusable stored features in checkpoint {folder.name}: {exc}") from None
+    missing = [part for part in parts if part not in found]
+    if len(missing) == len(parts):
+        return None
+    if missing:
+        raise CheckpointError(f"The stored features of {folder.name} lack the {', '.join(missing)} part.")
+    for part, (features, labels) in found.items():
         if len(features) != len(labels):
-            raise CheckpointError(f"{FEATURES_FILE} of {Path(folder).name}: {part} features and labels disagree.")
-    return StoredFeatures(Path(folder), key, parts)
+            raise CheckpointError(f"The stored features of {folder.name}: {part} features and labels disagree.")
+    parts_read = {part: (f.astype(np.float32), labels.astype(np.int64)) for part, (f, labels) in found.items()}
+    return StoredFeatures(folder, class_names, parts_read, key)
 
 
 def find_features(folder: Path, search: list[Path]) -> StoredFeatures | None:
@@ -90,7 +124,7 @@ def find_features(folder: Path, search: list[Path]) -> StoredFeatures | None:
     for _ in range(20):  # a fine-tune chain; the bound only guards against a cycle
         if current is None:
             return None
-        found = load_features(current)
+        found = load_features(current) if (current / FEATURES_FILE).is_file() else None
         if found is not None:
             return found
         current = _frozen_source(current, search)
