@@ -72,8 +72,8 @@ def main() -> None:
 
     handlers = app.build_demo(pair["scratch"], pair["transfer"], use_hub=False).animalcls_app
     image = str(REPO / "examples" / "cat-chelsea.jpg")
-    off = median_ms(lambda: handlers.classify(image, False), args.rounds)
-    on = median_ms(lambda: handlers.classify(image, True), args.rounds)
+    off = median_ms(lambda: handlers.classify_tab.classify(image, False), args.rounds)
+    on = median_ms(lambda: handlers.classify_tab.classify(image, True), args.rounds)
     print("\n| app Classify handler (both models, decode included) | heatmaps off | heatmaps on |")
     print("|---|---|---|")
     print(f"| median | {off:.0f} ms (1x) | {on:.0f} ms ({on / off:.2f}x) |")

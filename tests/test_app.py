@@ -163,14 +163,14 @@ def test_no_checkpoints_at_all(tmp_path):
     views = animal_app.model_views()
     assert "No **scratch** checkpoint" in views[0] and "No **transfer** checkpoint" in views[1]
     with pytest.raises(gr.Error, match="No checkpoints are available"):
-        animal_app.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))
+        animal_app.classify_tab.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))
     assert "needs a transfer checkpoint" in animal_app.finetune_tab.finetune_intro()
 
 
 def test_one_side_missing(tiny_checkpoints, tmp_path):
     animal_app = AnimalApp(tiny_checkpoints["scratch"], None, checkpoints_root=tmp_path / "empty", use_hub=False)
     assert animal_app.notices == ["No transfer checkpoint found (looked in empty/): the transfer side is empty."]
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify_tab.classify(
         str(make_image(tmp_path / "ok.png", (30, 200, 30)))
     )
     assert scratch_label and transfer_label is None

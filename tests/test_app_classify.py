@@ -13,9 +13,10 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
-from animalcls.webapp import layout as app_layout
+from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp import views as app_views
-from animalcls.webapp.handlers import AnimalApp, UnusableUpload
+from animalcls.webapp.handlers import AnimalApp
+from animalcls.webapp.inputs import UnusableUpload
 
 pytestmark = [pytest.mark.filterwarnings("ignore:::gradio.queueing"), pytest.mark.usefixtures("isolated_dirs")]
 
@@ -24,7 +25,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:::gradio.queueing"), pytest.mar
 
 
 def test_classify_good_image(animal_app, test_photo):
-    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify(test_photo)
+    scratch_info, scratch_label, transfer_info, transfer_label, verdict, *_ = animal_app.classify_tab.classify(
+        test_photo
+    )
     # Plain-words titles; the technical facts one click away (a <details>).
     assert scratch_info.startswith("### Trained from scratch") and "scratch-tiny · tiny · 32 px" in scratch_info
     assert "### Transfer learning (ImageNet)" in transfer_info and "<details" in transfer_info
@@ -81,16 +84,16 @@ def test_classify_bad_upload_gives_clear_message(animal_app, tmp_path, kind):
         path.write_bytes(b"")
         expected = "upload.jpg is an empty file (0 bytes)"
     with pytest.raises(gr.Error) as error:
-        animal_app.classify(str(path))
+        animal_app.classify_tab.classify(str(path))
     assert expected in error.value.message
     assert error.value.title == "Not a usable image"
     # ...and the app keeps working.
-    assert animal_app.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))[1]
+    assert animal_app.classify_tab.classify(str(make_image(tmp_path / "ok.png", (30, 200, 30))))[1]
 
 
 def test_classify_without_photo(animal_app):
     with pytest.raises(gr.Error, match="Upload a photo first"):
-        animal_app.classify(None)
+        animal_app.classify_tab.classify(None)
 
 
 def test_image_input_passes_the_reason_for_a_non_image(tmp_path, monkeypatch):
@@ -114,15 +117,15 @@ def test_image_input_passes_the_reason_for_a_non_image(tmp_path, monkeypatch):
 
 def test_an_unusable_upload_clears_the_photo_and_results_with_one_message(animal_app, test_photo):
     with pytest.raises(gr.Error, match="notes.txt is not an image"):  # the API's /classify: an error
-        animal_app.classify(UnusableUpload("notes.txt is not an image"))
+        animal_app.classify_tab.classify(UnusableUpload("notes.txt is not an image"))
     photo, scratch_info, scratch_label, transfer_info, transfer_label, verdict, banner, *trust = (
-        animal_app.classify_new(UnusableUpload("notes.txt is not an image"))
+        animal_app.classify_tab.classify_new(UnusableUpload("notes.txt is not an image"))
     )
     assert photo is None and scratch_label is None and transfer_label is None
     assert not banner and trust[0] is None  # no verdict; the heatmaps are hidden
     assert "scratch-tiny" in scratch_info and "Inference" not in scratch_info
     assert verdict == "**Not a usable image:** notes.txt is not an image"
-    photo, *results = animal_app.classify_new(test_photo)
+    photo, *results = animal_app.classify_tab.classify_new(test_photo)
     assert photo == test_photo and results[1] and results[3]  # a good photo stays and is classified
 
 
@@ -150,7 +153,7 @@ def test_classify_reads_the_model_registry_once(animal_app, tiny_checkpoints, te
 
     registry = animal_app.registry
     registry._lock = CountingLock(lambda: registry._paths.update(transfer=tiny_checkpoints["scratch"]))
-    _, _, transfer_info, transfer_label, *_ = animal_app.classify(test_photo)
+    _, _, transfer_info, transfer_label, *_ = animal_app.classify_tab.classify(test_photo)
     assert registry._lock.count == 1
     assert "transfer-tiny" in transfer_info and "swapped in" not in transfer_info
     expected = load_predictor(tiny_checkpoints["transfer"]).predict([test_photo])[0]
@@ -160,7 +163,7 @@ def test_classify_reads_the_model_registry_once(animal_app, tiny_checkpoints, te
 
 def test_report_tables_hold_no_nan(animal_app):
     """The accuracy row has no precision/recall: empty cells, not a bare NaN in the JSON."""
-    table = gr.Dataframe(headers=app_layout.REPORT_HEADERS)
+    table = gr.Dataframe(headers=REPORT_HEADERS)
     frames = [v for v in animal_app.model_views() if hasattr(v, "columns")]
     assert len(frames) == 2
     for frame in frames:
@@ -172,7 +175,7 @@ def test_report_tables_hold_no_nan(animal_app):
 def test_example_photos_come_from_the_test_split(animal_app, tiny_checkpoints, tmp_path):
     from animalcls.data.dataset import Split
 
-    test_photos, user_photos = animal_app.example_photos()
+    test_photos, user_photos = animal_app.classify_tab.example_photos()
     split = Split.load(tiny_checkpoints["transfer"] / "split.json")
     test_files = set(split.paths("test", split.locate_root(tiny_checkpoints["transfer"]))[0])
     assert test_photos and set(test_photos) <= test_files
@@ -191,7 +194,7 @@ def test_only_shipped_examples_when_the_dataset_is_not_here(tiny_checkpoints, tm
     split.update(root=str(tmp_path / "gone"), root_relative="../gone")
     (moved / "split.json").write_text(json.dumps(split))
     animal_app = AnimalApp(None, moved, checkpoints_root=tmp_path / "none", use_hub=False)
-    test_photos, shipped = animal_app.example_photos()
+    test_photos, shipped = animal_app.classify_tab.example_photos()
     assert test_photos == []  # no dataset here, but the photos shipped in examples/ still show
     assert {Path(p).name for p in shipped} >= {"cat-chelsea.jpg", "none-dog.jpg"}
     assert "no data" in animal_app.finetune_tab.finetune_intro()

@@ -128,8 +128,8 @@ def test_finetune_to_the_end_then_use_and_restore(animal_app, tiny_checkpoints, 
     assert animal_app.registry.path("transfer") == source  # the server default is unchanged
     assert name in views[1] and "swapped in" in views[1]
     assert "fine-tuned from" in views[6]  # the Training tab shows the new model's facts
-    assert name in animal_app.classify(test_photo, session=mine)[2]
-    assert name not in animal_app.classify(test_photo, session=None)[2]  # a fresh visitor
+    assert name in animal_app.classify_tab.classify(test_photo, session=mine)[2]
+    assert name not in animal_app.classify_tab.classify(test_photo, session=None)[2]  # a fresh visitor
 
     message, *views, mine = animal_app.restore_models(mine)
     assert mine["models"] == {} and name not in views[1]
@@ -148,12 +148,12 @@ def test_use_for_everyone_is_the_operators_choice(tiny_checkpoints, tmp_path, te
     *_, name, _, mine = drain(shared.finetune_tab.finetune(1, 1e-3, 0, None))[-1]
     message, *_ = shared.use_model(name, mine)
     assert "every visitor" in message and shared.registry.path("transfer").name == name
-    assert name in shared.classify(test_photo, session=None)[2]  # a fresh visitor gets it too
+    assert name in shared.classify_tab.classify(test_photo, session=None)[2]  # a fresh visitor gets it too
     # Every header that visitor sees says so, as the answer's does.
-    assert "swapped in" in shared.classify(test_photo, session=None)[2]
-    assert "swapped in" in shared.header("transfer", None) and "swapped in" in shared.model_views(None)[1]
+    assert "swapped in" in shared.classify_tab.classify(test_photo, session=None)[2]
+    assert "swapped in" in shared.classify_tab.header("transfer", None) and "swapped in" in shared.model_views(None)[1]
     shared.restore_models(None)
-    assert "swapped in" not in shared.header("transfer", None)
+    assert "swapped in" not in shared.classify_tab.header("transfer", None)
     assert shared.registry.path("transfer") == tiny_checkpoints["transfer"]
 
 

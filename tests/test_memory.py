@@ -24,11 +24,11 @@ def status(key):
             return int(line.split()[1]) / 1024
 
 app = AnimalApp(use_hub=False, finetune_root=sys.argv[4], examples_dir=sys.argv[4])
-app.classify(sys.argv[2])
+app.classify_tab.classify(sys.argv[2])
 with open("/proc/self/clear_refs", "w") as handle:
     handle.write("5")
 before = status("VmRSS")
-answer = app.classify(sys.argv[3])
+answer = app.classify_tab.classify(sys.argv[3])
 print(json.dumps({"before_mb": before, "peak_mb": status("VmHWM"), "top": max(answer[3], key=answer[3].get)}))
 """
 

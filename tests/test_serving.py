@@ -127,7 +127,7 @@ def test_the_apps_classify_path_imports_no_tensorflow(tmp_path):
         "from animalcls.webapp.handlers import AnimalApp\n"
         f"demo = AnimalApp({str(pair['scratch'])!r}, {str(pair['transfer'])!r}, use_hub=False)\n"
         "demo.registry.warm_up()\n"
-        f"outputs = demo.classify({str(photo)!r})\n"
+        f"outputs = demo.classify_tab.classify({str(photo)!r})\n"
         "print(sorted(outputs[1]), sorted(outputs[3]))\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
     )

@@ -127,30 +127,30 @@ def _demo(scratch: Path, transfer: Path, tmp_path: Path):
 
 def test_classify_heatmap_toggle(scoped, photos, tmp_path) -> None:
     handlers = _demo(scoped["scratch"], scoped["transfer"], tmp_path)
-    off = handlers.classify(photos["red"], False)
+    off = handlers.classify_tab.classify(photos["red"], False)
     assert len(off) == 9 and off[5] == ""  # no banner for an in-scope photo
     assert all(update["visible"] is False and update["value"] is None for update in off[7:])
-    on = handlers.classify(photos["red"], True)
+    on = handlers.classify_tab.classify(photos["red"], True)
     assert on[1] == off[1] and on[3] == off[3]  # the same answers
     for kind, update in zip(("scratch", "transfer"), on[7:]):
         assert update["visible"] is True and kind in update["label"].lower()
         with Image.open(update["value"]) as overlay:
             assert overlay.size == (24, 24)  # the photo's size: the overlay is blended over it
     assert on[7]["value"] != on[8]["value"]
-    again = handlers.classify(photos["red"], True)
+    again = handlers.classify_tab.classify(photos["red"], True)
     assert again[7]["value"] != on[7]["value"]  # a new file per request: nothing shared between requests
 
 
 def test_classify_banner_and_api_verdict_on_an_out_of_scope_photo(scoped, photos, tmp_path) -> None:
     handlers = _demo(scoped["scratch"], scoped["transfer"], tmp_path)
-    out = handlers.classify(photos["purple"], False)
+    out = handlers.classify_tab.classify(photos["purple"], False)
     banner, verdict = out[5], out[6]
     assert "may show none of the five animals" in banner and "cat, spider, butterfly, elephant, chicken" in banner
     assert verdict["out_of_scope"] is True
     assert verdict["transfer"]["out_of_scope"] is True and set(verdict["transfer"]["probabilities"]) == set(FIVE)
     assert "side-flagged" in out[2] and out[3]  # the probabilities are still shown, marked (and dimmed)
     assert "scope score" not in banner and "<details>" in banner  # the scores behind a toggle
-    assert "five animals: cat, spider, butterfly, elephant, chicken" in handlers.known_classes()
+    assert "five animals: cat, spider, butterfly, elephant, chicken" in handlers.classify_tab.known_classes()
 
 
 def _select(view, kind: str, row: int, col: int):
@@ -229,7 +229,7 @@ def test_bundled_app_banner_on_noise_and_a_dog_not_on_a_cat(tmp_path) -> None:
         (REPO / "examples" / "none-dog.jpg", True),
         (REPO / "examples" / "cat-chelsea.jpg", False),
     ):
-        out = handlers.classify(str(photo), False)
+        out = handlers.classify_tab.classify(str(photo), False)
         assert bool(out[5]) is flagged and out[6]["out_of_scope"] is flagged, photo
         assert ("side-flagged" in out[0]) is flagged and out[1]  # probabilities still shown, dimmed
 

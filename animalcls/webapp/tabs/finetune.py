@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,16 @@ from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp import views
 from animalcls.webapp.inputs import CheckedNumber, user_error
 from animalcls.webapp.sessions import SessionModels, session_hash, session_key, session_of
-from animalcls.webapp.state import BusyError, FinetuneRunner, JobProgress, ModelRegistry
+from animalcls.webapp.state import BusyError, FinetuneRunner, ModelRegistry
+from animalcls.webapp.tabs.finetune_status import (
+    FinetuneSettings,
+    cancelled_status,
+    final_status,
+    kept_text,
+    running_status,
+)
 
 LIVE_PLOT_SECONDS = 1.0
-
-
-@dataclass
-class FinetuneSettings:
-    """The operator's choices for fine-tuning on this server (app flags)."""
-
-    data_dir: Path | None = None  # the photos to fine-tune on; None: the transfer model's own, if here
-    checkpoints_root: Path | None = None  # where stored features of the bundled models are looked for
-    max_epochs: int = 20
-    max_unfreeze: int = 0
 
 
 class FinetuneTab:
@@ -94,17 +90,7 @@ class FinetuneTab:
             )
             + " on this server. One fine-tune runs at a time: if another visitor's is running, yours waits in the "
             "queue and shows its place. The result is yours: other visitors do not see it, and *Use this model* "
-            f"changes the model for this browser session only. {self.kept_text(source)}"
-        )
-
-    def kept_text(self, source: Path) -> str:
-        """How many fine-tunes this server keeps, as its caps allow fine-tunes the size of `source`'s."""
-        limits = self.store.limits
-        kept = limits.kept(self.store.typical_bytes(source))
-        newest = "Only the newest fine-tune is" if kept == 1 else f"The newest {kept} fine-tunes are"
-        return (
-            f"{newest} kept (at most {limits.max_count}, {limits.max_bytes / 2**20:.0f} MB in all); older ones "
-            "are removed unless a visitor is using them (the original models never are)."
+            f"changes the model for this browser session only. {kept_text(self.store, source)}"
         )
 
     def finetune(
@@ -191,11 +177,11 @@ class FinetuneTab:
             # At most one live redraw a second: a figure costs about 0.5 CPU s, taken from training.
             if snapshot.epochs_done != drawn and time.monotonic() - drawn_at >= LIVE_PLOT_SECONDS:
                 drawn, drawn_at, curves = snapshot.epochs_done, time.monotonic(), _curves(snapshot.history, name)
-            yield (_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
+            yield (running_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
         if job.error is not None:
             if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
                 # The result (7th) as None, not a skip: an API caller would read {'__type__': 'update'}.
-                yield (_cancelled_status(job.error), *[skip] * 5, None, gr.update(interactive=False), skip)
+                yield (cancelled_status(job.error), *[skip] * 5, None, gr.update(interactive=False), skip)
                 return
             detail = (
                 str(job.error) if isinstance(job.error, AnimalclsError) else f"{type(job.error).__name__}: {job.error}"
@@ -206,7 +192,7 @@ class FinetuneTab:
         state = self.store.pin({**state, "owned": [*state["owned"], new.name]}, state["pin"])
         self.store.prune(keep=[new, *(p for p in self.registry.paths().values() if p is not None)])
         yield (
-            _final_status(name, result, source),
+            final_status(name, result, source),
             _curves(result.history or {}, f"{name} fine-tuned"),
             skip,
             skip,
@@ -265,37 +251,6 @@ def _curves(history: dict[str, list[float]], title: str) -> Any:
     return history_figure(history, title)
 
 
-def _status(name: str, snapshot: JobProgress, cancelling: bool) -> str:
-    prefix = "**Cancelling** (stops after the current batch): " if cancelling else f"**Fine-tuning {name}**: "
-    return prefix + snapshot.describe()
-
-
-def _final_status(name: str, result: Any, source: Path) -> str:
-    evaluation = getattr(result, "evaluation", None) or {}
-    before = views.held_out_accuracy(source)
-    after = evaluation.get("accuracy")
-    accuracy = f"test accuracy **{after:.1%}**" if after is not None else "no test evaluation"
-    if before is not None and after is not None:
-        accuracy += f" (the starting model: {before:.1%})"
-    epochs = len((getattr(result, "history", None) or {}).get("loss", []))
-    head = f"**Cancelled**; kept the {epochs} finished epoch(s)." if result.cancelled else "**Done.**"
-    return (
-        f"{head} {name} fine-tuned in {result.seconds:.0f} s: {accuracy}. Saved as **{Path(result.path).name}** "
-        "(yours only). Press **Use this model** to classify with it in this session."
-    )
-
-
-def _cancelled_status(error: BaseException) -> str:
-    from animalcls.serving.features import FeatureExtractionCancelled
-
-    if isinstance(error, FeatureExtractionCancelled):
-        return (
-            "**Cancelled** while extracting backbone features, before any training: nothing was saved. "
-            "The features computed so far stay cached, so the next run starts faster."
-        )
-    return "**Cancelled** before the first epoch finished: nothing was saved."
-
-
 # ------------------------------------------------------------------------ layout
 
 
@@ -320,7 +275,7 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
     return report, confusion
 
 
-def build_finetune_section(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
+def build_finetune_tab(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
     """The tab's components and events, inside the current gr.Tab. Returns what the layout wires
     across tabs: the status, the result's name and the Use / Restore buttons."""
     limits = tab.settings
