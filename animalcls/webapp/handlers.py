@@ -88,7 +88,7 @@ class AnimalApp:
         wait_for_models = functools.partial(self.wait_ready, self.models_ready)
         self.classify_tab = ClassifyTab(self.registry, self.sessions, self.images, wait_for_models, examples_dir)
         self.training_tab = TrainingTab(self.sessions, self.render_dir)
-        self.cells = CellView(self.registry, self.wait_ready, self.images)
+        self.cells = CellView(self.sessions, self.wait_ready, self.images)
         settings = FinetuneSettings(self.data_dir, self.checkpoints_root, max_epochs, max_unfreeze)
         self.finetune_tab = FinetuneTab(
             self.registry, self.sessions, self.runner, self.wait_ready, self.render_dir, settings

@@ -60,6 +60,8 @@ API_NAMES = (
     "finetune_waiting",  # private: the Fine-tune tab's status and Cancel button around a run
     "finetune_ended",
     "finetune_failed",
+    "cell_tables_after_use",  # private: the Training tab's cells follow the swapped models
+    "cell_tables_after_restore",
     *TEACH_API_NAMES,
 )
 
@@ -98,12 +100,13 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
                 classify_parts = build_classify_tab(handlers.classify_tab, session)
             with gr.Tab("Training", id="training", elem_id="tab-training"):
                 training_parts = build_training_tab(lesson_for(handlers.registry.paths(), BUNDLED_DIR))
-                build_cells_section(handlers.cells, demo)
+                cell_outputs = build_cells_section(handlers.cells, demo, session)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 finetune_parts = build_finetune_tab(handlers.finetune_tab, session)
                 teach_panel = build_teach_section(handlers, teach_limits)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
-        _model_choice_events(handlers, session, finetune_parts, view_outputs, classify_parts["refresh"])
+        refreshes = {"classify": classify_parts["refresh"], "cell_tables": cell_outputs}
+        _model_choice_events(handlers, session, finetune_parts, view_outputs, refreshes)
         demo.load(
             handlers.model_views,
             session,
@@ -120,20 +123,24 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
 
 
 def _model_choice_events(
-    handlers: AnimalApp, session: gr.State, parts: dict[str, Any], views_out: list[Any], refresh: dict[str, Any]
+    handlers: AnimalApp, session: gr.State, parts: dict[str, Any], views_out: list[Any], refreshes: dict[str, Any]
 ) -> None:
-    """Use this model / Restore (on the Fine-tune tab): every tab's views follow this session's models."""
-    parts["use"].click(
-        handlers.use_model,
-        [parts["result"], session],
-        [parts["status"], *views_out, session],
-        api_name="use_model",
-        concurrency_limit=None,
-    ).success(api_name="classify_after_use", api_visibility="undocumented", **refresh)
-    parts["restore"].click(
-        handlers.restore_models,
-        session,
-        [parts["status"], *views_out, session],
-        api_name="restore_models",
-        concurrency_limit=None,
-    ).success(api_name="classify_after_restore", api_visibility="undocumented", **refresh)
+    """Use this model / Restore (on the Fine-tune tab): every view follows this session's models,
+    the Classify tab's photo classified again and the Training tab's cells redrawn."""
+    swaps = (
+        (parts["use"], handlers.use_model, [parts["result"], session], "use_model", "use"),
+        (parts["restore"], handlers.restore_models, [session], "restore_models", "restore"),
+    )
+    for button, handler, inputs, api_name, after in swaps:
+        swapped = button.click(
+            handler, inputs, [parts["status"], *views_out, session], api_name=api_name, concurrency_limit=None
+        )
+        swapped.success(api_name=f"classify_after_{after}", api_visibility="undocumented", **refreshes["classify"])
+        swapped.success(
+            handlers.cells.refresh,
+            session,
+            refreshes["cell_tables"],
+            api_name=f"cell_tables_after_{after}",
+            api_visibility="private",
+            show_progress="hidden",
+        )

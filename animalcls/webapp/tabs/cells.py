@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -13,27 +14,32 @@ import gradio as gr
 from animalcls.core.errors import AnimalclsError
 from animalcls.store.checkpoints import KINDS
 from animalcls.trust.cells import SplitPredictions, disagreements, recorded_confusion, split_predictions, true_labels
-from animalcls.webapp.state import ModelRegistry
+from animalcls.webapp.sessions import SessionModels, session_of
 from animalcls.webapp.temp import TempImages
+from animalcls.webapp.views import dataset_root_of
 
 GALLERY_LIMIT = 60  # photos shown per cell
 
 
 class CellView:
-    """Handlers of the Training tab's "photos behind the numbers" section."""
+    """Handlers of the Training tab's "photos behind the numbers" section, for the models this
+    visitor's session uses (`sessions`: after *Use this model* the tables are the fine-tune's)."""
 
-    def __init__(self, registry: ModelRegistry, wait_ready: Callable[[], None], images: TempImages) -> None:
-        self.registry, self.wait_ready, self.images = registry, wait_ready, images
+    def __init__(self, sessions: SessionModels, wait_ready: Callable[[], None], images: TempImages) -> None:
+        self.sessions, self.wait_ready, self.images = sessions, wait_ready, images
         self._lock = threading.Lock()  # one computation of the test-split predictions at a time
 
-    def has_photos(self) -> bool:
-        from animalcls.webapp.views import dataset_root_of
+    def paths(self, session: Any = None) -> dict[str, Path | None]:
+        return self.sessions.paths(session_of(session))
 
-        return any(dataset_root_of(self.registry.path(kind)) for kind in KINDS)
+    @staticmethod
+    def has_photos(paths: dict[str, Path | None]) -> bool:
+        return any(dataset_root_of(paths[kind]) for kind in KINDS)
 
-    def tables(self) -> tuple[Any, ...]:
+    def tables(self, session: Any = None) -> tuple[Any, ...]:
         """(what the section says, a confusion table per side)."""
-        if self.has_photos():
+        paths = self.paths(session)
+        if self.has_photos(paths):
             intro = (
                 "Click a cell of a table (true class in rows, predicted class in columns) to see those test "
                 "photos with both models' predictions; a class name shows all of its photos."
@@ -43,34 +49,32 @@ class CellView:
                 "**The test photos are not on this machine** (the dataset the models were trained on is "
                 "absent), so the tables show the counts only."
             )
-        return (intro, *(self._table(kind) for kind in KINDS))
+        return (intro, *(_table(paths[kind]) for kind in KINDS))
 
-    def _table(self, kind: str) -> Any:
-        import pandas as pd
-
-        recorded = recorded_confusion(self.registry.path(kind))
-        if recorded is None:
-            return pd.DataFrame({"true \\ predicted": []})
-        names, matrix = recorded
-        return pd.DataFrame([[n, *row] for n, row in zip(names, matrix)], columns=["true \\ predicted", *names])
+    def refresh(self, session: Any = None) -> tuple[Any, ...]:
+        """After a model swap: the new models' tables, and no photos of the old ones."""
+        return (*self.tables(session), "", [])
 
     def select(self, kind: str) -> Callable[..., tuple[Any, Any]]:
         # gr.EventData, not gr.SelectData: SelectData fails inside Gradio, with no message, on an API
         # call whose event data lacks "index" or "value".
-        def handler(evt: gr.EventData, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
+        def handler(evt: gr.EventData, session: Any = None, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
             data = evt._data if isinstance(evt._data, dict) else {}
             cell = _cell_index(data.get("index"))
             if cell is None:  # an API caller's index that no click makes: answered, not a traceback
                 return "Click a cell of the table.", []
             row, col = cell
-            return self.cell(kind, row, col - 1 if col > 0 else None, progress)
+            return self.cell(kind, row, col - 1 if col > 0 else None, session, progress)
 
         return handler
 
-    def cell(self, kind: str, true: int, predicted: int | None, progress: Any = None) -> tuple[str, Any]:
+    def cell(
+        self, kind: str, true: int, predicted: int | None, session: Any = None, progress: Any = None
+    ) -> tuple[str, Any]:
         """(caption, gallery) of the test photos of class `true` that `kind` predicted as
         `predicted` (None: any)."""
-        recorded = recorded_confusion(self.registry.path(kind))
+        paths = self.paths(session)
+        recorded = recorded_confusion(paths[kind])
         if recorded is None:
             return f"The {kind} model has no test-split evaluation.", []
         names, matrix = recorded
@@ -80,19 +84,20 @@ class CellView:
             f", predicted by the {kind} model as **{names[predicted]}**" if predicted is not None else ""
         )
         count = matrix[true][predicted] if predicted is not None else sum(matrix[true])
-        if not self.has_photos():
+        if not self.has_photos(paths):
             return f"{count} test photos: {what}. The photos are not on this machine.", []
-        predictions = self._predictions(progress)
+        predictions = self._predictions(paths, progress)
         if kind not in predictions:
             return f"{count} test photos: {what}. The {kind} model's photos could not be read.", []
         files = [predictions[kind].files[i] for i in predictions[kind].cell(true, predicted)]
-        return self._gallery(f"{len(files)} test photos: {what}.", files, predictions)
+        return self._gallery(f"{len(files)} test photos: {what}.", files, predictions, paths)
 
-    def disagree(self, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
+    def disagree(self, session: Any = None, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
         """(caption, gallery) of the test photos where scratch and transfer predict differently."""
-        if not self.has_photos():
+        paths = self.paths(session)
+        if not self.has_photos(paths):
             return "The test photos are not on this machine, so the photos the models disagree on cannot be shown.", []
-        predictions = self._predictions(progress)
+        predictions = self._predictions(paths, progress)
         if len(predictions) < 2:
             return "Both models are needed (with their test photos on this machine) to compare them.", []
         files = disagreements(predictions["scratch"], predictions["transfer"])
@@ -104,14 +109,14 @@ class CellView:
             f"scratch is right on {right['scratch']}, transfer on {right['transfer']}, "
             f"neither on {len(files) - right['scratch'] - right['transfer']}."
         )
-        return self._gallery(caption, files, predictions)
+        return self._gallery(caption, files, predictions, paths)
 
-    def _predictions(self, progress: Any) -> dict[str, SplitPredictions]:
+    def _predictions(self, paths: dict[str, Path | None], progress: Any) -> dict[str, SplitPredictions]:
         self.wait_ready()
         out: dict[str, SplitPredictions] = {}
         with self._lock:
             for kind in KINDS:
-                folder = self.registry.path(kind)
+                folder = paths[kind]
                 if folder is None:
                     continue
 
@@ -125,10 +130,14 @@ class CellView:
                     continue
         return out
 
-    def _gallery(self, caption: str, files: list[str], predictions: dict[str, SplitPredictions]) -> tuple[str, Any]:
-        from animalcls.webapp.views import dataset_root_of
-
-        roots = {k: dataset_root_of(self.registry.path(k)) for k in predictions}
+    def _gallery(
+        self,
+        caption: str,
+        files: list[str],
+        predictions: dict[str, SplitPredictions],
+        paths: dict[str, Path | None],
+    ) -> tuple[str, Any]:
+        roots = {k: dataset_root_of(paths[k]) for k in predictions}
         truth = true_labels(list(predictions.values()))
         by_kind = {k: p.by_file() for k, p in predictions.items()}
         items = []
@@ -143,6 +152,16 @@ class CellView:
         return caption, items
 
 
+def _table(folder: Path | None) -> Any:
+    import pandas as pd
+
+    recorded = recorded_confusion(folder)
+    if recorded is None:
+        return pd.DataFrame({"true \\ predicted": []})
+    names, matrix = recorded
+    return pd.DataFrame([[n, *row] for n, row in zip(names, matrix)], columns=["true \\ predicted", *names])
+
+
 def _cell_index(index: Any) -> tuple[int, int] | None:
     """(row, column) of a table click: [row, col] from the page, a bare row from older clients;
     None for anything else (text, fractions, booleans, NaN)."""
@@ -152,9 +171,10 @@ def _cell_index(index: Any) -> tuple[int, int] | None:
     return cell[0], cell[1]
 
 
-def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
+def build_cells_section(view: CellView, demo: gr.Blocks, session: gr.State) -> list[Any]:
     """The Training tab's section: a confusion table per model (click a cell), a button for the
-    photos the models disagree on, and one gallery."""
+    photos the models disagree on, and one gallery. Returns the outputs of `CellView.refresh`,
+    for the layout to refresh after a model swap."""
     gr.Markdown("## The test photos behind the numbers")
     intro = gr.Markdown(elem_id="cells-intro")
     tables = {}
@@ -166,7 +186,7 @@ def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
                 elem_id=f"cells-{kind}",
             )
     # Without the dataset (a Space) there are no photos to show: no button, no empty gallery.
-    photos = view.has_photos()
+    photos = view.has_photos(view.paths())
     disagree = gr.Button("Show the test photos where the two models disagree", visible=photos, elem_id="cells-disagree")
     caption = gr.Markdown(elem_id="cells-caption")
     # Three columns: each caption (true class, both predictions) fits its tile without being cut.
@@ -182,7 +202,7 @@ def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
     for kind in KINDS:
         tables[kind].select(
             view.select(kind),
-            None,
+            session,
             [caption, gallery],
             api_name=f"cell_photos_{kind}",
             api_visibility="undocumented",
@@ -190,7 +210,7 @@ def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
         )
     disagree.click(
         view.disagree,
-        None,
+        session,
         [caption, gallery],
         api_name="disagreements",
         api_visibility="undocumented",
@@ -198,10 +218,10 @@ def build_cells_section(view: CellView, demo: gr.Blocks) -> dict[str, Any]:
     )
     demo.load(
         view.tables,
-        None,
+        session,
         [intro, *tables.values()],
         api_name="cell_tables",
         api_visibility="undocumented",
         show_progress="hidden",
     )
-    return {"intro": intro, "tables": tables, "caption": caption, "gallery": gallery}
+    return [intro, *tables.values(), caption, gallery]
