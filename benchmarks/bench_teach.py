@@ -65,8 +65,7 @@ def load(kind: str) -> dict:
 
 
 def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int, epochs: int, limit: float) -> dict:
-    from animalcls.heads.teach import photo_batch, score, teach_head, with_mirrors
-    from animalcls.heads.teach_head import TrainSettings
+    from animalcls.heads.teach import TrainSettings, photo_batch, score, teach_head, with_mirrors
 
     features = side["extract"](with_mirrors(photo_batch(dogs, side["size"])))
     plain, mirrored = features[: len(dogs)], features[len(dogs) :]
@@ -88,8 +87,7 @@ def curve(side: dict, dogs: list[Path], pool: int, shots: list[int], draws: int,
 def time_teach(side: dict, photos: list[Path], epochs: int, engine: str) -> tuple[float, float, float]:
     """(seconds to decode + extract, seconds to train, CPU seconds of this process) for
     `photos` as one new class."""
-    from animalcls.heads.teach import photo_batch, teach_head, with_mirrors
-    from animalcls.heads.teach_head import TrainSettings
+    from animalcls.heads.teach import TrainSettings, photo_batch, teach_head, with_mirrors
 
     start, cpu = time.perf_counter(), time.process_time()
     features = side["extract" if engine == "onnx" else "tf"](with_mirrors(photo_batch(photos, side["size"])))
@@ -101,7 +99,7 @@ def time_teach(side: dict, photos: list[Path], epochs: int, engine: str) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from animalcls.heads.teach_head import TrainSettings
+    from animalcls.heads.teach import TrainSettings
 
     args.max_claimed = args.max_claimed or [TrainSettings().max_claimed]
     if not all(0 <= limit <= 1 for limit in args.max_claimed):
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_curve(path: Path, curves: dict, args: argparse.Namespace) -> None:
     """{kind: {photos: {"dog": mean, "old_classes": mean}}} and how it was measured."""
     from animalcls.core.atomic import write_json
-    from animalcls.heads.teach_head import TrainSettings
+    from animalcls.heads.teach import TrainSettings
 
     rows = {
         kind: {str(k): {"dog": float(c[k][:, 0].mean()), "old_classes": float(c[k][:, 1].mean())} for k in args.shots}

@@ -3,7 +3,6 @@ parity with Keras, the NumPy head trainer and the fast head-only fine-tune path,
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -120,102 +119,6 @@ def test_no_fresh_graph_means_keras_extracts(tiny_checkpoints, tmp_path):
     folder = copy_checkpoint(tiny_checkpoints["transfer"], tmp_path / "copy")
     (folder / "model.onnx").unlink()
     assert pooled_forward(folder) is None  # never converts on the fine-tune's path
-
-
-# ---------------------------------------------------------------- NumPy head trainer
-
-
-def blobs(n: int, seed: int, classes: int = 3, dim: int = 12) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    centres = np.random.default_rng(99).normal(0, 3, (classes, dim))
-    return (centres[labels] + rng.normal(0, 1, (n, dim))).astype(np.float32), labels
-
-
-def small_head(classes: int = 3, dim: int = 12, hidden: int = 8, dropout: float = 0.0):
-    from animalcls.heads.teach_head import Head
-
-    rng = np.random.default_rng(1)
-    return Head(
-        [
-            rng.normal(0, 0.3, (dim, hidden)).astype(np.float32),
-            rng.normal(0, 0.3, (hidden, classes)).astype(np.float32),
-        ],
-        [np.zeros(hidden, np.float32), np.zeros(classes, np.float32)],
-        dropout,
-        ["fc"],
-    )
-
-
-def test_fit_head_learns_and_records_keras_history_keys():
-    from animalcls.heads.head_fit import Recipe, fit_head
-
-    train, val = blobs(300, 0), blobs(60, 1)
-    head = small_head(dropout=0.2)
-    fitted = fit_head(head, train, val, Recipe(epochs=6, batch_size=32, learning_rate=1e-2, keep_best=True))
-    keys = {
-        "loss",
-        "accuracy",
-        "precision",
-        "recall",
-        "val_loss",
-        "val_accuracy",
-        "val_precision",
-        "val_recall",
-        "epoch_seconds",
-        "learning_rate",
-    }
-    assert set(fitted.history) == keys and len(fitted.history["loss"]) == 6
-    assert fitted.history["val_loss"][-1] < fitted.history["val_loss"][0]
-    assert fitted.history["val_accuracy"][-1] > 0.9
-    losses = fitted.history["val_loss"]
-    assert fitted.best_epoch == int(np.argmin(losses)) + 1
-    best_loss = -np.log(np.clip(fitted.head.probabilities(val[0])[np.arange(60), val[1]], 1e-7, 1)).mean()
-    assert best_loss == pytest.approx(min(losses), rel=1e-4)  # the kept head is the best epoch's
-    assert not np.allclose(head.kernels[0], fitted.head.kernels[0])  # trained a copy; the input is untouched
-    np.testing.assert_array_equal(head.kernels[0], small_head(dropout=0.2).kernels[0])
-
-
-def test_fit_head_stops_early_and_reduces_the_learning_rate():
-    from animalcls.heads.head_fit import Recipe, fit_head
-
-    train = blobs(200, 0)
-    noise = (
-        np.random.default_rng(5).normal(0, 1, (60, 12)).astype(np.float32),
-        np.random.default_rng(6).integers(0, 3, 60),
-    )
-    recipe = Recipe(epochs=40, batch_size=32, learning_rate=5e-2, early_stopping_patience=3, reduce_lr_patience=2)
-    fitted = fit_head(small_head(), train, noise, recipe)
-    assert len(fitted.history["loss"]) < 40  # val_loss on noise stops improving
-    rates = fitted.history["learning_rate"]
-    assert rates[0] == pytest.approx(5e-2) and min(rates) < 5e-2
-    assert all(any(rate == pytest.approx(5e-2 * 0.2**k) for k in range(5)) for rate in rates)
-
-
-def test_fit_head_cancel_keeps_only_finished_epochs():
-    from animalcls.heads.head_fit import Recipe, fit_head
-
-    cancel = threading.Event()
-    snapshots: list = []
-
-    def on_batch(epoch, step, steps, logs):
-        if epoch == 2 and step == 3:
-            snapshots.append(True)
-            cancel.set()
-
-    fitted = fit_head(
-        small_head(),
-        blobs(320, 0),
-        blobs(40, 1),
-        Recipe(epochs=5, batch_size=32, learning_rate=1e-2),
-        on_batch=on_batch,
-        cancel=cancel,
-    )
-    assert fitted.cancelled and snapshots and len(fitted.history["loss"]) == 1
-    # The head is the one at the end of epoch 1: its validation loss is the recorded one.
-    val = blobs(40, 1)
-    loss = -np.log(np.clip(fitted.head.probabilities(val[0])[np.arange(40), val[1]], 1e-7, 1)).mean()
-    assert loss == pytest.approx(fitted.history["val_loss"][0], rel=1e-4)
 
 
 # ---------------------------------------------------------------- the head-only fine-tune

@@ -13,7 +13,9 @@ from conftest import REPO, copy_checkpoint, make_image
 
 from animalcls.core.errors import DataError
 from animalcls.data.teach_folders import plan_split, scan_teach_folder, union_classes
-from animalcls.heads.teach_head import Head, TrainSettings, _gradients, limit_new_classes, train_head
+from animalcls.heads.head_fit import Recipe, fit_head
+from animalcls.heads.numpy_head import Head, backprop
+from animalcls.heads.teach import limit_new_classes
 
 BASE = ["cat", "spider", "butterfly", "elephant", "chicken"]
 
@@ -50,27 +52,31 @@ def test_split_rule_holds_out_a_fifth_keeps_tiny_classes_whole_and_refuses_one_p
         scan_teach_folder(root, ["dog", "horse"])
 
 
-def test_head_gradients_match_finite_differences() -> None:
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_head_gradients_match_finite_differences(smoothing: float) -> None:
     rng = np.random.default_rng(0)
     head = Head(
-        [rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)],
-        [rng.normal(size=5).astype(np.float32), rng.normal(size=3).astype(np.float32)],
+        [rng.normal(size=(6, 5)).astype(np.float64), rng.normal(size=(5, 3)).astype(np.float64)],
+        [rng.normal(size=5).astype(np.float64), rng.normal(size=3).astype(np.float64)],
     )
-    x, y, w = rng.normal(size=(7, 6)).astype(np.float32), rng.integers(0, 3, 7), np.ones(7, np.float32)
-    _, _, grads = _gradients(head, x, y, w, rng)
+    x, y, w = rng.normal(size=(7, 6)), rng.integers(0, 3, 7), rng.uniform(0.5, 2.0, 7)
+    _, grads = backprop(head, x, y, rng, weights=w, smoothing=smoothing)
 
-    def loss() -> float:
-        return float(_gradients(head, x, y, w, rng)[0]) / 7.0
+    def loss() -> float:  # the weighted mean cross-entropy against label-smoothed targets
+        probs = head.probabilities(x)
+        target = np.full(probs.shape, smoothing / 3)
+        target[np.arange(7), y] += 1 - smoothing
+        return float((w * -(target * np.log(probs)).sum(axis=1)).sum() / w.sum())
 
     for param, grad in zip([*head.kernels, *head.biases], grads):
         index = (0,) * param.ndim
         saved = param[index]
-        param[index] = saved + 1e-2
+        param[index] = saved + 1e-5
         up = loss()
-        param[index] = saved - 1e-2
+        param[index] = saved - 1e-5
         down = loss()
         param[index] = saved
-        assert (up - down) / 2e-2 == pytest.approx(float(grad[index]), rel=2e-2, abs=1e-3)
+        assert (up - down) / 2e-5 == pytest.approx(float(grad[index]), rel=1e-4, abs=1e-7)
 
 
 def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> None:
@@ -79,17 +85,18 @@ def test_a_widened_head_learns_a_new_class_without_forgetting_the_old_ones() -> 
     old_x = np.concatenate([c + rng.normal(0, 1, (200, 16)) for c in centres[:3]]).astype(np.float32)
     old_y = np.repeat(np.arange(3), 200)
     head = Head([np.zeros((16, 3), np.float32)], [np.zeros(3, np.float32)])
-    head, _, _ = train_head(head, old_x, old_y, TrainSettings(epochs=20, learning_rate=1e-2))
+    head = fit_head(head, (old_x, old_y), None, Recipe(20, 64, 1e-2, balanced=True)).head
     new_x = (centres[3] + rng.normal(0, 1, (5, 16))).astype(np.float32)  # five photos of a new class
     widened = head.widened(4, {3: new_x}, head.penultimate(old_x).mean(axis=0))
     np.testing.assert_allclose(widened.kernels[-1][:, :3], head.kernels[-1])
-    taught, history, cancelled = train_head(
+    fitted = fit_head(
         widened,
-        np.concatenate([old_x, new_x]),
-        np.concatenate([old_y, [3] * 5]),
-        TrainSettings(epochs=10, learning_rate=1e-2),
+        (np.concatenate([old_x, new_x]), np.concatenate([old_y, [3] * 5])),
+        None,
+        Recipe(10, 64, 1e-2, balanced=True),
     )
-    assert not cancelled and len(history["loss"]) == 10
+    taught = fitted.head
+    assert not fitted.cancelled and len(fitted.history["loss"]) == 10
     test_old = np.concatenate([c + rng.normal(0, 1, (50, 16)) for c in centres[:3]]).astype(np.float32)
     test_new = (centres[3] + rng.normal(0, 1, (50, 16))).astype(np.float32)
     assert (taught.probabilities(test_old).argmax(1) == np.repeat(np.arange(3), 50)).mean() > 0.9

@@ -1,7 +1,8 @@
-"""Train a frozen-backbone checkpoint's head on pooled features in NumPy, with the study's
-transfer recipe (what train.fit does with Keras): Adam, categorical cross-entropy, shuffled
-mini-batches, the flip augmentation drawn per sample and epoch, EarlyStopping and
-ReduceLROnPlateau on val_loss, the best val_loss epoch kept.
+"""The one head trainer: a frozen-backbone checkpoint's head trained on pooled features in
+NumPy, for fine-tuning (the study's transfer recipe, what train.fit does with Keras: Adam,
+categorical cross-entropy, shuffled mini-batches, the flip augmentation drawn per sample and
+epoch, EarlyStopping and ReduceLROnPlateau on val_loss, the best val_loss epoch kept) and for
+teaching (class-balanced weights, the output layer alone: `fit_output_layer`).
 
 Why not Keras: on 2 shared cores `model.fit` of a Dense 512 head spent 5.3 CPU s on 5 epochs
 of 2,100 features, almost all of it tracing graphs and running callbacks; the arithmetic is
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animalcls.heads.teach_head import Adam, Head, backprop
+from animalcls.heads.numpy_head import Adam, Head, backprop, balanced_weights
 
 BatchHook = Callable[[int, int, int | None, dict[str, float]], None]
 EpochHook = Callable[[int, dict[str, list[float]]], None]
@@ -37,6 +38,8 @@ class Recipe:
     reduce_lr_patience: int | None = None
     reduce_lr_factor: float = 0.2
     keep_best: bool = False
+    balanced: bool = False  # weight each sample n / (classes * n_class): 10 new photos count as a class
+    label_smoothing: float = 0.0
 
 
 def supports(config: object) -> bool:
@@ -44,7 +47,6 @@ def supports(config: object) -> bool:
     return (
         getattr(config, "optimizer", "adam") == "adam"
         and not getattr(config, "weight_decay", 0)
-        and not getattr(config, "label_smoothing", 0)
         and not getattr(config, "cosine", False)
     )
 
@@ -56,6 +58,23 @@ class HeadFit:
     seconds: float
     cancelled: bool
     best_epoch: int | None
+
+
+def fit_output_layer(
+    head: Head,
+    hidden: tuple[np.ndarray, np.ndarray],
+    recipe: Recipe,
+    on_epoch: EpochHook | None = None,
+    cancel: threading.Event | None = None,
+) -> HeadFit:
+    """`fit_head` of the output layer alone, on the penultimate activations `hidden` (features,
+    labels) computed once: the hidden layers stay as they are."""
+    last = Head(head.kernels[-1:], head.biases[-1:], head.dropout)
+    fitted = fit_head(last, hidden, None, recipe, on_epoch=on_epoch, cancel=cancel)
+    whole = head.copy()
+    whole.kernels[-1], whole.biases[-1] = fitted.head.kernels[0], fitted.head.biases[0]
+    fitted.head = whole
+    return fitted
 
 
 def fit_head(
@@ -91,6 +110,7 @@ class _Loop:
         self.rng = np.random.default_rng(recipe.seed)
         self.history: dict[str, list[float]] = {}
         self.cancelled, self.best_head, self.best_epoch = False, head.copy(), None
+        self.weights: np.ndarray | None = None
 
     def run(
         self,
@@ -100,6 +120,7 @@ class _Loop:
         on_epoch: EpochHook | None,
     ) -> None:
         x, y = np.asarray(train[0], np.float32), np.asarray(train[1], np.int64)
+        self.weights = balanced_weights(y, self.head.num_classes) if self.recipe.balanced else None
         stop, plateau = (
             _Patience(self.recipe.early_stopping_patience, 0.0),
             _Patience(self.recipe.reduce_lr_patience, 1e-4),
@@ -137,7 +158,7 @@ class _Loop:
         for step, begin in enumerate(range(0, len(x), size), start=1):
             batch = order[begin : begin + size]
             features = x[batch] if coins is None else np.where(coins[batch, None], flipped[batch], x[batch])
-            sums += self._step(features, y[batch])
+            sums += self._step(features, y[batch], None if self.weights is None else self.weights[batch])
             if self.on_batch:
                 seen = min(begin + size, len(x))
                 self.on_batch(epoch, step, steps, {"loss": sums[0] / seen, "accuracy": sums[1] / seen})
@@ -146,11 +167,12 @@ class _Loop:
                 return None
         return _from_sums(sums, len(x))
 
-    def _step(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """One Adam step on the batch's mean cross-entropy; returns the batch's metric sums."""
-        probs, grads = backprop(self.head, x, y, self.rng, clip=EPSILON)
+    def _step(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        """One Adam step on the batch's (weighted) mean cross-entropy; returns its metric sums."""
+        smoothing = self.recipe.label_smoothing
+        probs, grads = backprop(self.head, x, y, self.rng, weights=weights, clip=EPSILON, smoothing=smoothing)
         self.adam.step(self.params, grads)
-        return _sums(probs, y)
+        return _sums(probs, y, smoothing)
 
     def _restore(self, params: list[np.ndarray], adam: tuple) -> None:
         for p, saved in zip(self.params, params):
@@ -182,11 +204,12 @@ def _adam_state(adam: Adam) -> tuple:
     return adam.t, [m.copy() for m in adam.m], [v.copy() for v in adam.v]
 
 
-def _sums(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cross-entropy sum, correct count, and Keras Precision/Recall counts (threshold 0.5 on
-    every class column of the one-hot target)."""
+def _sums(probs: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
+    """Cross-entropy sum (against label-smoothed targets, as Keras reports it), correct count,
+    and Keras Precision/Recall counts (threshold 0.5 on every class column of the one-hot target)."""
     rows = np.arange(len(y))
-    loss = -np.log(np.clip(probs[rows, y], EPSILON, 1 - EPSILON)).sum()
+    logs = np.log(np.clip(probs, EPSILON, 1 - EPSILON))
+    loss = -(1 - smoothing) * logs[rows, y].sum() - smoothing / probs.shape[1] * logs.sum()
     predicted = probs > 0.5
     return np.array([loss, (probs.argmax(axis=1) == y).sum(), predicted[rows, y].sum(), predicted.sum(), len(y)], float)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from animalcls.core.errors import CheckpointError
 from animalcls.core.settings import POOL_LAYER
-from animalcls.heads.teach_head import Head
+from animalcls.heads.numpy_head import Head
 from animalcls.serving.model_cache import FileCache
 
 ACTIVATIONS = ("relu", "linear", "softmax")  # softmax only on the last layer

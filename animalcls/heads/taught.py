@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from animalcls.core.settings import POOL_LAYER
-from animalcls.heads.teach_head import Head, TrainSettings
+from animalcls.heads.numpy_head import Head
 from animalcls.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ def taught_model(model: Any, head: Head) -> Any:
     return taught
 
 
-def training_record(taught: Taught, settings: TrainSettings, engine: str) -> dict[str, Any]:
-    """The manifest's `training` for a taught head: how it trained, exactly."""
+def training_record(taught: Taught, settings: Any, engine: str) -> dict[str, Any]:
+    """The manifest's `training` for a taught head (`settings`: teach.TrainSettings): how it trained, exactly."""
     return {
         "method": "teach: head on stored + new pooled features (backbone frozen)",
         "finetune": True,

@@ -149,8 +149,7 @@ def teach_sides(
 ) -> list[str]:
     """Teach every available side the session's photos (mirrors included); returns notes
     (a side that cannot be taught says why). Raises when there is nothing to teach."""
-    from animalcls.heads.teach import score, teach_head, with_mirrors
-    from animalcls.heads.teach_head import TrainSettings
+    from animalcls.heads.teach import TrainSettings, score, teach_head, with_mirrors
 
     _check_ready(session)
     notes, step = [], on_step or (lambda fraction, what: None)
@@ -184,8 +183,7 @@ def save_taught_sides(session: TeachSession, root: Path, epochs: int = 10) -> di
     from animalcls.core.settings import finetune_folder
     from animalcls.heads.finetune_head import source_model
     from animalcls.heads.taught import save_taught, training_record
-    from animalcls.heads.teach import stored_summary
-    from animalcls.heads.teach_head import TrainSettings
+    from animalcls.heads.teach import TrainSettings, stored_summary
 
     folders = {}
     for kind, taught in session.taught.items():
