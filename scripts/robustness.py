@@ -56,12 +56,11 @@ DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 def predict_all(predictor, images: list[Image.Image], batch: int = 64) -> np.ndarray:
     from animalcls.data.preprocessing import to_model_input
+    from animalcls.serving.forward import slices
 
-    out = []
-    for start in range(0, len(images), batch):
-        chunk = np.stack([to_model_input(im, predictor.image_size) for im in images[start : start + batch]])
-        out.append(predictor.forward(chunk))
-    return np.concatenate(out)
+    size = predictor.image_size
+    batches = (np.stack([to_model_input(im, size) for im in chunk]) for chunk in slices(images, batch))
+    return predictor.outputs.over(batches)["probabilities"]
 
 
 def degraded_accuracy(predictor, paths: list[str], labels: list[int]) -> tuple[dict[str, float], dict[str, dict]]:

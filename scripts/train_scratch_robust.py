@@ -185,6 +185,7 @@ def val_accuracies(args: argparse.Namespace, folder: Path) -> dict[str, float]:
     import numpy as np
 
     from animalcls.data import dataset
+    from animalcls.serving.forward import slices
     from animalcls.serving.inference import load_predictor
     from animalcls.training.scratch_run import val_views
 
@@ -192,12 +193,7 @@ def val_accuracies(args: argparse.Namespace, folder: Path) -> dict[str, float]:
     paths, labels = dataset.Split.load(Path(args.split)).paths("val", dataset.dataset_root(args.data))
     views = val_views(paths, predictor.image_size)
     return {
-        name: float(
-            (
-                np.concatenate([predictor.forward(x[i : i + 64]) for i in range(0, len(x), 64)]).argmax(1)
-                == np.asarray(labels)
-            ).mean()
-        )
+        name: float((predictor.outputs.over(slices(x, 64))["probabilities"].argmax(1) == np.asarray(labels)).mean())
         for name, x in views.items()
     }
 

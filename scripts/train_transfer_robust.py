@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from animalcls.data import augment
     from animalcls.data import dataset as data
     from animalcls.data.preprocessing import to_model_input
-    from animalcls.serving.forward import outputs_model
+    from animalcls.serving.forward import Forward, slices
     from animalcls.store import checkpoints
     from animalcls.training import evaluate, workflows
     from animalcls.training.train import FitResult, HistoryRecorder, TrainConfig
@@ -94,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     split = data.Split.load(Path(args.checkpoint) / checkpoints.SPLIT_FILE)
     scan = data.scan_folder(args.data, split.class_names)
     n = len(split.class_names)
-    extractor = outputs_model(model, ("pooled",))
+    extractor = Forward(size, model=model)
     start = time.perf_counter()
 
     def features(photos: list, view) -> np.ndarray:
         """Pooled features of view(photo) for every photo, 64 at a time (bounded memory)."""
-        out = []
-        for i in range(0, len(photos), 64):
-            out.append(extractor.predict_on_batch(np.stack([view(p) for p in photos[i : i + 64]]))["pooled"])
-        return np.concatenate(out)
+        batches = (np.stack([view(p) for p in chunk]) for chunk in slices(photos, 64))
+        return extractor.over(batches, ("pooled",))["pooled"]
 
     train_paths, train_labels = split.paths("train", scan.root)
     photos = augment.load_photos(train_paths)

@@ -42,7 +42,8 @@ import numpy as np
 from animalcls.core.atomic import write_atomic, write_json
 from animalcls.core.errors import Cancelled, DataError
 from animalcls.core.settings import BACKBONE_LAYER, POOL_LAYER, feature_cache_root
-from animalcls.serving.forward import outputs_model
+from animalcls.serving.forward import Forward, outputs_model
+from animalcls.serving.onnx_engine import onnx_forward
 
 # Bump when decoding, resizing or pooling change: every old entry then stops matching.
 FEATURES_VERSION = 1
@@ -253,18 +254,10 @@ def cached_feature_groups(
 
 
 def pooled_forward(folder: Path) -> PooledForward | None:
-    """The pooled-features output of the checkpoint's fresh ONNX graph through ONNX Runtime
-    (one pass gives it beside the probabilities), or None when onnxruntime or a fresh graph is
-    missing: the caller then runs Keras. Never converts (that costs 4-6 s)."""
-    try:
-        from animalcls.serving.onnx_engine import load_engine, onnxruntime_available
-
-        if not onnxruntime_available():
-            return None
-        engine = load_engine(folder, build=False)
-    except Exception:  # noqa: BLE001 - no engine, no graph or a stale one: Keras extracts
-        return None
-    return lambda batch: engine.run(batch, ("pooled",))["pooled"]
+    """The pooled features through the checkpoint's fresh ONNX graph (`forward.onnx_forward`),
+    or None when onnxruntime or a fresh graph is missing: the caller then runs Keras."""
+    forward = onnx_forward(folder)
+    return None if forward is None else lambda batch: forward(batch, ("pooled",))["pooled"]
 
 
 def _feature_dim(model: Any) -> int:
@@ -309,8 +302,6 @@ def _extract(
 ) -> dict[tuple[str, bool], np.ndarray]:
     """Run `pooled` (else the Keras feature model) over the missing (image, flip) entries,
     caching every batch."""
-    import tensorflow as tf
-
     flips_of: dict[str, set[bool]] = {}
     for sha1, flip in missing:
         flips_of.setdefault(sha1, set()).add(flip)
@@ -323,10 +314,8 @@ def _extract(
         batch_size,
     )
     if pooled is None:
-        extractor = outputs_model(model, ("pooled",))
-        # Compiled once; reduce_retracing keeps the smaller last batch from compiling a second graph.
-        compiled = tf.function(lambda x: extractor(x, training=False)["pooled"], reduce_retracing=True)
-        pooled = lambda batch: compiled(batch).numpy()  # noqa: E731
+        keras = Forward(int(model.input_shape[1]), model=model)
+        pooled = lambda batch: keras(batch, ("pooled",))["pooled"]  # noqa: E731
     done = total - len(missing)
     if on_progress:
         on_progress(done, total)

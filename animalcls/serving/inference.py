@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from animalcls.core.errors import AnimalclsError, ImageError
 from animalcls.core.settings import ENGINE_ENV
 from animalcls.data.preprocessing import to_model_input
+from animalcls.serving.forward import Forward
 from animalcls.serving.model_cache import FileCache
 from animalcls.store.checkpoints import MODEL_FILE, Checkpoint, check_model_archive, load_checkpoint
 
@@ -189,7 +190,7 @@ class Predictor:
 
     checkpoint: Checkpoint
     onnx: Any = None
-    _forward: Any = field(default=None, repr=False)
+    _outputs: Forward | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     path = property(lambda self: self.checkpoint.path)
@@ -206,18 +207,20 @@ class Predictor:
                 self.checkpoint.model = load_checkpoint(self.path).model
         return self.checkpoint.model
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        if self.onnx is not None:
-            return self.onnx.probabilities(batch)
-        import tensorflow as tf
+    @property
+    def outputs(self) -> Forward:
+        """The forward pass with named outputs (probabilities, pooled, feature_map) on this
+        predictor's engine: `predictor.outputs(batch, ("pooled",))["pooled"]`."""
+        if self._outputs is None:
+            model = self.model if self.onnx is None else None  # outside the lock: `model` takes it
+            with self._lock:
+                if self._outputs is None:
+                    self._outputs = Forward(self.image_size, self.onnx, model)
+        return self._outputs
 
-        model = self.model
-        with self._lock:
-            if self._forward is None:
-                # A fixed signature traces once: eager calls were 5x slower at batch 1.
-                spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-                self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
-        return self._forward(tf.constant(batch)).numpy()
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """The (N, C) probabilities of a batch of model inputs."""
+        return self.outputs(batch)["probabilities"]
 
     def predict(self, images: Sequence[ImageInput]) -> list[dict[str, float]]:
         batch = np.stack([to_model_input(load_image(image, self.image_size), self.image_size) for image in images])

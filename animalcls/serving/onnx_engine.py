@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from animalcls.core.errors import AnimalclsError, CheckpointError
 from animalcls.core.settings import ORT_THREADS_ENV
 from animalcls.store import onnx_store
 from animalcls.store.checkpoints import ManifestFacts
+
+if TYPE_CHECKING:
+    from animalcls.serving.forward import Forward
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,20 @@ def load_engine(folder: str | Path, build: bool = True) -> OnnxEngine:
     engine = OnnxEngine(path, manifest, session)
     _check_io(engine)
     return engine
+
+
+def onnx_forward(folder: str | Path) -> Forward | None:
+    """A `forward.Forward` through the checkpoint's fresh ONNX graph, or None when onnxruntime
+    or a fresh graph is missing (the caller then runs Keras). Never converts: that takes seconds."""
+    from animalcls.serving.forward import Forward
+
+    if not onnxruntime_available():
+        return None
+    try:
+        engine = load_engine(folder, build=False)
+    except Exception:  # noqa: BLE001 - no engine, no graph or a stale one: Keras runs instead
+        return None
+    return Forward(engine.image_size, engine=engine)
 
 
 def _rebuild(folder: Path, keras_sha: str, verdicts: list[onnx_store.OnnxStatus], build: bool) -> Path:

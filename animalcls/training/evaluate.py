@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from animalcls.serving.forward import Forward, forward_paths
+
 
 def evaluation_report(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy at the top level, sklearn's per-class report with macro and weighted
@@ -28,26 +30,21 @@ def evaluation_report(y_true: Sequence[int], y_pred: Sequence[int], class_names:
     }
 
 
-Forward = Callable[[np.ndarray], np.ndarray]
-
-
 def predict_probabilities(
     model,
     dataset,
     steps: int | None = None,
     on_batch: Callable[[int, int | None], None] | None = None,
-    forward: Forward | None = None,
 ) -> np.ndarray:
-    """Run `model` over a batched tf.data dataset of (images, labels) in a compiled function,
-    or `forward` (numpy batch -> probabilities, e.g. an ONNX Runtime predictor) when given."""
-    compiled = None if forward else _compiled(model)
+    """Run a Keras `model` over a batched tf.data dataset of (inputs, labels) in a compiled
+    function (a head over stored features; images go through `evaluate_paths`)."""
+    compiled = _compiled(model)
     outputs = []
-    for step, (images, _) in enumerate(dataset, 1):
-        outputs.append(forward(images.numpy()) if forward else compiled(images).numpy())
+    for step, (inputs, _) in enumerate(dataset, 1):
+        outputs.append(compiled(inputs).numpy())
         if on_batch:
             on_batch(step, steps)
-    width = model.output_shape[-1] if model is not None else 0
-    return np.concatenate(outputs) if outputs else np.zeros((0, width), dtype=np.float32)
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), dtype=np.float32)
 
 
 def _compiled(model) -> Any:
@@ -66,10 +63,8 @@ def evaluate_paths(
     on_batch: Callable[[int, int | None], None] | None = None,
     forward: Forward | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` (or `forward`, see predict_probabilities) on image files with known labels."""
-    from animalcls.data.dataset import make_dataset
-
-    dataset = make_dataset(paths, labels, len(class_names), image_size, batch_size, training=False)
-    steps = -(-len(paths) // batch_size)
-    probabilities = predict_probabilities(model, dataset, steps, on_batch, forward)
+    """Evaluate the Keras `model` (or `forward`, e.g. a Predictor's `outputs` on ONNX Runtime) on
+    image files with known labels, decoded as in training."""
+    forward = forward or Forward(image_size, model=model)
+    probabilities = forward_paths(forward, paths, ("probabilities",), batch_size, on_batch)["probabilities"]
     return evaluation_report(list(labels), probabilities.argmax(axis=1).tolist(), class_names)

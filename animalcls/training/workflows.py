@@ -227,7 +227,7 @@ def evaluate_checkpoint(
     checkpoint = predictor.checkpoint
     paths, labels, photos = selection or evaluation_paths(checkpoint.path, data_dir, include_training)
     result = evaluate.evaluate_paths(
-        None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.forward
+        None, paths, labels, checkpoint.class_names, checkpoint.image_size, on_batch=on_batch, forward=predictor.outputs
     )
     return {**result, "photos": photos}
 

@@ -138,20 +138,14 @@ def compute_predictions(
     folder: Path, root: Path, on_batch: BatchHook | None = None, batch_size: int = 32
 ) -> SplitPredictions:
     """Run the checkpoint over its test split, decoding as `evaluate` does."""
-    from animalcls.data.dataset import Split, make_dataset
+    from animalcls.data.dataset import Split
+    from animalcls.serving.forward import forward_paths
     from animalcls.serving.inference import load_predictor
 
     predictor = load_predictor(folder)
     split = Split.load(folder / SPLIT_FILE)
     paths, labels = split.paths("test", root)
-    dataset = make_dataset(paths, labels, len(split.class_names), predictor.image_size, batch_size, training=False)
-    steps = -(-len(paths) // batch_size)
-    outputs = []
-    for step, (images, _) in enumerate(dataset, 1):
-        outputs.append(predictor.forward(images.numpy()))
-        if on_batch:
-            on_batch(step, steps)
-    probabilities = np.concatenate(outputs) if outputs else np.zeros((0, len(split.class_names)))
+    probabilities = forward_paths(predictor.outputs, paths, ("probabilities",), batch_size, on_batch)["probabilities"]
     return SplitPredictions(
         class_names=list(predictor.class_names),
         files=[rel for rel, _ in split.test],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 from animalcls.core.errors import ImageError
 from animalcls.data.preprocessing import to_model_input
 from animalcls.heads.reader import DenseHead, read_dense_head
+from animalcls.serving.forward import OUTPUTS
 from animalcls.serving.inference import ImageInput, Predictor, load_image
 from animalcls.trust import cam
 
@@ -90,42 +90,14 @@ def _for_display(photo: Image.Image) -> Image.Image:
 
 # ------------------------------------------------------------------ the engines
 
-_FORWARDS: dict[int, tuple[Any, FeatureForward]] = {}
-_LOCK = threading.Lock()
-
 
 def feature_forward(predictor: Predictor) -> FeatureForward:
-    """One forward pass returning (feature_map, pooled, probabilities): the predictor's ONNX
-    Runtime graph (it has the three outputs), else a compiled TF adapter built once per loaded
-    model, sharing the model's layers."""
-    engine = getattr(predictor, "onnx", None)
-    if engine is not None:
-        return lambda batch: _onnx_outputs(engine, batch)
-    with _LOCK:
-        cached = _FORWARDS.get(id(predictor.model))
-        if cached is None or cached[0] is not predictor.model:
-            cached = (predictor.model, _compile_feature_forward(predictor.model, predictor.image_size))
-            _FORWARDS[id(predictor.model)] = cached
-        return cached[1]
-
-
-def _onnx_outputs(engine: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    out = engine.run(batch)
-    return out["feature_map"], out["pooled"], out["probabilities"]
-
-
-def _compile_feature_forward(model: Any, image_size: int) -> FeatureForward:
-    import tensorflow as tf
-
-    from animalcls.serving.forward import outputs_model
-
-    adapter = outputs_model(model)
-    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-    compiled = tf.function(lambda x: adapter(x, training=False), input_signature=[spec], autograph=False)
+    """One forward pass returning (feature_map, pooled, probabilities) on the predictor's
+    engine (`Predictor.outputs`: ONNX Runtime's graph has the three outputs, else Keras)."""
 
     def forward(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = compiled(tf.constant(batch, tf.float32))
-        return out["feature_map"].numpy(), out["pooled"].numpy(), out["probabilities"].numpy()
+        out = predictor.outputs(batch, OUTPUTS)
+        return out["feature_map"], out["pooled"], out["probabilities"]
 
     return forward
 

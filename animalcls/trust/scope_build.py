@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from animalcls.serving.forward import outputs_model
+from animalcls.serving.forward import Forward, forward_paths
 from animalcls.trust import scope
 
 CALIBRATION_SEED = 20261128
@@ -71,27 +71,6 @@ def shares_imagenet_base(model: Any, manifest: dict[str, Any]) -> bool:
     return backbone_fingerprint(reference) == backbone_fingerprint(model)
 
 
-def _run(fn: Any, paths: Sequence[str], image_size: int, batch_size: int, on_batch: BatchHook | None) -> list:
-    import tensorflow as tf
-
-    from animalcls.data.dataset import make_dataset
-
-    dataset = make_dataset(paths, [0] * len(paths), 1, image_size, batch_size, training=False)
-    forward = tf.function(lambda x: fn(x, training=False), reduce_retracing=True, autograph=False)
-    steps = -(-len(paths) // batch_size)
-    outputs = []
-    for step, (images, _) in enumerate(dataset, 1):
-        result = forward(images)
-        outputs.append([np.asarray(r) for r in (result if isinstance(result, (list, tuple)) else [result])])
-        if on_batch:
-            on_batch(step, steps)
-    return [np.concatenate(parts) for parts in zip(*outputs)]
-
-
-def _pair(outputs: dict[str, Any]) -> tuple[Any, Any]:
-    return outputs["probabilities"], outputs["pooled"]
-
-
 def extract_arrays(
     model: Any,
     paths: Sequence[str],
@@ -106,12 +85,13 @@ def extract_arrays(
     model's own) or not `imagenet` (then imagenet_features has no columns)."""
     if not paths:
         raise ValueError("No image paths given.")
-    both = outputs_model(model, ("probabilities", "pooled"))
-    arrays = _run(lambda x, training: _pair(both(x, training=training)), paths, image_size, batch_size, on_batch)
-    probabilities, features = arrays
+    both = ("probabilities", "pooled")
+    arrays = forward_paths(Forward(image_size, model=model), paths, both, batch_size, on_batch)
+    probabilities, features = arrays["probabilities"], arrays["pooled"]
     if imagenet_from_pool or not imagenet:
         return ScopeArrays(probabilities, features, features if imagenet_from_pool else features[:, :0])
-    (imagenet_features,) = _run(imagenet_feature_model(), paths, scope.IMAGENET_IMAGE_SIZE, batch_size, on_batch)
+    imagenet_forward = Forward(scope.IMAGENET_IMAGE_SIZE, model=imagenet_feature_model())
+    imagenet_features = forward_paths(imagenet_forward, paths, ("pooled",), batch_size, on_batch)["pooled"]
     return ScopeArrays(probabilities, features, imagenet_features)
 
 
@@ -329,15 +309,10 @@ class ScopePredictor:
         self._imagenet: Any = None
 
     def arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import tensorflow as tf
-
         if self._forward is None:
-            model = outputs_model(self.predictor.model, ("probabilities", "pooled"))
-            self._forward = tf.function(
-                lambda x: _pair(model(x, training=False)), autograph=False, reduce_retracing=True
-            )
-        probabilities, features = self._forward(tf.constant(batch, tf.float32))
-        return probabilities.numpy(), features.numpy()
+            self._forward = Forward(self.predictor.image_size, model=self.predictor.model)
+        arrays = self._forward(batch, ("probabilities", "pooled"))
+        return arrays["probabilities"], arrays["pooled"]
 
     def imagenet_features(self, images: Sequence[Any]) -> np.ndarray:
         from animalcls.data.preprocessing import to_model_input
@@ -379,10 +354,9 @@ def add_test_features(folder: str | Path, batch_size: int = 32) -> int:
     split, root = split_and_root(folder)
     loaded = load_checkpoint(folder)
     paths, labels = split.paths("test", root)
-    both = outputs_model(loaded.model, ("probabilities", "pooled"))  # as for the stored train features
-    pooled = _run(lambda x, training: both(x, training=training)["pooled"], paths, loaded.image_size, batch_size, None)[
-        0
-    ]
+    forward = Forward(loaded.image_size, model=loaded.model)
+    both = ("probabilities", "pooled")  # as for the stored train features
+    pooled = forward_paths(forward, paths, both, batch_size)["pooled"]
     detector.test_features = pooled.astype(np.float16)
     detector.test_labels = np.asarray(labels)
     detector.test_files = [rel for rel, _ in split.test]
