@@ -100,6 +100,27 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return out
 
 
+@pytest.fixture(scope="session")
+def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Copies of the tiny checkpoints with stored features (scope.npz, test split included)."""
+    from animalcls.data.dataset import Split
+    from animalcls.trust.scope_build import add_test_features, build_scope
+
+    tmp = tmp_path_factory.mktemp("teach")
+    out = {}
+    for kind, source in tiny_checkpoints.items():
+        folder = tmp / source.name
+        copy_checkpoint(source, folder)
+        root = Split.load(folder / "split.json").locate_root(folder)
+        others = [str(make_image(tmp / f"{kind}-other-{i}.png", (128, 0, 128), seed=9000 + i)) for i in range(6)]
+        build_scope(
+            folder, others + sorted(str(p) for p in (root / "cane").iterdir()), method="combined", imagenet=False
+        )
+        add_test_features(folder)
+        out[kind] = folder
+    return out
+
+
 @contextmanager
 def launched_app(checkpoints: dict[str, Path], tmp: Path, **options: object) -> Iterator[tuple[str, object]]:
     """A running app on a free loopback port with the given checkpoints: (url, Blocks)."""

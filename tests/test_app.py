@@ -71,6 +71,7 @@ def test_build_demo_has_stable_api_names(tiny_checkpoints, tmp_path):
         "teach_clear",
         "teach_train",
         "use_model",
+        "use_taught",
     ]
     assert names["classify_test_example"].concurrency_id == names["classify"].concurrency_id
     # Classification never queues behind a fine-tune: separate concurrency groups; fine-tunes

@@ -18,7 +18,7 @@ LIGHT = (
     "webapp.views",
     "webapp.checkpoints",
     "webapp.sessions",
-    "webapp.teach_session",
+    "webapp.tabs.teach_session",
     "webapp.temp",
     "webapp.lesson",
     "webapp.tabs.classify_answers",

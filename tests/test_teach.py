@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, copy_checkpoint, make_image
+from conftest import REPO, make_image
 
 from animalcls.core.errors import DataError
 from animalcls.data.teach_folders import plan_split, scan_teach_folder, union_classes
@@ -146,27 +146,6 @@ def test_bad_teaching_arguments_fail_with_one_error_line_before_tensorflow(
     assert "No folder for class(es) cow" in errors[3]
 
 
-@pytest.fixture(scope="module")
-def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Copies of the tiny checkpoints with stored features (scope.npz, test split included)."""
-    from animalcls.data.dataset import Split
-    from animalcls.trust.scope_build import add_test_features, build_scope
-
-    tmp = tmp_path_factory.mktemp("teach")
-    out = {}
-    for kind, source in tiny_checkpoints.items():
-        folder = tmp / source.name
-        copy_checkpoint(source, folder)
-        root = Split.load(folder / "split.json").locate_root(folder)
-        others = [str(make_image(tmp / f"{kind}-other-{i}.png", (128, 0, 128), seed=9000 + i)) for i in range(6)]
-        build_scope(
-            folder, others + sorted(str(p) for p in (root / "cane").iterdir()), method="combined", imagenet=False
-        )
-        add_test_features(folder)
-        out[kind] = folder
-    return out
-
-
 @pytest.mark.parametrize("kind", ["scratch", "transfer"])
 def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     taught_pair: dict[str, Path], tmp_path: Path, kind: str
@@ -228,48 +207,6 @@ def test_the_bundled_transfer_model_learns_dogs_from_ten_photos_and_keeps_its_cl
     assert scores["dog"]["n"] == 3
 
 
-def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
-    taught_pair: dict[str, Path], tmp_path: Path
-) -> None:
-    import gradio as gr
-
-    import app
-    from animalcls.webapp.teach_session import TeachLimits, TeachSession
-
-    demo = app.build_demo(
-        taught_pair["scratch"],
-        taught_pair["transfer"],
-        use_hub=False,
-        finetune_root=tmp_path / "ft",
-        examples_dir=tmp_path / "ex",
-        teach_limits=TeachLimits(max_photos=12, max_mb=1),
-    )
-    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
-    # Gradio copies each State per session: one for the Teach panel, one for the visitor's model choice.
-    assert sum(isinstance(state.value, TeachSession) for state in states) == 1
-    panel = demo.animalcls_teach
-    folder = tmp_path / "uploads"
-    folder.mkdir()
-    dogs = [str(make_image(folder / f"dog{i}.png", (120, 120, 120), seed=800 + i)) for i in range(13)]
-    broken = folder / "broken.jpg"
-    broken.write_bytes(b"not a jpeg")
-    mine, theirs = TeachSession(), TeachSession()
-    session, table, notes, *_ = panel.add(mine, "Dog", [str(broken), *dogs], None)
-    assert table == [["dog", 12]] and "broken.jpg: skipped" in notes and "dog12.png: skipped, the session" in notes
-    assert theirs.count() == 0
-    panel.train(mine, progress=lambda *a, **k: None)
-    assert set(mine.taught) == {"scratch", "transfer"} and not theirs.taught
-    assert mine.taught["transfer"].class_names == [*BASE, "dog"]
-    scratch, transfer = panel.classify(mine, dogs[0])
-    assert set(scratch) == set(transfer) == {*BASE, "dog"} and sum(transfer.values()) == pytest.approx(1.0, abs=1e-4)
-    with pytest.raises(gr.Error, match="Train first"):
-        panel.classify(theirs, dogs[0])
-    one = TeachSession()
-    panel.add(one, "zebra", dogs[:1], None)
-    with pytest.raises(gr.Error, match="zebra.{0,6} has one photo"):
-        panel.train(one, progress=lambda *a, **k: None)
-
-
 def test_a_taught_session_is_saved_as_checkpoints_that_classify_check_and_teach_the_new_class(
     taught_pair: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -277,7 +214,7 @@ def test_a_taught_session_is_saved_as_checkpoints_that_classify_check_and_teach_
     from animalcls.serving.inference import load_predictor
     from animalcls.store.checkpoints import read_manifest
     from animalcls.trust import scope
-    from animalcls.webapp.teach_session import TeachLimits, TeachSession, classify, save_taught_sides, teach_sides
+    from animalcls.webapp.tabs.teach_session import TeachLimits, TeachSession, classify, save_taught_sides, teach_sides
 
     folder = tmp_path / "uploads"
     folder.mkdir()

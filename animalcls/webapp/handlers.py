@@ -118,17 +118,30 @@ class AnimalApp:
                 "models and your own fine-tunes; old fine-tunes are removed to make room).",
                 "Unknown model",
             )
-        kind = read_manifest(folder)["kind"]
+        return self._use(state, [folder], request)
+
+    def use_taught(self, taught: Any = None, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:
+        """The Teach panel's "Use the taught models": both sides classify with what this session taught."""
+        state = session_of(session)
+        names = getattr(taught, "saved", None) or {}
+        folders = [folder for name in names.values() if (folder := self.sessions.folder_of(state, name)) is not None]
+        if not folders:
+            raise user_error("Nothing taught yet, or it was removed to make room: train again first.", "Nothing to use")
+        return self._use(state, folders, request)
+
+    def _use(self, state: dict[str, Any], folders: list[Path], request: gr.Request | None) -> tuple[Any, ...]:
         self.wait_ready()
-        state = self.store.pin(self.sessions.choose(state, folder.name, kind), session_key(request))
-        if self.use_for_everyone:
-            self.registry.use(folder, kind)
-            message = f"**Now classifying with {folder.name}** on the {kind} side, for every visitor of this server."
-        else:
-            message = (
-                f"**Now classifying with {folder.name}** on the {kind} side, in this browser session only "
-                "(other visitors keep the original models)."
-            )
+        sides = []
+        for folder in folders:
+            kind = read_manifest(folder)["kind"]
+            state = self.sessions.choose(state, folder.name, kind)
+            if self.use_for_everyone:
+                self.registry.use(folder, kind)
+            sides.append(f"{folder.name} on the {views.side_title(kind)} side")
+        state = self.store.pin(state, session_key(request))
+        who = "for every visitor of this server" if self.use_for_everyone else "in this browser session only"
+        others = "" if self.use_for_everyone else " (other visitors keep the original models)"
+        message = f"**Now classifying with {' and '.join(sides)}**, {who}{others}."
         return (message, *self.model_views(state), state)
 
     def restore_models(self, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:

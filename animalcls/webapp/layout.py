@@ -21,17 +21,17 @@ from animalcls.webapp.sessions import new_session
 from animalcls.webapp.tabs.cells import build_cells_section
 from animalcls.webapp.tabs.classify import build_classify_tab
 from animalcls.webapp.tabs.finetune import build_finetune_tab
+from animalcls.webapp.tabs.teach import API_NAMES as TEACH_API_NAMES
+from animalcls.webapp.tabs.teach import TeachPanel, build_teach_section
+from animalcls.webapp.tabs.teach_session import TeachLimits
 from animalcls.webapp.tabs.training import build_training_tab
-from animalcls.webapp.teach_session import TeachLimits
-from animalcls.webapp.teach_tab import API_NAMES as TEACH_API_NAMES
-from animalcls.webapp.teach_tab import build_teach_section
 
 TITLE = "Animal classifier: trained from scratch vs transfer learning"
 # Gradio's (frequency, age) in seconds: every 15 minutes, uploads and outputs older than an hour
 # are deleted from its cache; all of this server's are deleted when it stops.
 DELETE_CACHE = (900, 3600)
 # Every event's api_name. Public (in the API docs): classify, model_info, finetune,
-# cancel_finetune, use_model, restore_models and the Teach panel's teach_*; the others are UI
+# cancel_finetune, use_model, restore_models, the Teach panel's teach_* and use_taught; the others are UI
 # plumbing, callable but undocumented.
 API_NAMES = (
     "classify",
@@ -62,6 +62,9 @@ API_NAMES = (
     "finetune_failed",
     "cell_tables_after_use",  # private: the Training tab's cells follow the swapped models
     "cell_tables_after_restore",
+    "use_taught",  # the Teach panel's "Use the taught models" (/use_model takes one name)
+    "classify_after_use_taught",
+    "cell_tables_after_use_taught",
     *TEACH_API_NAMES,
 )
 
@@ -75,8 +78,10 @@ IMAGE_ENDPOINTS = {
     "classify_user_example": lambda image: [image, False],
     "classify_after_use": lambda image: [image, False],
     "classify_after_restore": lambda image: [image, False],
+    "classify_after_use_taught": lambda image: [image, False],
     "teach_add": lambda image: ["dog", None, image],
     "teach_classify": lambda image: [image],
+    "teach_classify_new": lambda image: [image],
 }
 
 
@@ -103,10 +108,13 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
                 cell_outputs = build_cells_section(handlers.cells, demo, session)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
                 finetune_parts = build_finetune_tab(handlers.finetune_tab, session)
-                teach_panel = build_teach_section(handlers, teach_limits)
+                panel = TeachPanel(
+                    handlers.registry, handlers.sessions, handlers.wait_ready, teach_limits or TeachLimits()
+                )
+                teach_parts = build_teach_section(panel, session)
         view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
         refreshes = {"classify": classify_parts["refresh"], "cell_tables": cell_outputs}
-        _model_choice_events(handlers, session, finetune_parts, view_outputs, refreshes)
+        _model_choice_events(handlers, session, finetune_parts, teach_parts, view_outputs, refreshes)
         demo.load(
             handlers.model_views,
             session,
@@ -118,22 +126,29 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
     demo.unload(handlers.end_session)  # the visitor's fine-tunes are no longer pinned
     list(demo.fns.values())[-1].api_visibility = "private"  # Gradio's unload; not an endpoint for clients
     demo.animalcls_app = handlers  # for tests and embedding
-    demo.animalcls_teach = teach_panel
+    demo.animalcls_teach = teach_parts["panel"]
     return demo
 
 
 def _model_choice_events(
-    handlers: AnimalApp, session: gr.State, parts: dict[str, Any], views_out: list[Any], refreshes: dict[str, Any]
+    handlers: AnimalApp,
+    session: gr.State,
+    parts: dict[str, Any],
+    teach: dict[str, Any],
+    views_out: list[Any],
+    refreshes: dict[str, Any],
 ) -> None:
-    """Use this model / Restore (on the Fine-tune tab): every view follows this session's models,
-    the Classify tab's photo classified again and the Training tab's cells redrawn."""
+    """Use this model / Restore (on the Fine-tune tab) and Use the taught models (its Teach
+    panel): every view follows this session's models, the Classify tab's photo classified again
+    and the Training tab's cells redrawn."""
     swaps = (
-        (parts["use"], handlers.use_model, [parts["result"], session], "use_model", "use"),
-        (parts["restore"], handlers.restore_models, [session], "restore_models", "restore"),
+        (parts["use"], handlers.use_model, [parts["result"], session], parts["status"], "use_model", "use"),
+        (parts["restore"], handlers.restore_models, [session], parts["status"], "restore_models", "restore"),
+        (teach["use"], handlers.use_taught, [teach["state"], session], teach["status"], "use_taught", "use_taught"),
     )
-    for button, handler, inputs, api_name, after in swaps:
+    for button, handler, inputs, status, api_name, after in swaps:
         swapped = button.click(
-            handler, inputs, [parts["status"], *views_out, session], api_name=api_name, concurrency_limit=None
+            handler, inputs, [status, *views_out, session], api_name=api_name, concurrency_limit=None
         )
         swapped.success(api_name=f"classify_after_{after}", api_visibility="undocumented", **refreshes["classify"])
         swapped.success(

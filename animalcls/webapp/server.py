@@ -28,7 +28,7 @@ from animalcls.serving.onnx_engine import share_thread_pool
 from animalcls.webapp.checkpoints import resolve_checkpoints
 from animalcls.webapp.sessions import StoreLimits
 from animalcls.webapp.state import BackgroundWarmUp
-from animalcls.webapp.teach_session import TeachLimits
+from animalcls.webapp.tabs.teach_session import TeachLimits
 from animalcls.webapp.views import EXAMPLES_DIR, folder_photos, page_css
 
 if TYPE_CHECKING:

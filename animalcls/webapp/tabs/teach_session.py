@@ -171,6 +171,7 @@ def teach_sides(
         taught = teach_head(side["head"], side["stored"], names, train, TrainSettings(epochs=epochs))
         taught.seconds["total"] = time.perf_counter() - start
         score(taught, side["stored"], {})  # the original classes, on their stored test features
+        taught.scores.update(known=list(side["stored"].class_names), original_classes_before=_accuracy(side))
         session.taught[kind], session.sources[kind] = taught, Path(folder)
         session.features[kind] = {name: f[: len(f) // 2] for name, f in train.items()}  # the mirrors follow
     return notes
@@ -202,6 +203,12 @@ def save_taught_sides(session: TeachSession, root: Path, epochs: int = 10) -> di
             )
         folders[kind], session.saved[kind] = folder, folder.name
     return folders
+
+
+def _accuracy(side: dict[str, Any]) -> float | None:
+    """The untaught head's accuracy on the stored test features of its classes, if stored."""
+    test = side["stored"].part("test")
+    return None if test is None else float((side["head"].probabilities(test[0]).argmax(1) == test[1]).mean())
 
 
 def _check_ready(session: TeachSession) -> None:
