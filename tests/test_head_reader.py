@@ -33,15 +33,14 @@ def test_a_head_reads_the_same_from_the_model_and_from_its_file(tiny_checkpoints
 
 
 def test_the_trainable_head_gives_the_models_probabilities(tiny_checkpoints):
-    import keras
+    from animalcls.serving.forward import Forward
 
     model = load_model(tiny_checkpoints["transfer"])
     head = read_dense_head(tiny_checkpoints["transfer"]).as_head()
     assert head.hidden_names == ["fc512"] and head.num_classes == model.output_shape[-1]
-    pooled_model = keras.Model(model.inputs, model.get_layer("avg_pool").output)
     batch = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-    pooled = pooled_model(batch, training=False).numpy()
-    np.testing.assert_allclose(head.probabilities(pooled), model(batch, training=False).numpy(), atol=1e-5)
+    outputs = Forward(32, model=model)(batch, ("pooled", "probabilities"))
+    np.testing.assert_allclose(head.probabilities(outputs["pooled"]), outputs["probabilities"], atol=1e-5)
     head.kernels[0][0, 0] += 1.0  # a Head is the caller's own copy: the shared read stays as it was
     assert read_dense_head(tiny_checkpoints["transfer"]).layers[0].kernel[0, 0] != head.kernels[0][0, 0]
 

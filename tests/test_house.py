@@ -206,3 +206,79 @@ def test_one_numpy_head_trainer_one_adam_and_one_backprop():
                 places.add(f"{path.relative_to(REPO)}:{node.name}")
     assert places == {"animalcls/heads/numpy_head.py:Adam", "animalcls/heads/numpy_head.py:backprop"}
     assert callers == {"animalcls/heads/head_fit.py"}
+
+
+def _functions(paths: list[Path]) -> list[tuple[str, ast.FunctionDef]]:
+    """("file:function", node) for every function defined in `paths`."""
+    return [
+        (f"{path.relative_to(REPO)}:{node.name}", node)
+        for path in paths
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    ]
+
+
+def _library_and_tools() -> list[Path]:
+    return [*PACKAGE.rglob("*.py"), *(REPO / "scripts").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]
+
+
+def _reads_dense_weights(function: ast.FunctionDef) -> bool:
+    """Takes a head's Dense weights out as arrays: `<layer>.kernel.numpy()`, a Keras weights file
+    opened read-only with h5py, or Dense layers picked from a saved config by class name."""
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if node.func.attr == "numpy" and isinstance(owner, ast.Attribute) and owner.attr in ("kernel", "bias"):
+                return True
+            if node.func.attr == "File" and getattr(owner, "id", "") == "h5py":
+                mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords), None)
+                if mode is None or (isinstance(mode, ast.Constant) and mode.value == "r"):
+                    return True
+        if isinstance(node, ast.Compare) and any(
+            isinstance(side, ast.Constant) and side.value == "Dense" for side in [node.left, *node.comparators]
+        ):
+            return True
+    return False
+
+
+def test_one_head_reader():
+    """A checkpoint's Dense head is read in one place (heads.reader), from a Keras model or from
+    model.keras: nothing else in the package, scripts or benchmarks reads Dense weights itself."""
+    readers = {name for name, node in _functions(_library_and_tools()) if _reads_dense_weights(node)}
+    assert readers and all(name.startswith("animalcls/heads/reader.py:") for name in readers), readers
+
+
+def _shares_model_tensors(function: ast.FunctionDef) -> bool:
+    """Builds a keras.Model on an existing model's input whose outputs are that model's own
+    tensors (layer outputs and inputs, no new layer called): a sub-model of it."""
+    assigned: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned.setdefault(target.id, []).append(node.value)
+
+    def existing_tensors(expr: ast.expr) -> bool:
+        values = assigned.get(expr.id, []) if isinstance(expr, ast.Name) else [expr]
+        calls = [
+            c
+            for v in values
+            for c in ast.walk(v)
+            if isinstance(c, ast.Call) and getattr(c.func, "attr", "") != "get_layer"
+        ]
+        return bool(values) and not calls
+
+    for node in ast.walk(function):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "Model":
+            arguments = [*node.args, *(k.value for k in node.keywords if k.arg in ("inputs", "outputs"))][:2]
+            if len(arguments) == 2 and getattr(arguments[0], "attr", "") in ("input", "inputs"):
+                if existing_tensors(arguments[1]):
+                    return True
+    return False
+
+
+def test_one_keras_sub_model_builder():
+    """Every Keras model that returns a model's own intermediate tensors (probabilities, pooled
+    features, feature map) is built by serving.forward.outputs_model."""
+    builders = {name for name, node in _functions(_library_and_tools()) if _shares_model_tensors(node)}
+    assert builders == {"animalcls/serving/forward.py:outputs_model"}
