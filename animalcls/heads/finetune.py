@@ -21,17 +21,16 @@ import numpy as np
 from animalcls.core.atomic import work_dir
 from animalcls.core.errors import CheckpointError, DataError
 from animalcls.core.hooks import TrainHooks
-from animalcls.core.settings import finetune_folder
 from animalcls.data import dataset as data
+from animalcls.heads.derive import derived_manifest, output_folder, save_derived
 from animalcls.heads.finetune_head import head_patched_writer, source_model, train_head
 from animalcls.models import builders as models
 from animalcls.serving.features import FeatureCache, cached_feature_groups, pooled_forward
 from animalcls.store import checkpoints
-from animalcls.store.manifest import Manifest
 from animalcls.store.stored_features import StoredFeatures
 from animalcls.training import distribute, evaluate
 from animalcls.training.train import PRESETS, FitResult, TrainConfig, fit
-from animalcls.training.workflows import datasets_for, require_an_epoch, save_with_figures
+from animalcls.training.workflows import datasets_for, require_an_epoch
 
 FEATURE_BATCH = 32
 
@@ -92,7 +91,7 @@ def finetune(
     if epochs < 1 or unfreeze_layers < 0:
         raise ValueError(f"Need epochs >= 1 and unfreeze_layers >= 0, got {epochs} and {unfreeze_layers}.")
     distribute.check_finetune_request(unfreeze_layers, distribute_kind, mixed_precision)
-    out_dir = _output_folder(source, out_dir)
+    out_dir = output_folder(source, out_dir)
     if stored is not None and unfreeze_layers > 0:
         raise DataError("Unfreezing backbone layers needs the photos; stored features only train the head.")
     split = _load_split(source, manifest, data_dir, hooks) if stored is None else _recorded_split(source, manifest)
@@ -116,21 +115,8 @@ def finetune(
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
         # Head-only: the source's model.keras with the head's weights replaced (no Keras save).
         writer = None if unfreeze_layers > 0 else head_patched_writer(source, model)
-        path = save_with_figures(out_dir, model, new_manifest, result.history, evaluation, split, writer, figures)
+        path = save_derived(source, out_dir, model, new_manifest, result.history, evaluation, split, writer, figures)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
-
-
-def _output_folder(source: Path, out_dir: Path | None) -> Path:
-    """The folder to create: never the source, never an existing folder. Checked before any
-    training so a bad --out fails in a second, not after the run."""
-    if out_dir is None:
-        return finetune_folder(source)
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.resolve() == source.resolve():
-        raise CheckpointError(f"--out {out_dir} is the source checkpoint: fine-tuning writes a NEW folder.")
-    if out_dir.exists():
-        raise CheckpointError(f"Checkpoint folder already exists: {out_dir} (choose another --out).")
-    return out_dir
 
 
 def _load_split(source: Path, manifest: dict[str, Any], data_dir: Path | None, hooks: TrainHooks) -> data.Split:
@@ -392,4 +378,4 @@ def _manifest(
         "cancelled": result.cancelled,
         **extra,
     }
-    return Manifest.from_json(source_manifest, source).derive(out_dir.name, training, dataset).to_json()
+    return derived_manifest(source, out_dir.name, training, dataset)

@@ -18,7 +18,6 @@ import numpy as np
 
 from animalcls.core.settings import POOL_LAYER
 from animalcls.heads.numpy_head import Head
-from animalcls.store.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,24 +90,20 @@ def save_taught(
     """Write `taught` as the checkpoint folder `out_dir`, derived from `source` (whose Keras
     model is `model`); with `new_features` (class -> pooled features of its training photos)
     the source's detector is widened to the new classes. Returns the folder."""
+    from animalcls.heads.derive import derived_manifest, save_derived
     from animalcls.store import checkpoints
-    from animalcls.training.workflows import save_with_figures
 
-    source_manifest = checkpoints.read_manifest(source)
-    manifest = (
-        Manifest.from_json(source_manifest, source)
-        .derive(
-            out_dir.name,
-            training,
-            dataset,
-            class_names=list(taught.class_names),
-            finetuned_from={"class_names": list(source_manifest["class_names"])},
-        )
-        .to_json()
+    source_classes = list(checkpoints.read_manifest(source)["class_names"])
+    manifest = derived_manifest(
+        source,
+        out_dir.name,
+        training,
+        dataset,
+        class_names=list(taught.class_names),
+        finetuned_from={"class_names": source_classes},
     )
-    path = save_with_figures(
-        out_dir, taught_model(model, taught.head), manifest, taught.history, taught.evaluation, None
-    )
+    model = taught_model(model, taught.head)
+    path = save_derived(source, out_dir, model, manifest, taught.history, taught.evaluation)
     if new_features is not None:
         _save_detector(source, path, taught, new_features)
     return path

@@ -28,8 +28,8 @@ import numpy as np
 
 from animalcls.core.errors import CheckpointError
 from animalcls.core.hooks import TrainHooks
-from animalcls.core.settings import finetune_folder
 from animalcls.data.teach_folders import TeachPhotos, TeachSplit, plan_split, scan_teach_folder, union_classes
+from animalcls.heads.derive import output_folder
 from animalcls.heads.head_fit import Recipe, fit_head, fit_output_layer
 from animalcls.heads.numpy_head import Head
 from animalcls.heads.reader import read_dense_head
@@ -121,18 +121,9 @@ def plan_teach(
         photos,
         plan_split(photos, seed),
         names,
-        _output_folder(source, out_dir),
+        output_folder(source, out_dir),
         TrainSettings(epochs=epochs, learning_rate=learning_rate, seed=seed),
     )
-
-
-def _output_folder(source: Path, out_dir: str | Path | None) -> Path:
-    if out_dir is None:
-        return finetune_folder(source)
-    out = Path(out_dir).expanduser()
-    if out.exists():
-        raise CheckpointError(f"Checkpoint folder already exists: {out} (choose another --out).")
-    return out
 
 
 # ---------------------------------------------------------------- features of new photos
