@@ -46,20 +46,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load(kind: str) -> dict:
     from animalcls.heads.reader import read_dense_head
-    from animalcls.heads.teach import keras_extractor, onnx_extractor, stored_features
+    from animalcls.heads.teach import pooled, stored_features
+    from animalcls.serving.forward import Forward
+    from animalcls.serving.onnx_engine import onnx_forward
     from animalcls.store.checkpoints import default_pair, load_checkpoint
 
     folder = default_pair()[kind]
     model = load_checkpoint(folder).model
-    onnx = onnx_extractor(folder)
+    onnx = onnx_forward(folder)
+    keras = Forward(int(model.input_shape[1]), model=model)
     return {
         "folder": folder,
         "model": model,
         "size": int(model.input_shape[1]),
         "head": read_dense_head(folder).as_head(),
         "stored": stored_features(folder),
-        "extract": onnx or keras_extractor(model),
-        "tf": keras_extractor(model),
+        "extract": pooled(onnx or keras),
+        "tf": pooled(keras),
         "engine": "onnxruntime" if onnx else "tensorflow",
     }
 

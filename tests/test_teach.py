@@ -171,9 +171,10 @@ def test_teaching_a_new_class_writes_the_union_and_records_what_trained(
     assert loaded.model.output_shape[-1] == 7
     # The saved Keras model and the NumPy head agree, and the old classes did not collapse.
     held = photo_batch([root / rel for rel in split["test"]["dog"]], loaded.image_size)
-    from animalcls.heads.teach import keras_extractor
+    from animalcls.heads.teach import pooled
+    from animalcls.serving.forward import Forward
 
-    features = keras_extractor(loaded.model)(held)
+    features = pooled(Forward(loaded.image_size, model=loaded.model))(held)
     np.testing.assert_allclose(
         loaded.model(held, training=False), read_dense_head(loaded.model).as_head().probabilities(features), atol=1e-5
     )

@@ -34,6 +34,7 @@ from animalcls.heads.head_fit import Recipe, fit_head, fit_output_layer
 from animalcls.heads.numpy_head import Head
 from animalcls.heads.reader import read_dense_head
 from animalcls.heads.taught import Taught
+from animalcls.serving.forward import Forward, slices
 from animalcls.store import checkpoints
 from animalcls.store.stored_features import StoredFeatures, load_features
 from animalcls.trust import scope
@@ -57,13 +58,10 @@ class TrainSettings:
     max_claimed: float = 0.01
 
 
-def chunked(forward: Callable[[np.ndarray], np.ndarray], size: int = EXTRACT_BATCH) -> Extractor:
-    """`forward` applied EXTRACT_BATCH images at a time, so memory stays bounded for any batch."""
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.concatenate([forward(batch[i : i + size]) for i in range(0, len(batch), size)])
-
-    return run
+def pooled(forward: Forward) -> Extractor:
+    """Pooled features through `forward` (a checkpoint's serving.forward.Forward, ONNX Runtime
+    or Keras), EXTRACT_BATCH images at a time, so memory stays bounded for any batch."""
+    return lambda batch: forward.over(slices(batch, EXTRACT_BATCH), ("pooled",))["pooled"]
 
 
 def stored_features(folder: str | Path) -> StoredFeatures:
@@ -140,26 +138,6 @@ def photo_batch(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
 def with_mirrors(batch: np.ndarray) -> np.ndarray:
     """The photos, then their mirror images (the study's flip augmentation)."""
     return np.concatenate([batch, batch[:, :, ::-1]])
-
-
-def keras_extractor(model: Any) -> Extractor:
-    """Pooled features through a compiled forward pass of `model`'s backbone."""
-    import tensorflow as tf
-
-    from animalcls.serving.features import feature_model
-
-    extractor = feature_model(model)
-    forward = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True, autograph=False)
-    return chunked(lambda batch: forward(tf.constant(batch, tf.float32)).numpy())
-
-
-def onnx_extractor(folder: Path) -> Extractor | None:
-    """Pooled features through the checkpoint's ONNX graph (about 5x faster than TensorFlow on a
-    CPU) when the ONNX engine and a fresh graph are there; None otherwise."""
-    from animalcls.serving.features import pooled_forward
-
-    forward = pooled_forward(folder)
-    return chunked(forward) if forward is not None else None
 
 
 # ---------------------------------------------------------------- the head
@@ -282,16 +260,17 @@ def run_teach(plan: TeachPlan, hooks: TrainHooks | None = None) -> Any:
 
     from animalcls.heads.finetune import FinetuneResult
     from animalcls.heads.taught import save_taught, training_record
+    from animalcls.serving.onnx_engine import onnx_forward
 
     hooks = hooks or TrainHooks()
     start = time.perf_counter()
     keras.utils.set_random_seed(plan.settings.seed)
     model = checkpoints.load_checkpoint(plan.source).model
     stored = stored_features(plan.source)
-    extractor = onnx_extractor(plan.source)
-    engine = "onnxruntime" if extractor else "tensorflow"
-    extractor = extractor or keras_extractor(model)
     size, root = int(plan.manifest["image_size"]), plan.photos.root
+    forward = onnx_forward(plan.source) or Forward(size, model=model)
+    engine = "onnxruntime" if forward.engine is not None else "tensorflow"
+    extractor = pooled(forward)
     extracting = time.perf_counter()
     train = extract_photos(extractor, root, plan.split.train, size, True, hooks.on_features, hooks.cancel)
     test = extract_photos(extractor, root, plan.split.test, size, False, None, hooks.cancel)

@@ -42,7 +42,7 @@ import numpy as np
 from animalcls.core.atomic import write_atomic, write_json
 from animalcls.core.errors import Cancelled, DataError
 from animalcls.core.settings import BACKBONE_LAYER, POOL_LAYER, feature_cache_root
-from animalcls.serving.forward import Forward, outputs_model
+from animalcls.serving.forward import Forward
 from animalcls.serving.onnx_engine import onnx_forward
 
 # Bump when decoding, resizing or pooling change: every old entry then stops matching.
@@ -58,13 +58,6 @@ PooledForward = Callable[[np.ndarray], np.ndarray]  # model-input batch -> poole
 
 class FeatureExtractionCancelled(Cancelled):
     """The cancel event was set during feature extraction; finished batches stay cached."""
-
-
-def feature_model(model: Any) -> Callable[..., Any]:
-    """image -> pooled features (one tensor). Only heads.teach.keras_extractor still calls it;
-    when it runs serving.forward.Forward instead, this goes."""
-    pooled = outputs_model(model, ("pooled",))
-    return lambda images, training=False: pooled(images, training=training)["pooled"]
 
 
 def backbone_fingerprint(model: Any) -> str:

@@ -117,13 +117,12 @@ def base_side(folder: Path) -> dict[str, Any]:
 
 def _load_side(folder: Path) -> dict[str, Any]:
     from animalcls.heads.reader import read_dense_head
-    from animalcls.heads.teach import chunked, keras_extractor, stored_features
+    from animalcls.heads.teach import pooled, stored_features
     from animalcls.serving.inference import load_predictor
 
     stored = stored_features(folder)  # first: a side without stored features fails fast
     predictor = load_predictor(folder)  # the Classify tab's, shared: one ONNX session per model
-    engine = getattr(predictor, "onnx", None)
-    extract = chunked(lambda b: engine.run(b, ("pooled",))["pooled"]) if engine else keras_extractor(predictor.model)
+    extract = pooled(predictor.outputs)
     return {
         "extract": extract,
         "head": read_dense_head(folder).as_head(),
