@@ -97,17 +97,16 @@ def test_flipped_features_differ_for_an_asymmetric_image(tiny_checkpoints, tmp_p
     np.testing.assert_allclose(flipped, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_head_on_features_matches_the_full_model_on_images(tiny_checkpoints):
-    from animalcls.data.dataset import make_dataset
-    from animalcls.models.builders import head_on_features
+def test_the_numpy_head_on_cached_features_matches_the_full_model_on_images(tiny_checkpoints):
+    from animalcls.heads.reader import read_dense_head
     from animalcls.serving.features import FeatureCache, cached_features
-    from animalcls.training.evaluate import predict_probabilities
+    from animalcls.serving.forward import Forward, forward_paths
 
     folder = tiny_checkpoints["transfer"]
     model = load_model(folder)
     paths, labels = test_path(folder)
-    on_images = predict_probabilities(model, make_dataset(paths, labels, 5, 32, 4))
-    on_features = head_on_features(model).predict(cached_features(model, paths, cache=FeatureCache()), verbose=0)
+    on_images = forward_paths(Forward(32, model=model), paths)["probabilities"]
+    on_features = read_dense_head(model).as_head().probabilities(cached_features(model, paths, cache=FeatureCache()))
     np.testing.assert_allclose(on_features, on_images, rtol=1e-4, atol=1e-5)
 
 
@@ -313,31 +312,6 @@ def test_cli_finetune(tiny_checkpoints, tmp_path, capsys):
     assert main(["finetune", str(tiny_checkpoints["transfer"]), "--epochs", "1", "--out", str(out)]) == 0
     assert (out / "model.keras").is_file() and "Fine-tuned checkpoint" in capsys.readouterr().out
     assert main(["finetune", str(tiny_checkpoints["scratch"]), "--out", str(tmp_path / "no")]) == 2
-
-
-def test_training_features_pick_the_flipped_copy_at_random_each_epoch():
-    """Each sample index i has features [i, 0] and flipped features [i, 1]: every epoch holds
-    every sample once with its own label, about half of them flipped, drawn anew per epoch."""
-    from animalcls.heads.finetune import feature_dataset
-
-    n = 200
-    index = np.arange(n, dtype=np.float32)
-    plain = np.stack([index, np.zeros(n, np.float32)], axis=1)
-    flipped = np.stack([index, np.ones(n, np.float32)], axis=1)
-    labels = [i % 5 for i in range(n)]
-    ds = feature_dataset(plain, labels, 5, 32, training=True, flipped=flipped, seed=7)
-    epochs = []
-    for _ in range(2):
-        x, y = (np.concatenate(part) for part in zip(*[(a.numpy(), b.numpy()) for a, b in ds]))
-        order = x[:, 0].astype(int)
-        assert sorted(order) == list(range(n))  # every sample once
-        assert (y.argmax(axis=1) == order % 5).all()  # with its own label
-        epochs.append(x[np.argsort(order), 1])
-    for choice in epochs:
-        assert 0.35 < choice.mean() < 0.65
-    assert (epochs[0] != epochs[1]).mean() > 0.3  # a new draw every epoch
-    unflipped = feature_dataset(plain, labels, 5, 32, training=True, seed=7)
-    assert all((a.numpy()[:, 1] == 0).all() for a, _ in unflipped)
 
 
 @pytest.mark.slow

@@ -128,3 +128,54 @@ def test_balanced_weights_let_a_few_samples_count_as_a_whole_class():
         head = fit_head(small_head(), train, None, recipe).head
         recalls[balanced] = float((head.probabilities(test[0]).argmax(1)[test[1] == 2] == 2).mean())
     assert recalls[True] > recalls[False] + 0.2, recalls
+
+
+def test_flipped_features_are_drawn_per_sample_and_epoch():
+    """Plain features are noise, their flipped copies carry the class: only a trainer that
+    trains on the flipped copies (about half of each epoch's samples) learns the classes."""
+    from animalcls.heads.head_fit import Recipe, fit_head
+
+    informative, labels = blobs(400, 0)
+    noise = np.random.default_rng(3).normal(0, 1, informative.shape).astype(np.float32)
+    recipe = Recipe(epochs=10, batch_size=32, learning_rate=1e-2)
+    test = blobs(200, 5)
+    accuracy = {}
+    for name, flipped in (("with flips", informative), ("without", None)):
+        head = fit_head(small_head(), (noise, labels), None, recipe, flipped=flipped).head
+        accuracy[name] = float((head.probabilities(test[0]).argmax(1) == test[1]).mean())
+    assert accuracy["with flips"] > 0.9 and accuracy["without"] < 0.6, accuracy
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_head_trainer_follows_keras_optimizers_step_for_step(optimizer):
+    """One step of the NumPy optimizers equals Keras's on the same weights and gradients
+    (Adam, AdamW's decoupled weight decay, SGD with momentum)."""
+    import keras
+
+    from animalcls.heads.numpy_head import SGD, Adam
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3)]
+    ours = [start.copy()]
+    mine = Adam(ours, 0.01, weight_decay=0.1) if optimizer == "adam" else SGD(ours, 0.01, momentum=0.9)
+    theirs = keras.Variable(start.copy())
+    if optimizer == "adam":
+        keras_opt = keras.optimizers.AdamW(0.01, weight_decay=0.1)
+    else:
+        keras_opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    for grad in grads:
+        mine.step(ours, [grad])
+        keras_opt.apply_gradients([(keras.ops.convert_to_tensor(grad), theirs)])
+    np.testing.assert_allclose(ours[0], np.asarray(theirs), rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_recipe_sets_each_epochs_rate_and_never_reduces_on_plateau():
+    from animalcls.heads.head_fit import Recipe, fit_head
+    from animalcls.training.schedules import cosine_rate
+
+    recipe = Recipe(epochs=6, batch_size=32, learning_rate=1e-2, cosine=True, warmup_epochs=2, reduce_lr_patience=1)
+    rng = np.random.default_rng(5)
+    noise = (rng.normal(0, 1, (60, 12)).astype(np.float32), rng.integers(0, 3, 60))
+    fitted = fit_head(small_head(), blobs(200, 0), noise, recipe)
+    assert fitted.history["learning_rate"] == pytest.approx([cosine_rate(1e-2, 6, 2, e) for e in range(6)])

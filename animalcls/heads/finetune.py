@@ -1,9 +1,9 @@
 """Fast fine-tuning of a transfer checkpoint into a NEW checkpoint folder.
 
 With the backbone frozen (the default) the backbone's output never changes, so it is computed
-once per image and flip into the feature cache (features.py) and only the head trains, through
-`models.head_on_features`, which shares its layers with the full model: the saved model is the
-full image model with the new head. With `unfreeze_layers > 0` the top backbone layers train too,
+once per image and flip into the feature cache (features.py) and only the head trains, in NumPy
+(heads.head_fit, the one head trainer); its weights go back into the full model, which is saved
+with the new head. With `unfreeze_layers > 0` the top backbone layers train too,
 which needs real images every epoch (slow). The source checkpoint is only ever read.
 """
 
@@ -211,22 +211,10 @@ def _fit_and_test(
     workdir: Path,
     hooks: TrainHooks,
 ) -> tuple[FitResult, dict[str, Any], str]:
-    """Train the head on features (NumPy when the recipe allows, else Keras), then score the
-    test features: (fit result, evaluation report, which trainer ran)."""
-    fast = train_head(model, config, train, val if len(val[1]) else None, test[0], flipped, hooks)
-    if fast is not None:
-        result, probabilities = fast
-        method = "numpy"
-    else:
-        n = len(split.class_names)
-        head = models.head_on_features(model)
-        train_ds = feature_dataset(*train, n, config.batch_size, True, flipped, config.seed)
-        val_ds = feature_dataset(*val, n, config.batch_size) if len(val[1]) else None
-        steps = -(-len(train[1]) // config.batch_size)
-        result = fit(head, config, train_ds, val_ds, workdir, steps, hooks.on_batch, hooks.on_epoch, hooks.cancel)
-        test_ds = feature_dataset(*test, n, FEATURE_BATCH)
-        probabilities = evaluate.predict_probabilities(head, test_ds, -(-len(test[1]) // FEATURE_BATCH), hooks.on_eval)
-        method = "keras"
+    """Train the head on features (head_fit, NumPy), then score the test features: (fit
+    result, evaluation report, which trainer ran)."""
+    result, probabilities = train_head(model, config, train, val if len(val[1]) else None, test[0], flipped, hooks)
+    method = "numpy"
     require_an_epoch(result)
     evaluation = evaluate.evaluation_report(test[1], probabilities.argmax(axis=1).tolist(), split.class_names)
     return result, evaluation, method
@@ -286,35 +274,6 @@ def _train_features(
         hooks,
     )
     return result, evaluation, {"method": "cached-features", "feature_cache": cache.stats(), "head_trainer": method}
-
-
-def feature_dataset(
-    features: np.ndarray,
-    labels: list[int],
-    num_classes: int,
-    batch_size: int,
-    training: bool = False,
-    flipped: np.ndarray | None = None,
-    seed: int = 42,
-) -> Any:
-    """Batches of (features, one-hot labels), in order unless `training`. Training batches
-    are reshuffled every epoch and, given `flipped`, each sample takes its flipped copy's
-    features with probability 1/2, drawn anew every epoch: the horizontal-flip augmentation
-    of the image pipeline, precomputed."""
-    import tensorflow as tf
-
-    onehot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
-    if not training:
-        return tf.data.Dataset.from_tensor_slices((features, onehot)).batch(batch_size).prefetch(2)
-    parts = (features, onehot) if flipped is None else (features, onehot, flipped)
-    ds = tf.data.Dataset.from_tensor_slices(parts).shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
-    if flipped is not None:
-        # A seeded coin stream that differs every epoch (rerandomize), zipped per sample.
-        coins = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, coins).map(
-            lambda sample, coin: (tf.where(coin % 2 == 1, sample[2], sample[0]), sample[1])
-        )
-    return ds.batch(batch_size).prefetch(2)
 
 
 def _train_images(

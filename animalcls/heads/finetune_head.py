@@ -4,8 +4,8 @@
   and reused by the next fine-tune of the same `model.keras` (loading it took 1.5-6 s, the
   backbone fingerprint 0.1-0.3 s). Only the head's weights change during a head-only
   fine-tune; they are put back when the fine-tune ends, so the next one starts from the file.
-* `train_head`: the head trained in NumPy (head_fit.py) when the recipe allows, its weights
-  then written into the Keras model that is saved; otherwise None and Keras trains it.
+* `train_head`: the head trained in NumPy (head_fit.py, the one head trainer), its weights
+  then written into the Keras model that is saved.
 * `head_patched_writer`: writes the new model.keras as the source's file with only the head's
   weight arrays replaced (the architecture and every other weight are the source's). Keras's
   own save of the 17 MB transfer model took 1-3 s on 2 shared cores, walking ~250 layers.
@@ -71,29 +71,19 @@ def train_head(
     test_x: np.ndarray,
     flipped: np.ndarray | None,
     hooks: TrainHooks,
-) -> tuple[Any, np.ndarray] | None:
-    """(train.FitResult, test probabilities) with the head trained in NumPy and written into
-    `model`, or None when the recipe or the head is one only Keras trains."""
+) -> tuple[Any, np.ndarray]:
+    """(train.FitResult, test probabilities) with the head trained by the one head trainer
+    (head_fit, NumPy, following every head setting of `config`) and written into `model`."""
     from animalcls.core.errors import CheckpointError
     from animalcls.heads import head_fit
+    from animalcls.heads.reader import HeadError
     from animalcls.training.train import FitResult
 
-    if not head_fit.supports(config):
-        return None
     try:
         head = read_dense_head(model).as_head()
-    except CheckpointError:
-        return None
-    recipe = head_fit.Recipe(
-        config.epochs,
-        config.batch_size,
-        config.learning_rate,
-        config.seed,
-        config.early_stopping_patience,
-        config.reduce_lr_patience,
-        config.reduce_lr_factor,
-        config.keep_best,
-    )
+    except HeadError as exc:
+        raise CheckpointError(f"Only a head of Dense layers can be fine-tuned head-only: {exc}") from None
+    recipe = head_fit.Recipe.from_config(config)
     labelled = (train[0], np.asarray(train[1]))
     held = (val[0], np.asarray(val[1])) if val is not None and len(val[1]) else None
     fitted = head_fit.fit_head(head, labelled, held, recipe, flipped, hooks.on_batch, hooks.on_epoch, hooks.cancel)

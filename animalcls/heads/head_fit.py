@@ -15,11 +15,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from animalcls.heads.numpy_head import Adam, Head, backprop, balanced_weights
+from animalcls.heads.numpy_head import SGD, Adam, Head, backprop, balanced_weights
+from animalcls.training.schedules import cosine_rate
 
 BatchHook = Callable[[int, int, int | None, dict[str, float]], None]
 EpochHook = Callable[[int, dict[str, list[float]]], None]
@@ -40,15 +42,19 @@ class Recipe:
     keep_best: bool = False
     balanced: bool = False  # weight each sample n / (classes * n_class): 10 new photos count as a class
     label_smoothing: float = 0.0
+    optimizer: str = "adam"  # or "sgd"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # Adam only: AdamW
+    cosine: bool = False  # per-epoch cosine decay after warmup_epochs (train.CosineWarmup's); no plateau then
+    warmup_epochs: int = 0
 
-
-def supports(config: object) -> bool:
-    """Whether `config` (a train.TrainConfig) is a recipe this trainer reproduces."""
-    return (
-        getattr(config, "optimizer", "adam") == "adam"
-        and not getattr(config, "weight_decay", 0)
-        and not getattr(config, "cosine", False)
-    )
+    @classmethod
+    def from_config(cls, config: Any) -> Recipe:
+        """The recipe of a train.TrainConfig: every head setting it has, followed exactly."""
+        if config.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"Unknown optimizer '{config.optimizer}': use 'adam' or 'sgd'.")
+        names = [f.name for f in fields(cls) if f.name != "balanced"]
+        return cls(**{name: getattr(config, name) for name in names})
 
 
 @dataclass
@@ -106,7 +112,11 @@ class _Loop:
     def __init__(self, head: Head, recipe: Recipe, on_batch: BatchHook | None, cancel: threading.Event | None) -> None:
         self.head, self.recipe, self.on_batch, self.cancel = head, recipe, on_batch, cancel
         self.params = [*head.kernels, *head.biases]  # trained in place
-        self.adam = Adam(self.params, recipe.learning_rate)
+        self.optimizer = (
+            SGD(self.params, recipe.learning_rate, recipe.momentum)
+            if recipe.optimizer == "sgd"
+            else Adam(self.params, recipe.learning_rate, recipe.weight_decay)
+        )
         self.rng = np.random.default_rng(recipe.seed)
         self.history: dict[str, list[float]] = {}
         self.cancelled, self.best_head, self.best_epoch = False, head.copy(), None
@@ -127,7 +137,11 @@ class _Loop:
         )
         best_loss = np.inf
         for epoch in range(1, self.recipe.epochs + 1):
-            began, saved = time.perf_counter(), ([p.copy() for p in self.params], _adam_state(self.adam))
+            if self.recipe.cosine:
+                self.optimizer.lr = cosine_rate(
+                    self.recipe.learning_rate, self.recipe.epochs, self.recipe.warmup_epochs, epoch - 1
+                )
+            began, saved = time.perf_counter(), ([p.copy() for p in self.params], self.optimizer.state())
             logs = self._epoch(epoch, x, y, flipped)
             if logs is None:  # cancelled mid-epoch: undo its batches
                 self._restore(*saved)
@@ -135,7 +149,7 @@ class _Loop:
             if val is not None:
                 probs = self.head.probabilities(val[0])
                 logs.update({f"val_{k}": v for k, v in _metrics(probs, np.asarray(val[1], np.int64)).items()})
-            logs.update(epoch_seconds=time.perf_counter() - began, learning_rate=float(self.adam.lr))
+            logs.update(epoch_seconds=time.perf_counter() - began, learning_rate=float(self.optimizer.lr))
             for key, value in logs.items():
                 self.history.setdefault(key, []).append(float(value))
             if on_epoch:
@@ -144,8 +158,8 @@ class _Loop:
                 continue
             if logs["val_loss"] < best_loss:
                 best_loss, self.best_epoch, self.best_head = logs["val_loss"], epoch, self.head.copy()
-            if plateau.exhausted(logs["val_loss"]):
-                self.adam.lr *= self.recipe.reduce_lr_factor
+            if plateau.exhausted(logs["val_loss"]) and not self.recipe.cosine:
+                self.optimizer.lr *= self.recipe.reduce_lr_factor
                 plateau.wait = 0
             if stop.exhausted(logs["val_loss"]):
                 return
@@ -171,13 +185,13 @@ class _Loop:
         """One Adam step on the batch's (weighted) mean cross-entropy; returns its metric sums."""
         smoothing = self.recipe.label_smoothing
         probs, grads = backprop(self.head, x, y, self.rng, weights=weights, clip=EPSILON, smoothing=smoothing)
-        self.adam.step(self.params, grads)
+        self.optimizer.step(self.params, grads)
         return _sums(probs, y, smoothing)
 
-    def _restore(self, params: list[np.ndarray], adam: tuple) -> None:
+    def _restore(self, params: list[np.ndarray], state: tuple) -> None:
         for p, saved in zip(self.params, params):
             p[...] = saved
-        self.adam.t, self.adam.m, self.adam.v = adam
+        self.optimizer.restore(state)
 
 
 @dataclass
@@ -198,10 +212,6 @@ class _Patience:
             return False
         self.wait += 1
         return self.wait >= self.patience
-
-
-def _adam_state(adam: Adam) -> tuple:
-    return adam.t, [m.copy() for m in adam.m], [v.copy() for v in adam.v]
 
 
 def _sums(probs: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> np.ndarray:

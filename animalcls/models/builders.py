@@ -81,14 +81,3 @@ def unfreeze(model: keras.Model, n_layers: int) -> keras.Model:
         top = index >= len(base.layers) - n_layers
         layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
     return model
-
-
-def head_on_features(model: keras.Model) -> keras.Model:
-    """A model from pooled backbone features to predictions that SHARES the layers after the
-    pooling layer with `model`: training it on cached features trains `model`'s head."""
-    pool = model.get_layer(POOL_LAYER)
-    features = keras.Input(pool.output.shape[1:], name="features")
-    x = features
-    for layer in model.layers[model.layers.index(pool) + 1 :]:
-        x = layer(x)
-    return keras.Model(features, x, name=f"{model.name}_head")

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from animalcls.serving.forward import Forward, forward_paths
 
 
@@ -28,29 +26,6 @@ def evaluation_report(y_true: Sequence[int], y_pred: Sequence[int], class_names:
         "report": report,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
-
-
-def predict_probabilities(
-    model,
-    dataset,
-    steps: int | None = None,
-    on_batch: Callable[[int, int | None], None] | None = None,
-) -> np.ndarray:
-    """Run a Keras `model` over a batched tf.data dataset of (inputs, labels) in a compiled
-    function (a head over stored features; images go through `evaluate_paths`)."""
-    compiled = _compiled(model)
-    outputs = []
-    for step, (inputs, _) in enumerate(dataset, 1):
-        outputs.append(compiled(inputs).numpy())
-        if on_batch:
-            on_batch(step, steps)
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-
-
-def _compiled(model) -> Any:
-    import tensorflow as tf
-
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True, autograph=False)
 
 
 def evaluate_paths(

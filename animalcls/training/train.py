@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import keras
 
 from animalcls.core.atomic import write_json
 from animalcls.core.hooks import BatchHook, EpochHook
+from animalcls.training.schedules import cosine_rate
 
 
 @dataclass
@@ -125,10 +125,7 @@ class CosineWarmup(keras.callbacks.Callback):
         self.peak, self.total_epochs, self.warmup_epochs = peak, total_epochs, warmup_epochs
 
     def rate(self, epoch: int) -> float:
-        if epoch < self.warmup_epochs:
-            return self.peak * (epoch + 1) / (self.warmup_epochs + 1)
-        span = max(1, self.total_epochs - self.warmup_epochs)
-        return 0.5 * self.peak * (1 + math.cos(math.pi * min(1.0, (epoch - self.warmup_epochs) / span)))
+        return cosine_rate(self.peak, self.total_epochs, self.warmup_epochs, epoch)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.model.optimizer.learning_rate.assign(self.rate(epoch))
