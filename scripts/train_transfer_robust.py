@@ -12,7 +12,10 @@ HEAD_AUGMENT and `--heavy-views` with HEAVY_AUGMENT (view k of a recipe draws fr
 so a view is the same whatever the other counts are). The validation photos are scored plain
 and under each degradation of scripts/robustness.py; `--select worst-class` keeps the epoch
 whose worst class over those is best (ties: `--cross-source` accuracy, then the mean, then the
-loss), `--select loss` the one with the lowest loss over them.
+loss), `--select loss` the one with the lowest loss over them. The head trains with the
+project's one head trainer (heads.head_fit: Adam, label smoothing, cosine decay per epoch); the
+bundled transfer head was trained by an earlier version of this script with Keras's per-step
+CosineDecay, which this one does not reproduce to the bit.
 """
 
 from __future__ import annotations
@@ -78,16 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     from animalcls.core.logs import quiet_tensorflow
 
     quiet_tensorflow()
-    import keras
     from robustness import DEGRADATIONS
 
     from animalcls.data import augment
     from animalcls.data import dataset as data
     from animalcls.data.preprocessing import to_model_input
+    from animalcls.heads.head_fit import Recipe, fit_head
+    from animalcls.heads.numpy_head import fresh_head
     from animalcls.serving.forward import Forward, slices
     from animalcls.store import checkpoints
     from animalcls.training import evaluate, workflows
-    from animalcls.training.train import FitResult, HistoryRecorder, TrainConfig
+    from animalcls.training.train import FitResult, TrainConfig
 
     source = checkpoints.load_checkpoint(args.checkpoint)
     model, size = source.model, source.image_size
@@ -126,32 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         cross = (features(cross_photos, lambda p: to_model_input(p, size)), np.array([s.label for s in other.samples]))
     print(f"val features in {time.perf_counter() - start:.0f} s", flush=True)
 
-    keras.utils.set_random_seed(args.seed)
-    head = fresh_head(keras, x_train.shape[1], n)
-    steps = args.epochs * -(-len(x_train) // 64)
-    rate = args.learning_rate if args.constant_lr else keras.optimizers.schedules.CosineDecay(args.learning_rate, steps)
-    head.compile(
-        optimizer=keras.optimizers.Adam(rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-        metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
-    )
-    recorder = HistoryRecorder()
+    head = fresh_head([x_train.shape[1], 512, n], np.random.default_rng(args.seed), ["fc512"])
+    smoothing, cosine = args.label_smoothing, not args.constant_lr
+    recipe = Recipe(args.epochs, 64, args.learning_rate, args.seed, label_smoothing=smoothing, cosine=cosine)
     picker = EpochPicker(x_val, y_val, cross, n, args.select)
     fit_start = time.perf_counter()
-    for _ in range(args.epochs):  # one fit call per epoch, as the experiments behind the recipe ran
-        head.fit(
-            x_train,
-            keras.utils.to_categorical(y_train, n),
-            batch_size=64,
-            epochs=1,
-            verbose=0,
-            shuffle=True,
-            callbacks=[recorder],
-        )
-        picker.score(head)
-    head.set_weights(picker.best_weights)
-    for name in ("fc512", "predictions"):
-        model.get_layer(name).set_weights(head.get_layer(name).get_weights())
+    fitted = fit_head(head, (x_train, y_train), None, recipe, on_head=picker.score)
+    for name, kernel, bias in zip(("fc512", "predictions"), picker.best_head.kernels, picker.best_head.biases):
+        model.get_layer(name).set_weights([kernel, bias])
     best_epoch = picker.best_epoch
     print(f"best epoch {best_epoch}: {picker.describe(best_epoch)}", flush=True)
 
@@ -172,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         cosine=not args.constant_lr,
     )
-    history = {**recorder.history, **picker.history}
+    history = {**fitted.history, **picker.history}
     result = FitResult(history, time.perf_counter() - fit_start, False, best_epoch)
     manifest = workflows.make_manifest(out.name, config, scan, split, result)
     manifest["training"]["where"] = {
@@ -192,14 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def fresh_head(keras, features: int, classes: int):
-    """Dense 512 ReLU and Dense N softmax, named as in models.build_transfer."""
-    inputs = keras.Input((features,), name="features")
-    hidden = keras.layers.Dense(512, activation="relu", name="fc512")(inputs)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="predictions", dtype="float32")(hidden)
-    return keras.Model(inputs, outputs, name="head")
-
-
 class EpochPicker:
     """Scores the head after each epoch on the validation features (plain and each degradation)
     and keeps the weights of the best epoch: by worst class, then cross-source accuracy, mean
@@ -215,21 +193,22 @@ class EpochPicker:
             "val_worst_class": [],
             "cross_source_accuracy": [],
         }
-        self.best_key, self.best_epoch, self.best_weights = None, 0, None
+        self.best_key, self.best_epoch, self.best_head = None, 0, None
 
-    def score(self, model) -> None:
+    def score(self, epoch: int, head) -> None:
+        """After each epoch (head_fit's on_head): score `head` (a numpy_head.Head), keep the best copy."""
         accuracy, worst, loss = [], [], []
         for x in self.x_val:
-            probs = model.predict_on_batch(x)
+            probs = head.probabilities(x)
             predicted = probs.argmax(1)
             accuracy.append(float((predicted == self.y_val).mean()))
             worst.append(min(float((predicted[self.y_val == c] == c).mean()) for c in range(self.classes)))
             loss.append(float(-np.log(probs[np.arange(len(self.y_val)), self.y_val] + 1e-9).mean()))
-        cross = float((model.predict_on_batch(self.cross[0]).argmax(1) == self.cross[1]).mean()) if self.cross else 0.0
+        cross = float((head.probabilities(self.cross[0]).argmax(1) == self.cross[1]).mean()) if self.cross else 0.0
         row = {
             "val_loss": float(np.mean(loss)),
             "val_accuracy": float(np.mean(accuracy)),
-            **self._precision_recall(model),
+            **self._precision_recall(head),
             "val_worst_class": min(worst),
             "cross_source_accuracy": cross,
         }
@@ -241,12 +220,12 @@ class EpochPicker:
             else (-row["val_loss"],)
         )
         if self.best_key is None or key > self.best_key:
-            self.best_key, self.best_epoch, self.best_weights = key, len(self.history["val_loss"]), model.get_weights()
+            self.best_key, self.best_epoch, self.best_head = key, epoch, head.copy()
 
-    def _precision_recall(self, model) -> dict[str, float]:
+    def _precision_recall(self, head) -> dict[str, float]:
         """On the plain validation photos, as Keras's Precision/Recall count them (micro: every
         class's one-hot output thresholded at 0.5), so both bundled histories read alike."""
-        probs = model.predict_on_batch(self.x_val[0])
+        probs = head.probabilities(self.x_val[0])
         predicted, truth = probs > 0.5, np.eye(self.classes, dtype=bool)[self.y_val]
         hits = float((predicted & truth).sum())
         return {"val_precision": hits / max(float(predicted.sum()), 1.0), "val_recall": hits / float(truth.sum())}

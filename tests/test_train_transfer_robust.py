@@ -53,3 +53,26 @@ def test_defaults_are_the_bundled_recipe(folders):
         False,
         40,
     )
+
+
+@pytest.mark.slow
+def test_a_short_run_trains_a_fresh_head_and_keeps_the_picked_epoch(tiny_checkpoints, tmp_path):
+    import json
+    import subprocess
+
+    from animalcls.data.dataset import Split
+
+    folder = tiny_checkpoints["transfer"]
+    root = Split.load(folder / "split.json").locate_root(folder)
+    out = tmp_path / "out"
+    arguments = ["--checkpoint", str(folder), "--data", str(root), "--out", str(out), "--epochs", "3"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *arguments, "--heavy-views", "0"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) == 3 and {"precision", "recall", "val_worst_class", "learning_rate"} <= set(history)
+    assert history["learning_rate"][0] > history["learning_rate"][-1]  # cosine decay per epoch
+    picked = json.loads((out / "manifest.json").read_text())["training"]["best_epoch"]
+    assert 1 <= picked <= 3 and f"best epoch {picked}:" in done.stdout
+    assert json.loads((out / "eval.json").read_text())["n"] > 0

@@ -25,6 +25,7 @@ from animalcls.training.schedules import cosine_rate
 
 BatchHook = Callable[[int, int, int | None, dict[str, float]], None]
 EpochHook = Callable[[int, dict[str, list[float]]], None]
+HeadHook = Callable[[int, Head], None]  # (epoch, the head after it): copy it to keep it
 EPSILON = 1e-7  # Keras clips probabilities to [EPSILON, 1 - EPSILON] in its cross-entropy
 
 
@@ -92,16 +93,18 @@ def fit_head(
     on_batch: BatchHook | None = None,
     on_epoch: EpochHook | None = None,
     cancel: threading.Event | None = None,
+    on_head: HeadHook | None = None,
 ) -> HeadFit:
     """Train a copy of `head` on (features, integer labels). Given `flipped` (the flipped
     photos' features, row for row), each sample uses them with probability 1/2 per epoch.
-    A cancel stops after the current batch and keeps the last finished epoch."""
+    A cancel stops after the current batch and keeps the last finished epoch. `on_head` sees
+    the head after each epoch (a caller that picks the epoch its own way keeps a copy)."""
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
     with threadpool_limits(1, user_api="blas"):
         loop = _Loop(head.copy(), recipe, on_batch, cancel)
-        loop.run(train, val, flipped, on_epoch)
+        loop.run(train, val, flipped, on_epoch, on_head)
     best = loop.best_epoch if recipe.keep_best and val is not None else None
     return HeadFit(
         loop.best_head if best else loop.head, loop.history, time.perf_counter() - start, loop.cancelled, best
@@ -128,6 +131,7 @@ class _Loop:
         val: tuple[np.ndarray, np.ndarray] | None,
         flipped: np.ndarray | None,
         on_epoch: EpochHook | None,
+        on_head: HeadHook | None = None,
     ) -> None:
         x, y = np.asarray(train[0], np.float32), np.asarray(train[1], np.int64)
         self.weights = balanced_weights(y, self.head.num_classes) if self.recipe.balanced else None
@@ -154,6 +158,8 @@ class _Loop:
                 self.history.setdefault(key, []).append(float(value))
             if on_epoch:
                 on_epoch(epoch, {k: list(v) for k, v in self.history.items()})
+            if on_head:
+                on_head(epoch, self.head)
             if val is None:
                 continue
             if logs["val_loss"] < best_loss:

@@ -71,6 +71,17 @@ class Head:
         return column.astype(np.float32), float(bias.mean() - centre @ column)
 
 
+def fresh_head(sizes: list[int], rng: np.random.Generator, hidden_names: list[str] | None = None) -> Head:
+    """A new head of Dense layers `sizes` (input, hidden..., classes) initialised as Keras's
+    Dense is by default: Glorot-uniform kernels, zero biases."""
+    kernels = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        kernels.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32))
+    biases = [np.zeros(size, np.float32) for size in sizes[1:]]
+    return Head(kernels, biases, 0.0, list(hidden_names or [f"dense_{i}" for i in range(len(sizes) - 2)]))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
