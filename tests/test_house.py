@@ -282,3 +282,19 @@ def test_one_keras_sub_model_builder():
     features, feature map) is built by serving.forward.outputs_model."""
     builders = {name for name, node in _functions(_library_and_tools()) if _shares_model_tensors(node)}
     assert builders == {"animalcls/serving/forward.py:outputs_model"}
+
+
+def test_one_stored_features_dataclass_and_one_loader():
+    """Pooled features a checkpoint stores are read by store.stored_features.load_features into
+    its StoredFeatures, for fine-tuning, teaching and the detector's train features alike: no
+    other module defines a StoredFeatures or reads features.npz or scope.npz's parts itself."""
+    classes, readers = set(), set()
+    for path in _library_and_tools():
+        text, name = path.read_text(), str(path.relative_to(REPO))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and "StoredFeatures" in node.name:
+                classes.add(f"{name}:{node.name}")
+        if "np.load(" in text and ("FEATURES_FILE" in text or "features.npz" in text):
+            readers.add(name)
+    assert classes == {"animalcls/store/stored_features.py:StoredFeatures"}
+    assert readers == {"animalcls/store/stored_features.py"}, readers
