@@ -161,6 +161,19 @@ def shared_raw() -> Path:
 # ---------------------------------------------------------------- shared by the app and fine-tune tests
 
 
+def stored_finetune(root: Path, name: str, size: int, age: float) -> Path:
+    """A fine-tune folder in a store: a manifest written `age` seconds ago and a `size`-byte model."""
+    import time
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "model.keras").write_bytes(b"x" * size)
+    past = time.time() - age
+    os.utime(folder / "manifest.json", (past, past))
+    return folder
+
+
 def folder_hashes(folder: Path) -> dict[str, str]:
     """Every file under `folder` (relative POSIX path) -> its SHA-1: equal before and after means untouched."""
     import hashlib

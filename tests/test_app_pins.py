@@ -5,10 +5,9 @@ caps is pruned at start, and the Fine-tune tab says how many fine-tunes the caps
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from conftest import launched_app, make_image
+from conftest import launched_app, make_image, stored_finetune
 
 from animalcls.webapp.sessions import FinetuneStore, StoreLimits, new_session
 
@@ -21,18 +20,6 @@ def _wait_until(check, what: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout} s")
         time.sleep(0.05)
-
-
-def _folder(root: Path, name: str, size: int, age: float) -> Path:
-    import os
-
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text("{}")
-    (folder / "model.keras").write_bytes(b"x" * size)
-    past = time.time() - age
-    os.utime(folder / "manifest.json", (past, past))
-    return folder
 
 
 @pytest.mark.slow
@@ -63,7 +50,7 @@ def test_a_used_finetune_survives_other_visitors_finetunes_until_its_session_end
 
 def test_pinned_finetunes_stay_and_past_the_ceiling_a_new_one_is_refused(tmp_path):
     root = tmp_path / "finetunes"
-    folders = [_folder(root, f"t-ft-{i}", 1000, age=100 - i) for i in range(6)]  # 0 is the oldest
+    folders = [stored_finetune(root, f"t-ft-{i}", 1000, age=100 - i) for i in range(6)]  # 0 is the oldest
     store = FinetuneStore(root, StoreLimits(max_count=2, max_bytes=10**6))
     first = store.pin({**new_session(), "owned": ["t-ft-0"]}, "visitor-x")
     second = store.pin({**new_session(), "models": {"transfer": "t-ft-1"}, "owned": ["t-ft-1", "t-ft-2"]}, "visitor-y")
@@ -84,7 +71,7 @@ def test_the_store_is_pruned_at_start_and_the_tab_says_the_real_limit(tiny_check
 
     root = tmp_path / "finetunes"
     for i in range(4):
-        _folder(root, f"transfer-tiny-ft-{i}", 3 * 2**20, age=100 - i)
+        stored_finetune(root, f"transfer-tiny-ft-{i}", 3 * 2**20, age=100 - i)
     app = AnimalApp(
         tiny_checkpoints["scratch"],
         tiny_checkpoints["transfer"],

@@ -4,12 +4,11 @@ per-session fine-tune store."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import time
 
 import numpy as np
 import pytest
+from conftest import stored_finetune
 
 from animalcls.core.errors import AnimalclsError, CheckpointError
 from animalcls.data import dataset as data
@@ -65,19 +64,9 @@ def test_features_of_another_backbone_are_refused(photo_less, tiny_checkpoints, 
         finetune(photo_less, epochs=1, out_dir=tmp_path / "ft" / "c", stored=load_features(photo_less))
 
 
-def _fake_finetune(root, name, size, age):
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text("{}")
-    (folder / "model.keras").write_bytes(b"x" * size)
-    past = time.time() - age
-    os.utime(folder / "manifest.json", (past, past))
-    return folder
-
-
 def test_store_keeps_the_newest_within_count_and_bytes_never_the_protected(tmp_path):
     root = tmp_path / "finetunes"
-    folders = [_fake_finetune(root, f"t-ft-{i}", 1000, age=100 - i) for i in range(5)]  # 0 is oldest
+    folders = [stored_finetune(root, f"t-ft-{i}", 1000, age=100 - i) for i in range(5)]  # 0 is oldest
     bundled = tmp_path / "checkpoints" / "transfer"
     bundled.mkdir(parents=True)
     store = FinetuneStore(root, StoreLimits(max_count=3, max_bytes=10**6), protected=[bundled])
@@ -89,7 +78,7 @@ def test_store_keeps_the_newest_within_count_and_bytes_never_the_protected(tmp_p
 
 def test_sessions_only_use_server_models_and_their_own(tmp_path):
     root = tmp_path / "finetunes"
-    mine = _fake_finetune(root, "transfer-ft-1", 10, age=1)
+    mine = stored_finetune(root, "transfer-ft-1", 10, age=1)
     default = tmp_path / "checkpoints" / "transfer-x"
     default.mkdir(parents=True)
     sessions = SessionModels(lambda: {"scratch": None, "transfer": default}, FinetuneStore(root))
