@@ -86,6 +86,9 @@ def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str, str]]:
             photos_to_learn(transfer.get("few_shot")),
         )
     )
+    kept = [(side.get("few_shot") or {}).get("10", {}).get("old_classes") for side in (scratch, transfer)]
+    if all(value is not None for value in kept):
+        rows.append((f"Its five animals, after learning {animal} from 10 photos", *map(_percent, kept)))
     rows.append(
         (
             "Training time on 2 CPU cores",
