@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, launched_app
+from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, FakeResult, launched_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -156,3 +156,63 @@ def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints, shots):
     page.get_by_role("tab", name="Classify").click()
     wait_for_transfer_header(page, swapped=False)
     assert "%" in page.locator("#label-transfer").inner_text()
+
+
+def test_finetune_tab_refuses_bad_settings_by_the_fields_and_a_reload_says_what_became_of_the_run(
+    tiny_checkpoints, tmp_path, monkeypatch, shots
+):
+    """Epochs 50 and learning rate 5: one sentence by each field, no "Error" badge or toast, no
+    Cancel. Then a run reloaded away after two epochs: the new page says it was cancelled and
+    what was saved, and offers the result."""
+    import threading
+
+    import animalcls.heads.finetune
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    started = threading.Event()
+
+    def two_epochs_then_until_cancelled(checkpoint_dir, out_dir=None, hooks=None, **_):
+        hooks.on_batch(2, 1, 4, {"loss": 1.2})
+        hooks.on_epoch(2, {"loss": [1.5, 1.2], "val_loss": [1.4, 1.3]})
+        started.set()
+        assert hooks.cancel.wait(60), "never cancelled"
+        out_dir.mkdir(parents=True)
+        (out_dir / "manifest.json").write_text("{}")
+        return FakeResult(out_dir, True, {"loss": [1.5, 1.2]})
+
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", two_epochs_then_until_cancelled)
+    with launched_app(tiny_checkpoints, tmp_path) as (url, _), playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
+        page.goto(url)
+        page.get_by_role("tab", name="Fine-tune").click()
+        status, cancel = page.locator("#ft-status"), page.locator("#ft-cancel")
+        status.get_by_text("Not running.").wait_for()
+        assert not cancel.is_visible()  # nothing runs: no bright red Cancel
+        page.locator("#ft-epochs input").fill("50")
+        page.locator("#ft-lr input").fill("5")
+        page.locator("#ft-start").click()
+        page.get_by_text("Epochs must be a whole number from 1 to 20 on this server.").wait_for()
+        page.get_by_text("The learning rate must be a number above 0 and at most 1 (e.g. 0.001).").wait_for()
+        page.screenshot(path=str(shots / "finetune-bad-settings.png"), full_page=True)
+        assert page.get_by_text("Error", exact=True).count() == 0 and page.locator(".toast-body").count() == 0
+        assert status.inner_text() == "Not running." and not cancel.is_visible()
+
+        page.locator("#ft-epochs input").fill("3")
+        page.locator("#ft-lr input").fill("0.001")
+        page.locator("#ft-start").click()
+        status.get_by_text(re.compile(r"epoch 2/3")).wait_for()
+        assert started.is_set() and cancel.is_visible()
+        page.reload()
+        page.get_by_role("tab", name="Fine-tune").click()
+        status.get_by_text(
+            re.compile(r"^Your last fine-tune was cancelled when its page was closed or reloaded")
+        ).wait_for()
+        assert "its 2 finished epoch(s) were saved as" in status.inner_text()
+        assert page.locator("#ft-result textarea, #ft-result input").first.input_value().startswith("transfer-tiny-ft")
+        assert page.locator("#ft-use").is_enabled() and not cancel.is_visible()
+        page.screenshot(path=str(shots / "finetune-after-reload.png"), full_page=True)
+        browser.close()

@@ -172,9 +172,9 @@ def test_classify_stays_responsive_during_a_real_finetune(server, client, photo)
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (("three", 1e-3, 0), r"Epochs .*must be a number"),
-        ((3, "fast", 0), "Learning rate must be a number"),
-        ((3, 1e-3, "all"), "must be a number"),
+        (("three", 1e-3, 0), r"- epochs: Epochs must be a whole number from 1 to 100"),
+        ((3, "fast", 0), r"- learning_rate: The learning rate must be a number above 0"),
+        ((3, 1e-3, "all"), r"- unfreeze_layers: Unfrozen backbone layers must be a whole number from 0 to 2"),
     ],
 )
 def test_non_numeric_finetune_settings_get_a_message(client, settings, message):

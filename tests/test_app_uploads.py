@@ -24,6 +24,7 @@ from animalcls.webapp.inputs import REFUSED  # noqa: E402
 from animalcls.webapp.layout import IMAGE_ENDPOINTS  # noqa: E402
 
 FILE_META = {"_type": "gradio.FileData"}
+VALIDATED = ("classify", "finetune")  # events whose validator may refuse a call before it is queued
 _OPENED: list[str] | None = None  # paths opened while a sweep records (see _record_opens)
 
 
@@ -43,8 +44,11 @@ def call(url: str, api_name: str, data: list[Any], event_data: Any = None) -> tu
     started = httpx.post(
         f"{url}gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"}, timeout=60
     )
-    if started.status_code == 400 and api_name == "classify":  # its validator refused the call up front
-        return "error", {"error": started.json()["detail"].strip("'")}
+    if started.status_code in (400, 422) and api_name in VALIDATED:  # its validator refused the call up front
+        detail = started.json()["detail"]
+        if isinstance(detail, list):  # one sentence per refused input
+            return "error", {"error": " ".join(check["message"] for check in detail if not check["is_valid"])}
+        return "error", {"error": detail.strip("'")}
     assert started.status_code == 200, started.text
     with httpx.stream("GET", f"{url}gradio_api/call/{api_name}/{started.json()['event_id']}", timeout=120) as reply:
         text = "".join(reply.iter_text())
@@ -208,12 +212,13 @@ def test_teach_classify_names_what_is_wrong_with_the_photo(server, tmp_path, kin
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        ([float("nan"), 1e-3, 0], "Epochs (1-20) must be a number"),
-        ([3, 1e-3, float("nan")], "must be a number, got 'nan'"),
-        ([3, float("inf"), 0], "Learning rate must be a number"),
-        ([999, 1e-3, 0], "Epochs (1-20) must be from 1 to 20, got 999"),
-        ([3, 5, 0], "Learning rate must be from 1e-07 to 1, got 5"),
-        ([3, 1e-3, -4], "must be from 0 to 0, got -4"),
+        ([float("nan"), 1e-3, 0], "Epochs must be a whole number from 1 to 20 on this server."),
+        ([3, 1e-3, float("nan")], "Unfrozen backbone layers must be a whole number from 0 to 0 on this server."),
+        ([3, float("inf"), 0], "The learning rate must be a number above 0 and at most 1"),
+        ([999, 1e-3, 0], "Epochs must be a whole number from 1 to 20 on this server."),
+        ([3, 5, 0], "The learning rate must be a number above 0 and at most 1"),
+        ([3, 1e-3, -4], "Unfrozen backbone layers must be a whole number from 0 to 0"),
+        (["three", "fast", 2.5], "Epochs must be a whole number from 1 to 20 on this server. The learning rate"),
     ],
 )
 def test_bad_finetune_numbers_get_a_message_and_no_traceback(server, capfd, settings, expected):

@@ -20,6 +20,7 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str = "", note
     bottom = 0.12 if note else 0.08
     fig.subplots_adjust(left=0.08, right=0.98, bottom=bottom, top=0.9 if title else 0.95, hspace=0.38, wspace=0.2)
     axes = fig.subplots(2, 2).ravel()
+    epochs = max((len(history.get(key) or []) for key in history), default=0)
     for ax, metric in zip(axes, METRICS):
         for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
             values = history.get(key) or []
@@ -27,7 +28,9 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str = "", note
                 ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
         ax.set_title(metric)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Whole epochs on the axis, even after one: autoscaling around a single point gave 0.945-1.065.
+        ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()

@@ -152,8 +152,10 @@ class AnimalApp:
 
     # ----- Session end: its fine-tunes are no longer pinned -----
     def end_session(self, request: gr.Request = None) -> None:
-        """demo.unload: the visitor closed or reloaded the page."""
+        """demo.unload: the visitor closed or reloaded the page. Its fine-tune stops (nobody would
+        see it), remembered as abandoned so that the reloaded page can say so."""
         self.store.pins.drop(session_hash(request))
+        self.runner.abandon(session_hash(request))
 
     def forget_session(self, session: Any) -> None:
         """The session state's delete_callback: Gradio dropped the state (an hour after the page closed)."""

@@ -120,28 +120,17 @@ class UploadedImage(gr.Image):
 
 
 class CheckedNumber(gr.Number):
-    """gr.Number that answers a non-numeric, non-finite or out-of-range value with one message
-    (Gradio's own range error prints a traceback in the server log; NaN fails with no message)."""
+    """gr.Number that hands its event any payload: a finite number rounded to its precision, in
+    range or not, and anything else (text, NaN, infinity: only API callers send those) unchanged.
+    The event's validator judges them all, so a visitor reads one sentence by the field and an API
+    caller the same sentences: Gradio's own range error prints a traceback and its NaN error no
+    message, and an error raised here would reach the page titled just "Error", before the validator."""
 
     is_template = True
 
-    def preprocess(self, payload: float | None) -> float | int | None:
-        if payload is None:
-            return None
-        if isinstance(payload, bool) or not isinstance(payload, (int, float)) or not math.isfinite(payload):
-            raise _bad_number(f"{self.label} must be a number, got {str(payload)[:40]!r}.")
-        low, high = self.minimum, self.maximum
-        if (low is not None and payload < low) or (high is not None and payload > high):
-            raise _bad_number(
-                f"{self.label} must be from {low:g} to {high:g}, got {payload:g}."
-                if low is not None and high is not None
-                else f"{self.label} is out of range."
-            )
-        return super().preprocess(payload)
-
-
-def _bad_number(message: str) -> gr.Error:
-    return user_error(message, "Bad settings")
+    def preprocess(self, payload: Any) -> Any:
+        finite = isinstance(payload, (int, float)) and not isinstance(payload, bool) and math.isfinite(payload)
+        return self.round_to_precision(payload, self.precision) if finite else payload
 
 
 def checked_examples(examples: gr.Examples) -> gr.Examples:

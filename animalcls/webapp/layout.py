@@ -60,6 +60,7 @@ API_NAMES = (
     "finetune_waiting",  # private: the Fine-tune tab's status and Cancel button around a run
     "finetune_ended",
     "finetune_failed",
+    "finetune_last_run",  # private, on page load: what became of the run the page before a reload left
     "cell_tables_after_use",  # private: the Training tab's cells follow the swapped models
     "cell_tables_after_restore",
     "use_taught",  # the Teach panel's "Use the taught models" (/use_model takes one name)
@@ -91,6 +92,9 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
         # This visitor's model choices and fine-tunes (animalcls.webapp.sessions): per browser
         # session or gradio_client Client, never shared.
         session = gr.State(new_session(), delete_callback=handlers.forget_session)
+        # This page's token, kept in the browser across a reload; outside the tabs, which are mounted
+        # only when first shown, so that the page's load event reads it.
+        page = gr.BrowserState(None, storage_key="animalcls-page")
         gr.Markdown(f"# {TITLE}", elem_id="title")
         gr.Markdown(views.intro_markdown(handlers.registry.paths().values()), elem_id="intro")
         with gr.Accordion("How to read this", open=False, elem_id="how-to-read"):
@@ -107,7 +111,7 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
                 training_parts = build_training_tab(lesson_for(handlers.registry.paths(), BUNDLED_DIR))
                 cell_outputs = build_cells_section(handlers.cells, demo, session)
             with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
-                finetune_parts = build_finetune_tab(handlers.finetune_tab, session)
+                finetune_parts = build_finetune_tab(handlers.finetune_tab, session, page, demo)
                 panel = TeachPanel(
                     handlers.registry, handlers.sessions, handlers.wait_ready, teach_limits or TeachLimits()
                 )

@@ -21,6 +21,7 @@ pinned ones alone reach the hard ceiling (`StoreLimits.ceiling`).
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import threading
 import uuid
@@ -63,6 +64,32 @@ def session_hash(request: Any) -> str | None:
 def session_key(request: Any) -> str:
     """The key a session's pins are kept under: its Gradio session hash (a random one without)."""
     return session_hash(request) or uuid.uuid4().hex
+
+
+class PageTokens:
+    """A random token per page load, kept in that browser (gr.BrowserState), mapped to the page's
+    session hash: after a reload the new page names the old one by it. The newest `keep` only."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self._owners: dict[str, str] = {}
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def issue(self, owner: str | None) -> str:
+        token = secrets.token_urlsafe(16)
+        with self._lock:
+            if owner:
+                self._owners[token] = owner
+                while len(self._owners) > self._keep:
+                    del self._owners[next(iter(self._owners))]
+        return token
+
+    def owner(self, token: Any) -> str | None:
+        """The session hash `token` was issued to; None for anything else (the value comes from the browser)."""
+        if not isinstance(token, str) or len(token) > 64:
+            return None
+        with self._lock:
+            return self._owners.get(token)
 
 
 def pinned_names(session: dict[str, Any]) -> set[str]:

@@ -13,6 +13,7 @@ import copy
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,7 @@ class FinetuneJob:
         self.target = target
         self.meta = dict(meta or {})
         self.cancel_event = threading.Event()
+        self.abandoned = threading.Event()  # its page closed (or reloaded) while it ran
         self.finished = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -293,11 +295,16 @@ class FinetuneJob:
 
 
 class FinetuneRunner:
-    """Allows one fine-tune at a time per server; keeps the current job for "Use this model"."""
+    """Allows one fine-tune at a time per server. Keeps the recent jobs (what became of a run
+    whose page was reloaded) and the visitors whose fine-tune waits in Gradio's queue, in order
+    (their place in line), each known by its owner (the Gradio session hash of its page)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 16) -> None:
         self._lock = threading.Lock()
         self.current: FinetuneJob | None = None
+        self._recent: deque[FinetuneJob] = deque(maxlen=keep)
+        self._waiting: list[str] = []  # owners whose fine-tune waits behind the running one, oldest first
+        self._withdrawn: set[str] = set()  # owners who cancelled while waiting: their turn ends at once
 
     def start(
         self, target: Callable[[TrainHooks], Any], epochs: int, meta: dict[str, Any] | None = None
@@ -310,7 +317,48 @@ class FinetuneRunner:
                 )
             job = FinetuneJob(target, epochs, meta)
             self.current = job
+            self._recent.append(job)
             return job.start()
+
+    def join_queue(self, owner: str) -> int:
+        """Note that `owner`'s fine-tune waits in the queue; returns its place in line (1: next)."""
+        with self._lock:
+            self._withdrawn.discard(owner)
+            if owner not in self._waiting:
+                self._waiting.append(owner)
+            return self._waiting.index(owner) + 1
+
+    def leave_queue(self, owner: str | None) -> bool:
+        """`owner`'s turn came (or it never waited); True when it cancelled while waiting."""
+        with self._lock:
+            if owner in self._waiting:
+                self._waiting.remove(owner)
+            withdrawn = owner in self._withdrawn
+            self._withdrawn.discard(owner)
+            return withdrawn
+
+    def withdraw(self, owner: str | None) -> bool:
+        """`owner` cancels its waiting fine-tune (it will not run); False when it was not waiting."""
+        with self._lock:
+            if owner not in self._waiting:
+                return False
+            self._waiting.remove(owner)
+            self._withdrawn.add(owner)
+            return True
+
+    def last_of(self, owner: str | None) -> FinetuneJob | None:
+        """The newest recent job of `owner`, or None."""
+        with self._lock:
+            return next((job for job in reversed(self._recent) if owner and job.meta.get("owner") == owner), None)
+
+    def abandon(self, owner: str | None) -> None:
+        """`owner`'s page closed: its running fine-tune (if any) is cancelled, and remembered as
+        abandoned so that a reload of that page can say what happened; it leaves the queue."""
+        self.leave_queue(owner)
+        job = self.last_of(owner)
+        if job is not None and job.running:
+            job.abandoned.set()
+            job.cancel()
 
     def cancel(self) -> bool:
         """Ask the running fine-tune to stop after its current batch; False when none runs."""

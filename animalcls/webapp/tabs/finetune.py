@@ -20,17 +20,23 @@ from animalcls.store.checkpoints import read_manifest
 from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp import views
 from animalcls.webapp.inputs import CheckedNumber, user_error
-from animalcls.webapp.sessions import SessionModels, session_hash, session_key, session_of
+from animalcls.webapp.sessions import PageTokens, SessionModels, session_hash, session_key, session_of
 from animalcls.webapp.state import BusyError, FinetuneRunner, ModelRegistry
 from animalcls.webapp.tabs.finetune_status import (
+    SETTINGS,
     FinetuneSettings,
     cancelled_status,
+    curves_figure,
+    failure_text,
     final_status,
     kept_text,
+    reload_status,
     running_status,
+    waiting_status,
 )
 
 LIVE_PLOT_SECONDS = 1.0
+RELOAD_WAIT_S = 10  # how long a reloaded page waits for its old page's run to be abandoned, then to stop
 
 
 class FinetuneTab:
@@ -49,6 +55,7 @@ class FinetuneTab:
     ) -> None:
         self.registry, self.sessions, self.store, self.runner = registry, sessions, sessions.store, runner
         self.wait_ready, self.render_dir, self.settings = wait_ready, render_dir, settings
+        self.pages = PageTokens()  # which page a browser had before a reload
 
     def finetune_data(self) -> Path | None:
         """The configured dataset, else the one the transfer model was trained on, if on this machine."""
@@ -105,9 +112,19 @@ class FinetuneTab:
         """Generator: fine-tune this session's transfer model in a worker thread; yields the
         status, live curves, both reports and confusion matrices, the result's name, the
         "Use this model" button's state and the session (which then owns the result)."""
-        epochs, learning_rate, unfreeze = _finetune_inputs(
-            epochs, learning_rate, unfreeze_layers, self.settings.max_epochs, self.settings.max_unfreeze
-        )
+        if self.runner.leave_queue(session_hash(request)):  # cancelled while it waited: nothing runs
+            yield (
+                "**Cancelled** while waiting in the queue: nothing ran.",
+                *[gr.skip()] * 5,
+                None,
+                gr.update(),
+                gr.skip(),
+            )
+            return
+        problems = self.settings.problems(epochs, learning_rate, unfreeze_layers)
+        if problems:
+            raise user_error(" ".join(problems.values()), "Bad settings")
+        epochs, learning_rate, unfreeze = int(epochs), float(learning_rate), int(unfreeze_layers or 0)
         state = session_of(session)
         source = self.sessions.paths(state)["transfer"]
         if source is None:
@@ -153,14 +170,15 @@ class FinetuneTab:
         try:
             yield from self._follow(job, source, {**state, "pin": state.get("pin") or session_key(request)}, progress)
         finally:
-            if job.running:  # the visitor left (closed the tab): do not train for nobody
+            if job.running:  # the visitor left (closed or reloaded the page): do not train for nobody
+                job.abandoned.set()
                 job.cancel()
 
     def _follow(self, job: Any, source: Path, state: dict[str, Any], progress: gr.Progress) -> Iterator[tuple]:
         name, skip = read_manifest(source)["name"], gr.skip()
         yield (
             f"**Fine-tuning {name}**: starting…",
-            _curves({}, name),
+            curves_figure({}, name),
             views.report_frame(views.evaluation_of(source)),
             views.confusion_file(source, self.render_dir),
             views.report_frame(None),
@@ -171,29 +189,28 @@ class FinetuneTab:
         )
         drawn, drawn_at = 0, 0.0
         for snapshot in job.watch():
-            fraction = snapshot.fraction()
-            progress(fraction if fraction is not None else 0.0, desc=snapshot.describe())
             curves = skip
             # At most one live redraw a second: a figure costs about 0.5 CPU s, taken from training.
             if snapshot.epochs_done != drawn and time.monotonic() - drawn_at >= LIVE_PLOT_SECONDS:
-                drawn, drawn_at, curves = snapshot.epochs_done, time.monotonic(), _curves(snapshot.history, name)
+                drawn, drawn_at, curves = snapshot.epochs_done, time.monotonic(), curves_figure(snapshot.history, name)
+            # The bar and the status tell the same moment: both after the drawing, one right after the other
+            # (the bar ran a drawing ahead: "epoch 2/2" over a status still "starting").
+            fraction = snapshot.fraction()
+            progress(fraction if fraction is not None else 0.0, desc=snapshot.describe())
             yield (running_status(name, snapshot, job.cancel_event.is_set()), curves, *[skip] * 7)
         if job.error is not None:
             if isinstance(job.error, errors.Cancelled):  # stopped before an epoch finished: nothing saved
                 # The result (7th) as None, not a skip: an API caller would read {'__type__': 'update'}.
                 yield (cancelled_status(job.error), *[skip] * 5, None, gr.update(interactive=False), skip)
                 return
-            detail = (
-                str(job.error) if isinstance(job.error, AnimalclsError) else f"{type(job.error).__name__}: {job.error}"
-            )
-            raise user_error(f"The fine-tune failed: {detail}", "Fine-tune failed")
+            raise user_error(failure_text(job.error), "Fine-tune failed")
         result = job.result
         new = Path(result.path)
         state = self.store.pin({**state, "owned": [*state["owned"], new.name]}, state["pin"])
         self.store.prune(keep=[new, *(p for p in self.registry.paths().values() if p is not None)])
         yield (
             final_status(name, result, source),
-            _curves(result.history or {}, f"{name} fine-tuned"),
+            curves_figure(result.history or {}, f"{name} fine-tuned"),
             skip,
             skip,
             views.report_frame(result.evaluation),
@@ -203,52 +220,59 @@ class FinetuneTab:
             state,
         )
 
-    def finetune_waiting(self) -> tuple[str, Any]:
-        """What the page says the moment Start is pressed: starting, or waiting behind another
-        visitor's fine-tune (Gradio's queue shows the place in the progress strip)."""
-        job = self.runner.current
-        if job is not None and job.running:
-            text = (
-                "**Waiting in the queue:** another visitor's fine-tune is running; yours starts when it ends. "
-                "Your place in the queue shows below."
-            )
-        else:
-            text = "**Starting…**"
-        return text, gr.update(visible=True)
+    def validate_settings(
+        self, epochs: Any, learning_rate: Any, unfreeze_layers: Any, session: Any = None
+    ) -> list[dict[str, Any]]:
+        """Start's validator: a bad setting is one sentence by its field, before anything runs or
+        queues (finetune itself still refuses, for API callers)."""
+        problems = self.settings.problems(epochs, learning_rate, unfreeze_layers)
+        return [
+            *(gr.validate(name not in problems, problems.get(name, "")) for name in SETTINGS),
+            gr.validate(True, ""),
+        ]
+
+    def finetune_waiting(
+        self, epochs: Any, learning_rate: Any, unfreeze_layers: Any, request: gr.Request = None
+    ) -> tuple[Any, Any]:
+        """What the page says the moment Start is pressed, with Cancel shown: starting, or waiting
+        in the queue behind another visitor's fine-tune and its place in line. Nothing when the
+        validator refuses the settings (nothing runs, so no Cancel)."""
+        if self.settings.problems(epochs, learning_rate, unfreeze_layers):
+            return gr.skip(), gr.skip()
+        owner, job = session_hash(request), self.runner.current
+        if owner and job is not None and job.running and job.meta.get("owner") != owner:
+            return waiting_status(self.runner.join_queue(owner)), gr.update(visible=True)
+        return "**Starting…**", gr.update(visible=True)
 
     def cancel_finetune(self, request: gr.Request = None) -> str:
-        """Cancel this session's own fine-tune (never another visitor's)."""
-        job = self.runner.current
-        if job is None or not job.running or job.meta.get("owner") != session_hash(request):
-            return "No fine-tune of yours is running."
-        job.cancel()
-        return "**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs that finished."
+        """Cancel this session's own fine-tune, running or waiting in the queue (never another visitor's)."""
+        owner, job = session_hash(request), self.runner.current
+        if job is not None and job.running and job.meta.get("owner") == owner:
+            job.cancel()
+            return (
+                "**Cancelling:** the fine-tune stops after the current batch and keeps only the epochs that finished."
+            )
+        if self.runner.withdraw(owner):
+            return "**Cancelled:** your fine-tune left the queue; it will not run."
+        return "No fine-tune of yours is running."
 
-
-def _finetune_inputs(
-    epochs: Any, rate: Any, unfreeze: Any, max_epochs: int, max_unfreeze: int
-) -> tuple[int, float, int]:
-    try:
-        epochs, rate, unfreeze = int(epochs), float(rate), int(unfreeze or 0)
-    except (TypeError, ValueError, OverflowError):  # NaN, infinity, text
-        raise user_error(
-            "Epochs and unfrozen layers must be whole numbers; the learning rate a number.", "Bad settings"
-        ) from None
-    if not 1 <= epochs <= max_epochs:
-        raise user_error(f"Epochs must be between 1 and {max_epochs} on this server.", "Bad settings")
-    if not 0 < rate <= 1:
-        raise user_error("The learning rate must be above 0 and at most 1 (e.g. 0.001).", "Bad settings")
-    if unfreeze < 0:
-        raise user_error("The number of layers to unfreeze cannot be negative.", "Bad settings")
-    if unfreeze > max_unfreeze:
-        raise user_error(f"At most {max_unfreeze} backbone layers may be unfrozen on this server.", "Bad settings")
-    return epochs, rate, unfreeze
-
-
-def _curves(history: dict[str, list[float]], title: str) -> Any:
-    from animalcls.training.plots import history_figure
-
-    return history_figure(history, title)
+    def last_run(self, token: Any = None, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:
+        """Page load: a new token for this page (kept in the browser), and what became of the
+        fine-tune the page before a reload left running. A result it saved becomes this session's."""
+        owner, skip = session_hash(request), gr.skip()
+        new_token = self.pages.issue(owner)
+        job = self.runner.last_of(self.pages.owner(token))
+        # The old page's unload (or its closed event stream) marks the run abandoned; a run another
+        # open page of this browser follows never is, and is not this page's to report.
+        if job is None or not job.abandoned.wait(RELOAD_WAIT_S if job.running else 0):
+            return skip, skip, skip, skip, new_token
+        job.join(RELOAD_WAIT_S)
+        saved = Path(job.result.path).name if not job.running and job.result is not None else None
+        if saved is None or self.store.folder(saved) is None:
+            return reload_status(job, None), skip, skip, skip, new_token
+        state = session_of(session)
+        state = self.store.pin({**state, "owned": [*state["owned"], saved]}, state.get("pin") or session_key(request))
+        return reload_status(job, saved), saved, gr.update(interactive=True), state, new_token
 
 
 # ------------------------------------------------------------------------ layout
@@ -275,7 +299,7 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
     return report, confusion
 
 
-def build_finetune_tab(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
+def build_finetune_tab(tab: FinetuneTab, session: gr.State, page: gr.BrowserState, demo: gr.Blocks) -> dict[str, Any]:
     """The tab's components and events, inside the current gr.Tab. Returns what the layout wires
     across tabs: the status, the result's name and the Use / Restore buttons."""
     limits = tab.settings
@@ -317,7 +341,7 @@ def build_finetune_tab(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
     # At once: Cancel appears and the status says whether the run starts or waits in the queue.
     run.click(
         tab.finetune_waiting,
-        None,
+        [epochs, rate, unfreeze],
         [status, cancel],
         queue=False,
         api_name="finetune_waiting",
@@ -329,6 +353,7 @@ def build_finetune_tab(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
         [epochs, rate, unfreeze, session],
         [status, curves, start_report, start_confusion, new_report, new_confusion, result, use, session],
         api_name="finetune",
+        validator=tab.validate_settings,
         concurrency_id="finetune",
         concurrency_limit=1,
         show_progress_on=[bar],
@@ -354,6 +379,16 @@ def build_finetune_tab(tab: FinetuneTab, session: gr.State) -> dict[str, Any]:
         None,
         status,
         api_name="cancel_finetune",
+        concurrency_limit=None,
+        show_progress="hidden",
+    )
+    # After a reload: what became of the run the page before left (`page`: its token, kept in this browser).
+    demo.load(
+        tab.last_run,
+        [page, session],
+        [status, result, use, session, page],
+        api_name="finetune_last_run",
+        api_visibility="private",
         concurrency_limit=None,
         show_progress="hidden",
     )
