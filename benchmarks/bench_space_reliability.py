@@ -16,24 +16,17 @@
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from animalcls.webapp.space import AppNotServing, free_port, space_environment, wait_until_serving
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clone(work: Path) -> Path:
@@ -47,29 +40,16 @@ def space(app_dir: Path, work: Path) -> Iterator[tuple[str, subprocess.Popen, fl
     """(url, process, seconds from spawn to the first HTTP 200) of app.py run as a Space."""
     home = Path(tempfile.mkdtemp(dir=work, prefix="home-"))
     port = free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))
-    }
-    env.update(
-        HOME=str(home),
-        GRADIO_SERVER_NAME="0.0.0.0",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_OFFLINE="1",
-    )
+    env = space_environment(home, port)
     log = open(work / f"app-{port}.log", "w")
     spawned = time.monotonic()
     process = subprocess.Popen([sys.executable, "app.py"], cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"app.py exited with {process.returncode}")
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.05)
+        try:
+            wait_until_serving(url, process)
+        except AppNotServing as exc:
+            raise SystemExit(str(exc)) from None
         yield url, process, time.monotonic() - spawned
     finally:
         process.terminate()

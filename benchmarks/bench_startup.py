@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from animalcls.webapp.space import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINES = ("onnx", "tf")
@@ -91,12 +92,6 @@ def predict_seconds(engine: str, photo: Path) -> float:
     return time.perf_counter() - start
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float, float, float]:
     """For one `python app.py`: seconds from spawning it until its page answers HTTP 200 (polled
     every 20 ms), its RSS (MB) once it reports its models ready, and the seconds from its start
@@ -108,7 +103,8 @@ def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float, float,
         command, env=engine_env(engine), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     try:
-        page = _first_page_seconds(port, start, timeout)
+        wait_until_serving(f"http://127.0.0.1:{port}/", process, timeout, every=0.02)
+        page = time.perf_counter() - start
         for line in process.stdout:
             if line.startswith("Models ready"):
                 status = Path(f"/proc/{process.pid}/status").read_text()
@@ -119,19 +115,6 @@ def app_ready(engine: str, timeout: float = 300.0) -> tuple[float, float, float,
     finally:
         process.kill()
         process.wait()
-
-
-def _first_page_seconds(port: int, start: float, timeout: float) -> float:
-    import urllib.request
-
-    while time.perf_counter() - start < timeout:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
-                if response.status == 200:
-                    return time.perf_counter() - start
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("app.py never served its page")
 
 
 def gradio_import_seconds() -> float:

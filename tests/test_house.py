@@ -23,6 +23,7 @@ LIGHT = (
     "webapp.lesson",
     "webapp.tabs.classify_answers",
     "webapp.tabs.finetune_status",
+    "webapp.space",
     "cli.progress",
     "cli.main",
     "cli.checks",

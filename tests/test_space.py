@@ -5,34 +5,36 @@ no ../shared beside it, no ANIMALCLS_* variables, the Space's GRADIO_SERVER_NAME
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 from conftest import REPO
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from animalcls.webapp.space import AppNotServing, free_port, space_environment, wait_until_serving
 
 
-def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"app.py exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
+def test_the_wait_for_the_page_ends_when_it_answers_when_the_app_exits_or_at_the_timeout(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(AppNotServing, match="exited with 3"):
+        wait_until_serving(f"http://127.0.0.1:{free_port()}/", exited)
+    with pytest.raises(AppNotServing, match="did not answer within 0.3 s"):
+        wait_until_serving(f"http://127.0.0.1:{free_port()}/", timeout=0.3)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as page:
+        threading.Thread(target=page.serve_forever, daemon=True).start()
+        assert wait_until_serving(f"http://127.0.0.1:{page.server_address[1]}/", timeout=30) < 30
+        page.shutdown()
+    monkeypatch.setenv("ANIMALCLS_DATA", "/data")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = space_environment(tmp_path / "home", 7860)
+    assert "ANIMALCLS_DATA" not in env and "PYTHONPATH" not in env and env["GRADIO_SERVER_PORT"] == "7860"
+    assert env["HOME"] == str(tmp_path / "home") and env["HF_HUB_OFFLINE"] == "1"
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +49,13 @@ def space(tmp_path_factory):
     subprocess.run(["git", "clone", "--quiet", "--shared", "--no-checkout", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", head], check=True)
     assert not (clone.parent / "shared").exists()
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("ANIMALCLS_", "KERAS_", "GRADIO_", "HF_", "PYTHON"))
-    }
-    env.update(
-        HOME=str(home),
-        GRADIO_SERVER_NAME="0.0.0.0",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_OFFLINE="1",
-    )
+    port = free_port()
+    env = space_environment(home, port)
     log = open(root / "app.log", "w")
     process = subprocess.Popen([sys.executable, "app.py"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
-        _wait_for(url, process)
+        wait_until_serving(url, process, timeout=60, every=0.5)
         yield url, clone
     finally:
         process.terminate()
