@@ -150,7 +150,7 @@ def test_folder_rows_carry_the_same_verdict_as_predict_json(kind, tmp_path, caps
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name in ("cat-chelsea.jpg", "elephant-asian.jpg", "none-dog.jpg", "none-koala.jpg"):
+    for name in ("cat-chelsea.jpg", "elephant-african.jpg", "none-dog.jpg", "none-koala.jpg"):
         shutil.copy(REPO / "examples" / name, photos / name)
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     images = sorted(str(p) for p in photos.iterdir() if p.name != "broken.jpg")
