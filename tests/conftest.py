@@ -279,3 +279,19 @@ def blocking_finetune(started: threading.Event):
         return FakeResult(Path(checkpoint_dir), True, {"loss": [1.5], "accuracy": [0.25]})
 
     return fake
+
+
+def finetune_saving_two_epochs(started: threading.Event):
+    """A stand-in for animalcls.heads.finetune.finetune that finishes two epochs, then waits to be
+    cancelled and saves them (a folder with a manifest in its out_dir), as a cancelled run does."""
+
+    def fake(checkpoint_dir, out_dir=None, hooks=None, **_):
+        hooks.on_batch(2, 1, 4, {"loss": 1.2})
+        hooks.on_epoch(2, {"loss": [1.5, 1.2], "val_loss": [1.4, 1.3]})
+        started.set()
+        assert hooks.cancel.wait(60), "never cancelled"
+        out_dir.mkdir(parents=True)
+        (out_dir / "manifest.json").write_text("{}")
+        return FakeResult(out_dir, True, {"loss": [1.5, 1.2]})
+
+    return fake

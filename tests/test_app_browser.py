@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, FakeResult, launched_app
+from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, finetune_saving_two_epochs, launched_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -44,17 +44,23 @@ def run_and_wait(page, output_id: str, action) -> None:
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
+    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(BROWSER_TIMEOUT_MS)
-        page.goto(url)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(BROWSER_TIMEOUT_MS)
+    page.goto(url)
+    return page
 
 
 def test_classify_tab(page, tiny_checkpoints, shots):
@@ -159,7 +165,7 @@ def test_finetune_tab_runs_one_epoch_to_the_end(page, tiny_checkpoints, shots):
 
 
 def test_finetune_tab_refuses_bad_settings_by_the_fields_and_a_reload_says_what_became_of_the_run(
-    tiny_checkpoints, tmp_path, monkeypatch, shots
+    browser, tiny_checkpoints, tmp_path, monkeypatch, shots
 ):
     """Epochs 50 and learning rate 5: one sentence by each field, no "Error" badge or toast, no
     Cancel. Then a run reloaded away after two epochs: the new page says it was cancelled and
@@ -168,24 +174,12 @@ def test_finetune_tab_refuses_bad_settings_by_the_fields_and_a_reload_says_what_
 
     import animalcls.heads.finetune
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
     started = threading.Event()
 
-    def two_epochs_then_until_cancelled(checkpoint_dir, out_dir=None, hooks=None, **_):
-        hooks.on_batch(2, 1, 4, {"loss": 1.2})
-        hooks.on_epoch(2, {"loss": [1.5, 1.2], "val_loss": [1.4, 1.3]})
-        started.set()
-        assert hooks.cancel.wait(60), "never cancelled"
-        out_dir.mkdir(parents=True)
-        (out_dir / "manifest.json").write_text("{}")
-        return FakeResult(out_dir, True, {"loss": [1.5, 1.2]})
-
-    monkeypatch.setattr(animalcls.heads.finetune, "finetune", two_epochs_then_until_cancelled)
-    with launched_app(tiny_checkpoints, tmp_path) as (url, _), playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 900})
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", finetune_saving_two_epochs(started))
+    with launched_app(tiny_checkpoints, tmp_path) as (url, _):
+        context = browser.new_context(viewport={"width": 1366, "height": 900})  # its own localStorage
+        page = context.new_page()
         page.set_default_timeout(BROWSER_TIMEOUT_MS)
         page.goto(url)
         page.get_by_role("tab", name="Fine-tune").click()
@@ -215,4 +209,4 @@ def test_finetune_tab_refuses_bad_settings_by_the_fields_and_a_reload_says_what_
         assert page.locator("#ft-result textarea, #ft-result input").first.input_value().startswith("transfer-tiny-ft")
         assert page.locator("#ft-use").is_enabled() and not cancel.is_visible()
         page.screenshot(path=str(shots / "finetune-after-reload.png"), full_page=True)
-        browser.close()
+        context.close()

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 import pytest
-from conftest import REPO, FakeResult, blocking_finetune, drain, folder_hashes
+from conftest import REPO, FakeResult, blocking_finetune, drain, finetune_saving_two_epochs, folder_hashes
 
 from animalcls.webapp.handlers import AnimalApp
 
@@ -256,15 +256,7 @@ def test_a_reload_mid_run_says_what_became_of_the_run(animal_app, monkeypatch):
 
     tab, started = animal_app.finetune_tab, threading.Event()
 
-    def two_epochs_then_cancelled(checkpoint_dir, out_dir=None, hooks=None, **_):
-        hooks.on_epoch(2, {"loss": [1.5, 1.2]})
-        started.set()
-        assert hooks.cancel.wait(30), "never cancelled"
-        out_dir.mkdir(parents=True)
-        (out_dir / "manifest.json").write_text("{}")
-        return FakeResult(out_dir, True, {"loss": [1.5, 1.2]})
-
-    monkeypatch.setattr(animalcls.heads.finetune, "finetune", two_epochs_then_cancelled)
+    monkeypatch.setattr(animalcls.heads.finetune, "finetune", finetune_saving_two_epochs(started))
     *nothing, token = tab.last_run(None, None, _page("first"))  # the page loads: a token for its browser
     assert nothing == [gr.skip()] * 4
     run = tab.finetune(3, 1e-3, 0, None, _page("first"))

@@ -17,7 +17,6 @@ from animalcls.core import errors
 from animalcls.core.errors import AnimalclsError
 from animalcls.core.settings import finetune_folder
 from animalcls.store.checkpoints import read_manifest
-from animalcls.training.reports import REPORT_HEADERS
 from animalcls.webapp import views
 from animalcls.webapp.inputs import CheckedNumber, user_error
 from animalcls.webapp.sessions import PageTokens, SessionModels, session_hash, session_key, session_of
@@ -34,6 +33,7 @@ from animalcls.webapp.tabs.finetune_status import (
     running_status,
     waiting_status,
 )
+from animalcls.webapp.tabs.training import figure_image, report_table
 
 LIVE_PLOT_SECONDS = 1.0
 RELOAD_WAIT_S = 10  # how long a reloaded page waits for its old page's run to be abandoned, then to stop
@@ -282,20 +282,8 @@ def _report_column(title: str, elem_prefix: str) -> tuple[gr.Dataframe, gr.Image
     """A column with a model's test-split report table and confusion matrix."""
     with gr.Column():
         gr.Markdown(f"### {title}")
-        report = gr.Dataframe(
-            headers=REPORT_HEADERS,
-            label="Classification report (test split)",
-            interactive=False,
-            elem_id=f"{elem_prefix}-report",
-        )
-        confusion = gr.Image(
-            type="filepath",
-            label="Confusion matrix",
-            show_label=False,
-            interactive=False,
-            elem_id=f"{elem_prefix}-confusion",
-            buttons=["download", "fullscreen"],
-        )
+        report = report_table(f"{elem_prefix}-report")
+        confusion = figure_image("Confusion matrix (test split)", f"{elem_prefix}-confusion")
     return report, confusion
 
 

@@ -70,31 +70,32 @@ def build_training_tab(lesson: dict[str, Any] | None) -> list[Any]:
                 facts = gr.Markdown(elem_id=f"facts-{kind}")
                 # Captions as Markdown: an image's own label would cover the top of the plot.
                 gr.Markdown("**Training vs validation, per metric**")
-                history = gr.Image(
-                    type="filepath",
-                    label="Training vs validation, per metric",
-                    show_label=False,
-                    interactive=False,
-                    elem_id=f"history-{kind}",
-                    buttons=["download", "fullscreen"],
-                )
+                history = figure_image("Training vs validation, per metric", f"history-{kind}")
                 gr.Markdown("**Confusion matrix (test split)**")
-                confusion = gr.Image(
-                    type="filepath",
-                    label="Confusion matrix (test split)",
-                    show_label=False,
-                    interactive=False,
-                    elem_id=f"confusion-{kind}",
-                    buttons=["download", "fullscreen"],
-                )
-                report = gr.Dataframe(
-                    headers=REPORT_HEADERS,
-                    label="Classification report (test split)",
-                    interactive=False,
-                    elem_id=f"report-{kind}",
-                )
+                confusion = figure_image("Confusion matrix (test split)", f"confusion-{kind}")
+                report = report_table(f"report-{kind}")
                 parts[kind] = [facts, history, confusion, report]
     return [*parts["scratch"], *parts["transfer"]]
+
+
+def figure_image(label: str, elem_id: str) -> gr.Image:
+    """A plot shown as a picture file, its label for screen readers only (a caption in Markdown
+    above it: an image's own label would cover the top of the plot)."""
+    return gr.Image(
+        type="filepath",
+        label=label,
+        show_label=False,
+        interactive=False,
+        elem_id=elem_id,
+        buttons=["download", "fullscreen"],
+    )
+
+
+def report_table(elem_id: str) -> gr.Dataframe:
+    """A model's classification report on the test split (views.report_frame fills it)."""
+    return gr.Dataframe(
+        headers=REPORT_HEADERS, label="Classification report (test split)", interactive=False, elem_id=elem_id
+    )
 
 
 def _lesson_section(lesson: dict[str, Any] | None) -> None:
