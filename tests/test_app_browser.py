@@ -173,10 +173,15 @@ def test_finetune_tab_refuses_bad_settings_by_the_fields_and_a_reload_says_what_
     import threading
 
     import animalcls.heads.finetune
+    from animalcls.core.errors import DataError
 
     started = threading.Event()
 
     monkeypatch.setattr(animalcls.heads.finetune, "finetune", finetune_saving_two_epochs(started))
+
+    def missing_photos(*args, **kwargs):
+        raise DataError("12 image(s) of the recorded split are missing")
+
     with launched_app(tiny_checkpoints, tmp_path) as (url, _):
         context = browser.new_context(viewport={"width": 1366, "height": 900})  # its own localStorage
         page = context.new_page()
@@ -209,4 +214,15 @@ def test_finetune_tab_refuses_bad_settings_by_the_fields_and_a_reload_says_what_
         assert page.locator("#ft-result textarea, #ft-result input").first.input_value().startswith("transfer-tiny-ft")
         assert page.locator("#ft-use").is_enabled() and not cancel.is_visible()
         page.screenshot(path=str(shots / "finetune-after-reload.png"), full_page=True)
+
+        # A run that fails: why, in the status; no toast (Gradio 6 heads each "Error"), no badge.
+        monkeypatch.setattr(animalcls.heads.finetune, "finetune", missing_photos)
+        page.locator("#ft-start").click()
+        status.get_by_text(re.compile(r"^Not fine-tuned\. The fine-tune failed: 12 image\(s\)")).wait_for()
+        page.wait_for_function(  # the failure event ran: Cancel hidden, the bar's badge cleared
+            "() => !document.querySelector('#ft-progress').innerText.includes('Error')"
+            " && !document.querySelector('#ft-cancel')?.checkVisibility()"
+        )
+        assert page.get_by_text("Error", exact=True).count() == 0 and page.locator(".toast-body").count() == 0
+        page.screenshot(path=str(shots / "finetune-failed.png"), full_page=True)
         context.close()

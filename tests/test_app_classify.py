@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import make_image
+from conftest import drain, make_image
 from PIL import Image
 
 from animalcls.training.reports import REPORT_HEADERS
@@ -199,4 +199,4 @@ def test_only_shipped_examples_when_the_dataset_is_not_here(tiny_checkpoints, tm
     assert {Path(p).name for p in shipped} >= {"cat-chelsea.jpg", "none-dog.jpg"}
     assert "no data" in animal_app.finetune_tab.finetune_intro()
     with pytest.raises(gr.Error, match="No data to fine-tune on"):
-        next(animal_app.finetune_tab.finetune(1, 1e-3, 0))
+        drain(animal_app.finetune_tab.finetune(1, 1e-3, 0))

@@ -26,9 +26,12 @@ def test_finetune_busy_lock_and_cancel(animal_app, monkeypatch):
     first = animal_app.finetune_tab.finetune(2, 1e-3, 0)
     assert "starting" in next(first)[0]
     assert started.wait(30)
+    said = []
     with pytest.raises(gr.Error) as busy:
-        next(animal_app.finetune_tab.finetune(1, 1e-3, 0))
+        said.extend(animal_app.finetune_tab.finetune(1, 1e-3, 0))
     assert "already running" in busy.value.message and busy.value.title == "Busy"
+    # The page reads why in the status, not in a toast (Gradio 6 heads every error toast "Error").
+    assert said[0][0].startswith("**Not fine-tuned.** A fine-tune is already running") and not busy.value.visible
     assert "Cancelling" in animal_app.finetune_tab.cancel_finetune()
     final = drain(first)[-1]
     assert final[0].startswith("**Cancelled**; kept the 1 finished epoch(s).")
@@ -53,7 +56,7 @@ def test_finetune_settings_are_checked(tiny_checkpoints, tmp_path):
         (2.5, 1e-3, 0, "Epochs must be a whole number"),
     ):
         with pytest.raises(gr.Error, match=text):
-            next(animal_app.finetune_tab.finetune(epochs, rate, unfreeze))
+            drain(animal_app.finetune_tab.finetune(epochs, rate, unfreeze))
 
 
 def test_finetune_failure_is_reported(animal_app, monkeypatch):
@@ -170,9 +173,9 @@ def test_finetune_caps(tiny_checkpoints, tmp_path):
         max_unfreeze=0,
     )
     with pytest.raises(gr.Error, match="from 1 to 4 on this server"):
-        next(capped.finetune_tab.finetune(5, 1e-3, 0))
+        drain(capped.finetune_tab.finetune(5, 1e-3, 0))
     with pytest.raises(gr.Error, match="from 0 to 0 on this server"):
-        next(capped.finetune_tab.finetune(2, 1e-3, 3))
+        drain(capped.finetune_tab.finetune(2, 1e-3, 3))
 
 
 # ---------------------------------------------------------------- what the tab says around a run
@@ -207,7 +210,7 @@ def test_bad_settings_are_one_sentence_by_each_field_and_nothing_starts(animal_a
     assert tab.finetune_waiting(50, 5, 0, _page("a")) == (gr.skip(), gr.skip())
     assert tab.finetune_waiting(3, 1e-3, 0, _page("a"))[1]["visible"] is True
     with pytest.raises(gr.Error) as refused:  # an API caller gets both sentences in one message
-        next(tab.finetune(50, 5, 0))
+        drain(tab.finetune(50, 5, 0))
     assert refused.value.title == "Bad settings" and "Epochs must" in refused.value.message
     assert "learning rate must" in refused.value.message and not animal_app.runner.busy
 
@@ -222,10 +225,13 @@ def test_cancel_shows_only_around_a_run(tiny_checkpoints, tmp_path):
     assert cancel.visible is False and cancel.variant == "stop"
     events = {fn.api_name: fn for fn in demo.fns.values()}
     assert events["finetune"].validator == demo.animalcls_app.finetune_tab.validate_settings
-    for after in ("finetune_ended", "finetune_failed"):  # the run ended either way: Cancel hides again
-        assert cancel in events[after].outputs and events[after].trigger_after == events["finetune"]._id
-        hidden = events[after].fn()
-        assert (hidden[-1] if isinstance(hidden, tuple) else hidden)["visible"] is False
+    ended, failed = events["finetune_ended"], events["finetune_failed"]
+    for after in (ended, failed):  # the run ended either way: Cancel hides again
+        assert after.trigger_after == events["finetune"]._id and cancel in after.outputs
+    assert ended.fn()["visible"] is False
+    # After a refusal the status already says why; the bar's "Error" badge is cleared.
+    bar = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "ft-progress")
+    assert failed.outputs == [cancel, bar] and failed.fn() == (gr.update(visible=False), "")
 
 
 def test_a_queued_run_says_it_waits_and_its_place(animal_app, monkeypatch):

@@ -6,6 +6,7 @@ removed past the caps."""
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,7 +112,19 @@ class FinetuneTab:
     ) -> Iterator[tuple[Any, ...]]:
         """Generator: fine-tune this session's transfer model in a worker thread; yields the
         status, live curves, both reports and confusion matrices, the result's name, the
-        "Use this model" button's state and the session (which then owns the result)."""
+        "Use this model" button's state and the session (which then owns the result). A refusal
+        (no data, server full, the run failed...) is said in the status, then raised for API
+        callers with no toast: Gradio 6 heads every error toast just "Error", whatever its title."""
+        try:
+            yield from self._start_and_follow(epochs, learning_rate, unfreeze_layers, session, request, progress)
+        except gr.Error as refusal:
+            yield (f"**Not fine-tuned.** {html.escape(refusal.message)}", *[gr.skip()] * 8)
+            refusal.visible = False  # the status says it; the failure event clears the bar's badge
+            raise refusal
+
+    def _start_and_follow(
+        self, epochs: Any, learning_rate: Any, unfreeze_layers: Any, session: Any, request: Any, progress: Any
+    ) -> Iterator[tuple[Any, ...]]:
         if self.runner.leave_queue(session_hash(request)):  # cancelled while it waited: nothing runs
             yield (
                 "**Cancelled** while waiting in the queue: nothing ran.",
@@ -354,10 +367,11 @@ def build_finetune_tab(tab: FinetuneTab, session: gr.State, page: gr.BrowserStat
         api_visibility="private",
         show_progress="hidden",
     )
+    # The status already says why (finetune yields it before raising): hide Cancel, clear the bar's badge.
     finetune.failure(
-        lambda: ("**Not started or stopped:** see the message in the corner.", gr.update(visible=False)),
+        lambda: (gr.update(visible=False), ""),
         None,
-        [status, cancel],
+        [cancel, bar],
         api_name="finetune_failed",
         api_visibility="private",
         show_progress="hidden",
