@@ -20,7 +20,7 @@ import gradio as gr
 from animalcls.core.errors import AnimalclsError, ImageError
 from animalcls.serving.inference import load_image
 from animalcls.store.checkpoints import KINDS
-from animalcls.webapp.inputs import UnusableUpload, UploadedImage
+from animalcls.webapp.inputs import UnusableUpload, UploadedImage, user_error
 from animalcls.webapp.sessions import SessionModels, session_key, session_of
 from animalcls.webapp.state import ModelRegistry
 from animalcls.webapp.tabs.teach_session import TeachLimits, TeachSession, classify, save_taught_sides, teach_sides
@@ -36,10 +36,6 @@ API_NAMES = (
     "teach_classify_new",
 )
 STATE_TTL_S = 3600  # a session's photos and heads are dropped an hour after its last use
-
-
-def _error(message: str, title: str = "Teach") -> gr.Error:
-    return gr.Error(message, title=title, print_exception=False)  # plain text: API clients read it as is
 
 
 class TeachPanel:
@@ -62,14 +58,14 @@ class TeachPanel:
 
     def add(self, session: TeachSession, name: str, files: list[str] | None, webcam: str | None) -> tuple[Any, ...]:
         if isinstance(webcam, UnusableUpload):
-            raise _error(f"The webcam photo is not usable: {webcam}", "Not a usable image")
+            raise user_error(f"The webcam photo is not usable: {webcam}", "Not a usable image")
         uploads = [*(files or []), *([webcam] if webcam else [])]
         if not uploads:
-            raise _error("Drop one or more photos (or take one with the webcam) first.")
+            raise user_error("Drop one or more photos (or take one with the webcam) first.", "Teach")
         try:
             notes = session.add(name, uploads, self.limits, self.base_classes())
         except AnimalclsError as exc:
-            raise _error(str(exc)) from None
+            raise user_error(str(exc), "Teach") from None
         text = f"{session.count()} photo(s) in this session (at most {self.limits.max_photos})."
         if notes:
             text += "\n\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
@@ -88,7 +84,7 @@ class TeachPanel:
         try:
             notes = teach_sides(session, self.sides(), on_step=lambda f, what: progress(0.8 * f, desc=what))
         except AnimalclsError as exc:
-            raise _error(str(exc)) from None
+            raise user_error(str(exc), "Teach") from None
         state, store = session_of(models), self.sessions.store
         crowded = store.crowded()
         if crowded:
@@ -110,15 +106,15 @@ class TeachPanel:
 
     def classify(self, session: TeachSession, image: str | None) -> tuple[Any, ...]:
         if isinstance(image, UnusableUpload):
-            raise _error(str(image), "Not a usable image")
+            raise user_error(str(image), "Not a usable image")
         if not session.taught:
-            raise _error("Train first: add photos, then press Train both models.")
+            raise user_error("Train first: add photos, then press Train both models.", "Teach")
         if not image:
-            raise _error("Upload a photo to classify.")
+            raise user_error("Upload a photo to classify.", "Teach")
         try:
             picture = load_image(image)
         except ImageError as exc:
-            raise _error(str(exc), "Not a usable image") from None
+            raise user_error(str(exc), "Not a usable image") from None
         results = classify(session, KINDS, picture)
         return tuple(results[kind] for kind in KINDS)
 
