@@ -121,6 +121,20 @@ def taught_pair(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
     return out
 
 
+def app_demo(checkpoints: dict[str, Path], tmp: Path, **options: object):
+    """The app's Blocks on the given checkpoints, with its fine-tune store and examples in `tmp`."""
+    import app
+
+    return app.build_demo(
+        checkpoints["scratch"],
+        checkpoints["transfer"],
+        use_hub=False,
+        finetune_root=tmp / "finetunes",
+        examples_dir=tmp / "examples",
+        **options,
+    )
+
+
 @contextmanager
 def launched_app(checkpoints: dict[str, Path], tmp: Path, **options: object) -> Iterator[tuple[str, object]]:
     """A running app on a free loopback port with the given checkpoints: (url, Blocks)."""
@@ -131,14 +145,7 @@ def launched_app(checkpoints: dict[str, Path], tmp: Path, **options: object) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ANIMALCLS_FEATURE_CACHE", str(tmp / "feature-cache"))
         patch.delenv("ANIMALCLS_HUB_REPO", raising=False)
-        demo = app.build_demo(
-            checkpoints["scratch"],
-            checkpoints["transfer"],
-            use_hub=False,
-            finetune_root=tmp / "finetunes",
-            examples_dir=tmp / "examples",
-            **options,
-        )
+        demo = app_demo(checkpoints, tmp, **options)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

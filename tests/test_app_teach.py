@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import launched_app, make_image
+from conftest import app_demo, launched_app, make_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 BASE = ["cat", "spider", "butterfly", "elephant", "chicken"]
@@ -29,17 +29,9 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
 ) -> None:
     import gradio as gr
 
-    import app
     from animalcls.webapp.tabs.teach_session import TeachLimits, TeachSession
 
-    demo = app.build_demo(
-        taught_pair["scratch"],
-        taught_pair["transfer"],
-        use_hub=False,
-        finetune_root=tmp_path / "ft",
-        examples_dir=tmp_path / "ex",
-        teach_limits=TeachLimits(max_photos=12, max_mb=1),
-    )
+    demo = app_demo(taught_pair, tmp_path, teach_limits=TeachLimits(max_photos=12, max_mb=1))
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     # Gradio copies each State per session: one for the Teach panel, one for the visitor's model choice.
     assert sum(isinstance(state.value, TeachSession) for state in states) == 1
@@ -59,7 +51,7 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
     assert mine.taught["transfer"].class_names == [*BASE, "dog"]
     assert name == mine.saved["transfer"] and set(models["owned"]) == set(mine.saved.values())
     assert "now knows dog" in text and "test photos of the original animals" in text
-    assert (tmp_path / "ft" / name / "manifest.json").is_file()
+    assert (tmp_path / "finetunes" / name / "manifest.json").is_file()
     scratch, transfer = panel.classify_new(mine, dogs[0])  # a new photo is classified at once
     assert set(scratch) == set(transfer) == {*BASE, "dog"} and sum(transfer.values()) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(gr.Error, match="Train first"):
