@@ -46,12 +46,16 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
     assert table == [["dog", 12]] and "broken.jpg: skipped" in notes and "dog12.png: skipped, the session" in notes
     assert theirs.count() == 0
     assert panel.classify_new(mine, dogs[0]) == (None, None)  # not taught yet: the new photo waits quietly
+    assert [update["interactive"] for update in panel.buttons(mine)] == [False, False]
+    kept = panel.add(mine, "", dogs[:2], None)  # no class name: said beside the table, the photos kept
+    assert kept[2].startswith("**Not added:**") and kept[3] == dogs[:2] and mine.count() == 12
     _, text, models, name = panel.train(mine, None, progress=no_progress)
     assert set(mine.taught) == {"scratch", "transfer"} and not theirs.taught
     assert mine.taught["transfer"].class_names == [*BASE, "dog"]
     assert name == mine.saved["transfer"] and set(models["owned"]) == set(mine.saved.values())
     assert "now knows dog" in text and "test photos of the original animals" in text
     assert (tmp_path / "finetunes" / name / "manifest.json").is_file()
+    assert [update["interactive"] for update in panel.buttons(mine)] == [True, True]
     scratch, transfer = panel.classify_new(mine, dogs[0])  # a new photo is classified at once
     assert set(scratch) == set(transfer) == {*BASE, "dog"} and sum(transfer.values()) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(gr.Error, match="Train first"):
@@ -76,7 +80,7 @@ def test_a_taught_model_is_used_on_classify_by_its_name_and_only_by_its_session(
         *_, name = client.predict(api_name="/teach_train")
         assert name.startswith(taught_pair["transfer"].name)
         _, _, transfer_header, *_ = client.predict(name, api_name="/use_model")
-        assert name in transfer_header
+        assert name in transfer_header and "(taught dog, swapped in)" in transfer_header
         _, _, info, label, *_ = client.predict(dogs[5], False, api_name="/classify")
         assert name in info and {c["label"] for c in label["confidences"]} >= {"dog"}
         other = new_client(url)

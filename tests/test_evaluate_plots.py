@@ -54,7 +54,7 @@ def test_smoothed_loss_floor_is_the_least_cross_entropy_against_smoothed_targets
 def test_loss_note_explains_only_what_the_recipe_did():
     assert loss_note({"label_smoothing": 0.0, "flip": True}, 5) == ""
     smoothed = loss_note({"label_smoothing": 0.1, "robust_augment": True}, 5)
-    assert "label smoothing 0.1 (floor 0.39)" in smoothed and "augmented photos" in smoothed
+    assert "label smoothing 0.1: never below 0.39" in smoothed and "randomly altered photos" in smoothed
     assert "smoothing" not in loss_note({"strong_augment": True}, 5)
     figure = history_figure({"loss": [1.0, 0.5], "val_loss": [0.4, 0.3]}, "m", smoothed)
     assert smoothed in [text.get_text() for text in figure.texts]

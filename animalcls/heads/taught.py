@@ -86,10 +86,12 @@ def save_taught(
     training: dict[str, Any],
     dataset: dict[str, Any],
     new_features: dict[str, np.ndarray] | None = None,
+    imagenet_features: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write `taught` as the checkpoint folder `out_dir`, derived from `source` (whose Keras
     model is `model`); with `new_features` (class -> pooled features of its training photos)
-    the source's detector is widened to the new classes. Returns the folder."""
+    the source's detector is widened to the new classes (`imagenet_features`, the same photos'
+    ImageNet Lite0 features, for a detector whose neighbours live in that space). Returns the folder."""
     from animalcls.heads.derive import derived_manifest, save_derived
     from animalcls.store import checkpoints
 
@@ -105,11 +107,17 @@ def save_taught(
     model = taught_model(model, taught.head)
     path = save_derived(source, out_dir, model, manifest, taught.history, taught.evaluation)
     if new_features is not None:
-        _save_detector(source, path, taught, new_features)
+        _save_detector(source, path, taught, new_features, imagenet_features)
     return path
 
 
-def _save_detector(source: Path, folder: Path, taught: Taught, new_features: dict[str, np.ndarray]) -> None:
+def _save_detector(
+    source: Path,
+    folder: Path,
+    taught: Taught,
+    new_features: dict[str, np.ndarray],
+    imagenet_features: dict[str, np.ndarray] | None,
+) -> None:
     """Best effort: without a detector the taught model still classifies, unchecked."""
     from animalcls.core.atomic import file_sha256
     from animalcls.store.checkpoints import MODEL_FILE
@@ -118,7 +126,7 @@ def _save_detector(source: Path, folder: Path, taught: Taught, new_features: dic
     try:
         if not scope.has_scope(source):
             return
-        detector = taught_detector(scope.load_scope(source), taught, new_features)
+        detector = taught_detector(scope.load_scope(source), taught, new_features, imagenet_features)
         if detector is None:
             return
         detector.info.update(model_sha256=file_sha256(folder / MODEL_FILE), inherited_from=source.name)
@@ -127,19 +135,27 @@ def _save_detector(source: Path, folder: Path, taught: Taught, new_features: dic
         log.info("the taught model has no none-of-the-five detector (%s).", exc)
 
 
-def taught_detector(source: Any, taught: Taught, new_features: dict[str, np.ndarray]) -> Any | None:
+def taught_detector(
+    source: Any,
+    taught: Taught,
+    new_features: dict[str, np.ndarray],
+    imagenet_features: dict[str, np.ndarray] | None = None,
+) -> Any | None:
     """The source's scope.ScopeDetector for the taught classes: the new photos join its training
     photos (so the kNN score knows them, and teaching the taught model again keeps them), its
-    top-probability score reads the taught head, and its threshold and weights stay. None when
-    the detector cannot know a new class (an ImageNet score without that class's synsets) or
-    reads features the new photos do not have (an ImageNet-space kNN on another backbone)."""
+    top-probability score reads the taught head, and its threshold and weights stay. A kNN in
+    ImageNet space takes the new photos' `imagenet_features`. None when the detector cannot know
+    a new class (an ImageNet score without that class's synsets) or lacks the features it needs."""
     from animalcls.trust.scope import IMAGENET_SYNSETS
 
     new = [name for name in taught.class_names if name not in source.class_names]
     if "imagenet" in source.score_names and any(name not in IMAGENET_SYNSETS for name in new):
         return None
+    knn_features = new_features
     if source.knn_space == "imagenet" and not source.imagenet_from_pool:
-        return None
+        if imagenet_features is None or set(imagenet_features) != set(new_features):
+            return None
+        knn_features = imagenet_features
     index = {name: i for i, name in enumerate(taught.class_names)}
     remap = np.asarray([index[name] for name in source.class_names])
     rows = [(name, np.asarray(f, np.float32)) for name, f in new_features.items() if len(f)]
@@ -148,7 +164,7 @@ def taught_detector(source: Any, taught: Taught, new_features: dict[str, np.ndar
     files = [*source.train_files, *(f"taught/{name}/{i}" for name, f in rows for i in range(len(f)))]
     knn = source.knn
     if knn is not None:
-        added = [knn.project(f) for _, f in rows]
+        added = [knn.project(knn_features[name]) for name, _ in rows]
         knn = replace(knn, reference=np.concatenate([knn.reference, *added]).astype(knn.reference.dtype))
     head = [(k.astype(np.float32), b.astype(np.float32)) for k, b in zip(taught.head.kernels, taught.head.biases)]
     return replace(

@@ -17,7 +17,7 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str = "", note
     them. Fixed margins rather than a layout engine: the labels are always the same, and
     constrained layout doubled the drawing time, which every fine-tune pays."""
     fig = Figure(figsize=(9, 6.5))
-    bottom = 0.12 if note else 0.08
+    bottom = 0.14 if note else 0.08
     fig.subplots_adjust(left=0.08, right=0.98, bottom=bottom, top=0.9 if title else 0.95, hspace=0.38, wspace=0.2)
     axes = fig.subplots(2, 2).ravel()
     epochs = max((len(history.get(key) or []) for key in history), default=0)
@@ -39,7 +39,7 @@ def history_figure(history: Mapping[str, Sequence[float]], title: str = "", note
     if title:
         fig.suptitle(title)
     if note:
-        fig.text(0.5, 0.012, note, ha="center", va="bottom", fontsize=9, wrap=True)
+        fig.text(0.5, 0.012, note, ha="center", va="bottom", fontsize=11, wrap=True)
     return fig
 
 
@@ -51,14 +51,13 @@ def loss_note(training: Mapping, num_classes: int) -> str:
     augmented = any(training.get(key) for key in ("robust_augment", "strong_augment", "mix"))
     if smoothing <= 0 and not augmented:
         return ""
-    parts = (
-        [f"label smoothing {smoothing:g} (floor {smoothed_loss_floor(smoothing, num_classes):.2f})"]
-        if smoothing > 0
-        else []
-    )
-    parts += ["augmented photos"] if augmented else []
+    parts = []
+    if smoothing > 0:
+        floor = smoothed_loss_floor(smoothing, num_classes)
+        parts.append(f"softened labels (label smoothing {smoothing:g}: never below {floor:.2f})")
+    parts += ["randomly altered photos"] if augmented else []
     plain = "plain photos and labels" if smoothing > 0 else "plain photos"
-    return f"Training loss uses {' and '.join(parts)}; validation loss uses {plain}."
+    return f"Why training loss is higher: it is measured on {' and '.join(parts)}; validation loss on {plain}."
 
 
 def smoothed_loss_floor(smoothing: float, num_classes: int) -> float:

@@ -104,9 +104,16 @@ def model_header(folder: Path | None, kind: str, note: str = "", swapped: bool =
     evaluation = evaluation_of(folder)
     n = f" on {evaluation['n']} test photos" if evaluation and "n" in evaluation else ""
     acc = f"test accuracy {accuracy:.1%}{n}" if accuracy is not None else "test accuracy unknown (no eval.json)"
-    tag = " (fine-tuned, swapped in)" if swapped else ""
+    tag = f" ({swap_kind(manifest)}, swapped in)" if swapped else ""
     facts = f"{manifest['name']} · {manifest['backbone']} · {manifest['image_size']} px · {acc}"
     return f'### {title}{tag}\n\n<details class="tech"><summary>Technical facts</summary>{facts}</details>'
+
+
+def swap_kind(manifest: Mapping[str, Any]) -> str:
+    """How a swapped-in model was made, in a few words: "taught dog" or "fine-tuned"."""
+    new_classes = (manifest.get("dataset") or {}).get("new_classes")
+    taught = (manifest.get("training") or {}).get("teach") and new_classes
+    return f"taught {', '.join(new_classes)}" if taught else "fine-tuned"
 
 
 def top_label(probabilities: Mapping[str, float]) -> str:

@@ -83,18 +83,18 @@ class FinetuneTab:
             where = f"the photos it was trained on ({views.dataset_description(source)})"
         elif self.stored_features(source) is not None:
             where = (
-                f"the stored backbone features of its training photos ({views.dataset_description(source)}; "
-                "the photos themselves are not on this server, so only the classifier head trains)"
+                f"what it saw in its training photos, stored with it ({views.dataset_description(source)}; "
+                "the photos themselves are not on this server, so only its last layers learn)"
             )
         else:
-            where = "**no data**: neither its photos nor stored features are on this server, so fine-tuning is off"
+            where = "**no data**: neither its photos nor what it saw in them are on this server, so fine-tuning is off"
         return (
             f"Fine-tunes the transfer model you are using on {where}, then evaluates it on the test split. "
             f"Up to {self.settings.max_epochs} epochs"
             + (
-                f" and {self.settings.max_unfreeze} unfrozen backbone layers"
+                f"; besides its last layers, up to {self.settings.max_unfreeze} layers below them may learn"
                 if self.settings.max_unfreeze
-                else "; only the classifier head trains"
+                else "; only its last layers learn"
             )
             + " on this server. One fine-tune runs at a time: if another visitor's is running, yours waits in the "
             "queue and shows its place. The result is yours: other visitors do not see it, and *Use this model* "

@@ -28,6 +28,9 @@ from animalcls.webapp.views import side_title
 
 # teach_classify_after_train and teach_classify_new (a new photo) are private: the page's own.
 API_NAMES = (
+    "teach_buttons_after_train",
+    "teach_buttons_after_add",
+    "teach_buttons_after_clear",
     "teach_add",
     "teach_train",
     "teach_classify",
@@ -60,12 +63,14 @@ class TeachPanel:
         if isinstance(webcam, UnusableUpload):
             raise user_error(f"The webcam photo is not usable: {webcam}", "Not a usable image")
         uploads = [*(files or []), *([webcam] if webcam else [])]
+        # What the visitor can fix is said beside the panel's table, the photos kept: no error toast.
         if not uploads:
-            raise user_error("Drop one or more photos (or take one with the webcam) first.", "Teach")
+            message = "**Not added:** drop one or more photos (or take one) first."
+            return session, session.summary(), message, files, webcam
         try:
             notes = session.add(name, uploads, self.limits, self.base_classes())
         except AnimalclsError as exc:
-            raise user_error(str(exc), "Teach") from None
+            return session, session.summary(), f"**Not added:** {html.escape(str(exc))}", files, webcam
         text = f"{session.count()} photo(s) in this session (at most {self.limits.max_photos})."
         if notes:
             text += "\n\n" + "\n".join(f"- {html.escape(note)}" for note in notes)
@@ -117,6 +122,10 @@ class TeachPanel:
             raise user_error(str(exc), "Not a usable image") from None
         results = classify(session, KINDS, picture)
         return tuple(results[kind] for kind in KINDS)
+
+    def buttons(self, session: TeachSession) -> tuple[Any, ...]:
+        """Classify with the taught models once they exist; Use them once they are saved."""
+        return gr.update(interactive=bool(session.taught)), gr.update(interactive=bool(session.saved))
 
     def clear(self) -> tuple[Any, ...]:
         return TeachSession(), [], "Cleared: this session holds no photos.", None, None, ""
@@ -179,7 +188,7 @@ def build_teach_section(panel: TeachPanel, models: gr.State) -> dict[str, Any]:
             train = gr.Button("Train both models", variant="primary", elem_id="teach-train")
             trained = gr.Markdown(elem_id="teach-status")
             taught_name = gr.Textbox(visible=False, elem_id="teach-model-name")
-            use = gr.Button("Use the taught models", elem_id="teach-use")
+            use = gr.Button("Use the taught models", elem_id="teach-use", interactive=False)
     with gr.Row(equal_height=False):
         photo = UploadedImage(
             sources=["upload", "webcam", "clipboard"],
@@ -191,14 +200,15 @@ def build_teach_section(panel: TeachPanel, models: gr.State) -> dict[str, Any]:
         labels = [
             gr.Label(
                 num_top_classes=5,
-                label=f"taught {kind} model",
+                label=f"{side_title(kind)}, taught",
                 elem_id=f"teach-label-{kind}",
                 elem_classes=["teach-result"],
             )
             for kind in KINDS
         ]
-    go = gr.Button("Classify with both taught models", elem_id="teach-classify")
-    add.click(panel.add, [state, name, files, webcam], [state, table, notes, files, webcam], api_name="teach_add")
+    go = gr.Button("Classify with both taught models", elem_id="teach-classify", interactive=False)
+    inputs = [state, name, files, webcam]
+    added = add.click(panel.add, inputs, [state, table, notes, files, webcam], api_name="teach_add")
     trained_event = train.click(
         panel.train,
         [state, models],
@@ -225,5 +235,15 @@ def build_teach_section(panel: TeachPanel, models: gr.State) -> dict[str, Any]:
         concurrency_id="classify",
         show_progress="minimal",
     )
-    clear.click(panel.clear, None, [state, table, notes, files, webcam, taught_name], api_name="teach_clear")
+    cleared = clear.click(panel.clear, None, [state, table, notes, files, webcam, taught_name], api_name="teach_clear")
+    for event, after in ((trained_event, "train"), (added, "add"), (cleared, "clear")):
+        # Classify and Use only once both models are taught: before, they could only answer with an error.
+        event.success(
+            panel.buttons,
+            state,
+            [go, use],
+            api_name=f"teach_buttons_after_{after}",
+            api_visibility="private",
+            show_progress="hidden",
+        )
     return {"state": state, "use": use, "status": trained, "panel": panel}

@@ -196,12 +196,30 @@ def save_taught_sides(session: TeachSession, root: Path, epochs: int = 10) -> di
             "stored_features": stored_summary(stored),
             "scores": taught.scores,
         }
+        imagenet = _imagenet_features(session) if kind != "transfer" else None
         with source_model(source) as (model, _key):
-            folder = save_taught(
-                source, model, taught, finetune_folder(source, root), training, dataset, session.features[kind]
-            )
+            out = finetune_folder(source, root)
+            folder = save_taught(source, model, taught, out, training, dataset, session.features[kind], imagenet)
         folders[kind], session.saved[kind] = folder, folder.name
     return folders
+
+
+def _imagenet_features(session: TeachSession) -> dict[str, np.ndarray] | None:
+    """The taught transfer side's pooled features of the session's photos when they are the
+    ImageNet Lite0's at 224 px (its detector says its pooled features are), as the Classify tab
+    uses them: what a scratch detector's neighbours in ImageNet space need."""
+    from animalcls.trust import scope
+
+    source = session.sources.get("transfer")
+    if source is None or "transfer" not in session.features:
+        return None
+    try:
+        from_pool = scope.load_scope(source).imagenet_from_pool
+    except AnimalclsError:
+        return None
+    if from_pool and base_side(source)["size"] == scope.IMAGENET_IMAGE_SIZE:
+        return session.features["transfer"]
+    return None
 
 
 def _accuracy(side: dict[str, Any]) -> float | None:
