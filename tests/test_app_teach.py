@@ -79,8 +79,9 @@ def test_a_taught_model_is_used_on_classify_by_its_name_and_only_by_its_session(
         client.predict("dog", dogs[:5], None, api_name="/teach_add")
         *_, name = client.predict(api_name="/teach_train")
         assert name.startswith(taught_pair["transfer"].name)
-        _, _, transfer_header, *_ = client.predict(name, api_name="/use_model")
+        _, _, transfer_header, *_, known = client.predict(name, api_name="/use_model")
         assert name in transfer_header and "(taught dog, swapped in)" in transfer_header
+        assert "six animals" in known and "dog" in known  # the Classify tab names the taught animal
         _, _, info, label, *_ = client.predict(dogs[5], False, api_name="/classify")
         assert name in info and {c["label"] for c in label["confidences"]} >= {"dog"}
         other = new_client(url)

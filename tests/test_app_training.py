@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:::gradio.queueing"), pytest.mar
 
 def test_training_tab_views(animal_app):
     values = animal_app.model_views()
-    assert len(values) == 2 + 2 * 4
+    assert len(values) == 2 + 2 * 4 + 1  # two headers, four views per side, the animals the models know
+    assert "five animals" in values[-1]
     for facts, history, confusion, report in (values[2:6], values[6:10]):
         for fact in ("backbone", "image size", "photos train / val / test", "epochs run", "training time"):
             assert fact in facts

@@ -101,8 +101,9 @@ class AnimalApp:
 
     def model_views(self, session: Any = None) -> tuple[Any, ...]:
         """What this session's models decide outside the Classify results: the Classify tab's two
-        headers, then the Training tab's views of each side."""
-        return (*(self.classify_tab.header(kind, session) for kind in KINDS), *self.training_tab.views(session))
+        headers, the Training tab's views of each side, then the animals the Classify tab names."""
+        headers = (self.classify_tab.header(kind, session) for kind in KINDS)
+        return (*headers, *self.training_tab.views(session), self.classify_tab.known_classes(session))
 
     # ----- Use / restore (this session only, unless the operator shares swaps) -----
     def use_model(self, name: str | None = None, session: Any = None, request: gr.Request = None) -> tuple[Any, ...]:

@@ -116,7 +116,8 @@ def build_layout(handlers: AnimalApp, teach_limits: TeachLimits | None = None) -
                     handlers.registry, handlers.sessions, handlers.wait_ready, teach_limits or TeachLimits()
                 )
                 teach_parts = build_teach_section(panel, session)
-        view_outputs = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"], *training_parts]
+        headers = [classify_parts["info"]["scratch"], classify_parts["info"]["transfer"]]
+        view_outputs = [*headers, *training_parts, classify_parts["known"]]
         refreshes = {"classify": classify_parts["refresh"], "cell_tables": cell_outputs}
         _model_choice_events(handlers, session, finetune_parts, teach_parts, view_outputs, refreshes)
         demo.load(

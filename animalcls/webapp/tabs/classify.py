@@ -129,8 +129,9 @@ class ClassifyTab:
             *cleared_trust_outputs(),
         )
 
-    def known_classes(self) -> str:
-        return known_classes_markdown(self.registry)
+    def known_classes(self, session: Any = None) -> str:
+        """Which animals this session's models know (a taught animal included)."""
+        return known_classes_markdown(self.sessions.paths(session_of(session)))
 
     def class_names(self, sides: dict[str, tuple[Path | None, bool]] | None = None) -> list[str]:
         """The class names of the transfer (else scratch) model, from `sides` (one snapshot) when given."""
@@ -194,7 +195,7 @@ def build_classify_tab(tab: ClassifyTab, session: gr.State) -> dict[str, Any]:
     """The tab's components and events, inside the current gr.Tab. Returns what the layout wires
     across tabs: the headers (`info`), the outputs and the `refresh` event (classify again after a swap)."""
     info, labels, heatmaps = {}, {}, {}
-    gr.Markdown(tab.known_classes(), elem_id="known-classes")
+    known = gr.Markdown(tab.known_classes(), elem_id="known-classes")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=280):
             image = UploadedImage(
@@ -304,6 +305,7 @@ def build_classify_tab(tab: ClassifyTab, session: gr.State) -> dict[str, Any]:
     return {
         "image": image,
         "info": info,
+        "known": known,
         "labels": labels,
         "verdict": verdict,
         "banner": banner,

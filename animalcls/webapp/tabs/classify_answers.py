@@ -12,17 +12,16 @@ from animalcls.core.errors import AnimalclsError
 from animalcls.serving.inference import load_predictor
 from animalcls.store.checkpoints import read_manifest
 from animalcls.trust import verdicts as trust
-from animalcls.webapp.state import ModelRegistry
 from animalcls.webapp.views import side_title
 
 NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
 
 
-def known_classes_markdown(registry: ModelRegistry) -> str:
-    """What the empty Classify tab says: which animals the models know."""
+def known_classes_markdown(paths: dict[str, Path | None]) -> str:
+    """What the Classify tab says above the photo: which animals the models (kind -> folder) know."""
     names: list[str] = []
     for kind in ("transfer", "scratch"):
-        folder = registry.path(kind)
+        folder = paths.get(kind)
         try:
             names += [n for n in (read_manifest(folder)["class_names"] if folder else []) if n not in names]
         except AnimalclsError:
