@@ -29,6 +29,7 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
 ) -> None:
     import gradio as gr
 
+    from animalcls.webapp.sessions import pinned_names
     from animalcls.webapp.tabs.teach_session import TeachLimits, TeachSession
 
     demo = app_demo(taught_pair, tmp_path, teach_limits=TeachLimits(max_photos=12, max_mb=1))
@@ -53,6 +54,7 @@ def test_teach_panel_keeps_each_session_to_itself_and_skips_bad_uploads(
     assert set(mine.taught) == {"scratch", "transfer"} and not theirs.taught
     assert mine.taught["transfer"].class_names == [*BASE, "dog"]
     assert name == mine.saved["transfer"] and set(models["owned"]) == set(mine.saved.values())
+    assert pinned_names(models) == set(mine.saved.values())  # both taught sides stay until used
     assert "now knows dog" in text and "test photos of the original animals" in text
     assert (tmp_path / "finetunes" / name / "manifest.json").is_file()
     assert [update["interactive"] for update in panel.buttons(mine)] == [True, True]

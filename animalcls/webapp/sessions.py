@@ -53,6 +53,8 @@ def session_of(state: Any) -> dict[str, Any]:
     }
     if isinstance(state.get("pin"), str):
         session["pin"] = state["pin"]
+    taught = state.get("taught") if isinstance(state.get("taught"), list) else []
+    session["taught"] = [name for name in taught if isinstance(name, str) and name in session["owned"]]
     return session
 
 
@@ -93,8 +95,9 @@ class PageTokens:
 
 
 def pinned_names(session: dict[str, Any]) -> set[str]:
-    """The checkpoints a session must keep: those it classifies with and its newest fine-tune."""
-    return {*session["models"].values(), *session["owned"][-1:]}
+    """The checkpoints a session must keep: those it classifies with, its newest fine-tune and
+    both sides of its latest teach (saved together, used together)."""
+    return {*session["models"].values(), *session["owned"][-1:], *session.get("taught", [])}
 
 
 def valid_name(name: Any) -> bool:

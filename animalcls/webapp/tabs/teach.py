@@ -97,8 +97,8 @@ class TeachPanel:
         else:
             progress(0.85, desc="saving the taught models")
             folders = save_taught_sides(session, store.root)
-            owned = [*state["owned"], *(folder.name for folder in folders.values())]
-            state = store.pin({**state, "owned": owned}, session_key(request))
+            taught = [folder.name for folder in folders.values()]
+            state = store.pin({**state, "owned": [*state["owned"], *taught], "taught": taught}, session_key(request))
             store.prune(keep=list(folders.values()))
         name = session.saved.get("transfer") or session.saved.get("scratch") or ""
         return session, _trained_text(session, notes), state, name
