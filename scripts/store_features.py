@@ -28,7 +28,7 @@ def main() -> None:
     from animalcls.serving.features import backbone_key
     from animalcls.store import checkpoints
     from animalcls.store.stored_features import SCOPE_NPZ, extract_parts, load_features, save_features
-    from animalcls.trust.scope import stored_part
+    from animalcls.trust.scope import stored_parts
 
     split = data.Split.load(args.checkpoint / "split.json")
     root = data.dataset_root(args.data) if args.data else split.locate_root(args.checkpoint)
@@ -38,9 +38,8 @@ def main() -> None:
     model = checkpoints.load_checkpoint(args.checkpoint).model
     parts = extract_parts(model, split)
     if (args.checkpoint / SCOPE_NPZ).is_file():
-        for part in ("train", "test"):
-            found = stored_part(args.checkpoint, part)
-            if found is not None and len(found[1]) == len(parts[part][1]):
+        for part, found in stored_parts(args.checkpoint, ("train", "test")).items():
+            if len(found[1]) == len(parts[part][1]):
                 gap = float(np.abs(found[0].astype(np.float32) - parts[part][0]).max())
                 print(f"{part} features come from {SCOPE_NPZ} (max difference to a fresh extraction: {gap:.4f})")
                 parts.pop(part)

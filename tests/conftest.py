@@ -249,6 +249,18 @@ CHROMIUM_ARGS = [
 BROWSER_TIMEOUT_MS = 120_000  # the first classification loads both models and traces them
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where browser tests write their screenshots (printed with -s)."""

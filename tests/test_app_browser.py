@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, finetune_saving_two_epochs, launched_app
+from conftest import BROWSER_TIMEOUT_MS, finetune_saving_two_epochs, launched_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -41,18 +41,6 @@ def run_and_wait(page, output_id: str, action) -> None:
     page.evaluate(WATCH_JS, output_id)
     action()
     page.wait_for_function(DONE_JS, arg=output_id)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

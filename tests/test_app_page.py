@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, launched_app, make_image
+from conftest import BROWSER_TIMEOUT_MS, launched_app, make_image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.filterwarnings("ignore:::gradio.queueing")]
 
@@ -39,17 +39,6 @@ def url(tiny_checkpoints, tmp_path_factory):
     make_image(tmp / "examples" / "cat-tabby.jpg", (220, 40, 40), size=64)
     with launched_app(tiny_checkpoints, tmp) as (address, _):
         yield address
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def open_page(browser, url: str, device: dict):

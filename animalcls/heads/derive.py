@@ -39,7 +39,6 @@ def derived_manifest(
 
 
 def save_derived(
-    source: Path,
     out_dir: Path,
     model: Any,
     manifest: dict[str, Any],
@@ -49,10 +48,9 @@ def save_derived(
     write_model: Callable[[Path], None] | None = None,
     figures: bool = True,
 ) -> Path:
-    """Write the derived checkpoint folder `out_dir` (workflows.save_with_figures; `write_model`
-    replaces Keras's own save, as a head-only fine-tune does). Returns the folder."""
+    """Write the derived checkpoint folder `out_dir`, chosen by `output_folder` or
+    settings.finetune_folder (workflows.save_with_figures; `write_model` replaces Keras's own
+    save, as a head-only fine-tune does). Returns the folder."""
     from animalcls.training.workflows import save_with_figures
 
-    if Path(out_dir).resolve() == Path(source).resolve():
-        raise CheckpointError(f"{out_dir} is the source checkpoint: a derived checkpoint is a NEW folder.")
     return save_with_figures(out_dir, model, manifest, history, evaluation, split, write_model, figures)

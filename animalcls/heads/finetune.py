@@ -115,7 +115,7 @@ def finetune(
         new_manifest = _manifest(manifest, source, out_dir, split, config, unfreeze_layers, result, seconds, extra)
         # Head-only: the source's model.keras with the head's weights replaced (no Keras save).
         writer = None if unfreeze_layers > 0 else head_patched_writer(source, model)
-        path = save_derived(source, out_dir, model, new_manifest, result.history, evaluation, split, writer, figures)
+        path = save_derived(out_dir, model, new_manifest, result.history, evaluation, split, writer, figures)
     return FinetuneResult(path, source, evaluation, result.history, time.perf_counter() - start, result.cancelled)
 
 

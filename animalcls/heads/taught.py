@@ -105,7 +105,7 @@ def save_taught(
         finetuned_from={"class_names": source_classes},
     )
     model = taught_model(model, taught.head)
-    path = save_derived(source, out_dir, model, manifest, taught.history, taught.evaluation)
+    path = save_derived(out_dir, model, manifest, taught.history, taught.evaluation)
     if new_features is not None:
         _save_detector(source, path, taught, new_features, imagenet_features)
     return path

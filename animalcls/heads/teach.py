@@ -73,7 +73,7 @@ def stored_features(folder: str | Path) -> StoredFeatures:
             "cannot keep their training data: build them with scripts/build_scope.py, or fine-tune on the "
             "original dataset instead."
         )
-    scope.check_matches(scope.load_scope(folder), checkpoints.read_manifest(folder), folder)
+    scope.check_folder_matches(checkpoints.read_manifest(folder), folder)
     return load_features(folder, ("train",), optional=("test",))
 
 

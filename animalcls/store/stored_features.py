@@ -28,7 +28,7 @@ import numpy as np
 from animalcls.core.atomic import write_atomic
 from animalcls.core.errors import CheckpointError
 from animalcls.store.checkpoints import MANIFEST_FILE, read_json
-from animalcls.trust.scope import SCOPE_NPZ, ScopeError, stored_part  # train and test are stored once, in scope.npz
+from animalcls.trust.scope import SCOPE_NPZ, ScopeError, stored_parts  # train and test are stored once, in scope.npz
 
 FEATURES_FILE = "features.npz"
 
@@ -91,12 +91,12 @@ def load_features(folder: Path, parts: Sequence[str] = PARTS, optional: Sequence
         if path.is_file():
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {key: stored[key] for key in stored.files}
-        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for part in (*parts, *optional):
-            if f"{part}_features" in arrays:
-                found[part] = arrays[f"{part}_features"], arrays[f"{part}_labels"]
-            elif (folder / SCOPE_NPZ).is_file() and (pair := stored_part(folder, part)) is not None:
-                found[part] = pair
+        wanted = (*parts, *optional)
+        in_file = [part for part in wanted if f"{part}_features" in arrays]
+        found = {part: (arrays[f"{part}_features"], arrays[f"{part}_labels"]) for part in in_file}
+        elsewhere = [part for part in wanted if part not in found]
+        if elsewhere and (folder / SCOPE_NPZ).is_file():
+            found.update(stored_parts(folder, elsewhere))
         key = str(arrays["backbone_key"]) if "backbone_key" in arrays else None
         class_names = list(read_json(folder / MANIFEST_FILE)["class_names"])
     except (OSError, ValueError, KeyError, ScopeError) as exc:

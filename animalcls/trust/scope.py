@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,18 +249,24 @@ def load_scope(folder: str | Path) -> ScopeDetector:
     return detector
 
 
-def stored_part(folder: str | Path, part: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """A split part's pooled features and labels in scope.npz ("train" always, "test" when
-    added), checked against scope.json's hash; None when the file does not hold that part."""
+def stored_parts(folder: str | Path, parts: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The split parts' pooled features and labels that scope.npz holds ("train" always, "test"
+    when added), read in one pass and checked against scope.json's hash; a part it does not
+    hold is left out."""
     folder = Path(folder)
     payload = _read_payload(folder, _read_meta(folder))
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-            if f"{part}_features" not in data.files:
-                return None
-            return data[f"{part}_features"], data[f"{part}_labels"]
+            held = [part for part in parts if f"{part}_features" in data.files]
+            return {part: (data[f"{part}_features"], data[f"{part}_labels"]) for part in held}
     except Exception as exc:  # noqa: BLE001 - numpy raises many types for a damaged archive
         raise ScopeError(f"Corrupt {SCOPE_NPZ} in {folder}: {exc}") from None
+
+
+def pooled_imagenet(folder: str | Path) -> bool:
+    """Whether the detector reads the model's own pooled features as its ImageNet features
+    (ScopeDetector.imagenet_from_pool), from scope.json alone."""
+    return _read_meta(Path(folder))["imagenet_features"] == "pooled"
 
 
 _META_KEYS = ("format", "class_names", "method", "threshold", "k", "knn_space", "imagenet_features", "npz_sha256")
@@ -295,6 +302,10 @@ def _read_payload(folder: Path, meta: dict[str, Any]) -> bytes:
     return payload
 
 
+def _info(meta: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in meta.items() if key not in (*_META_KEYS, "combiner")}
+
+
 def _detector(meta: dict[str, Any], arrays: dict[str, np.ndarray], folder: Path) -> ScopeDetector:
     needed = ["train_features", "train_labels", "train_files"]
     needed += ["imagenet_kernel", "imagenet_bias"] if meta["imagenet_features"] else []
@@ -303,7 +314,7 @@ def _detector(meta: dict[str, Any], arrays: dict[str, np.ndarray], folder: Path)
     missing = [key for key in needed if key not in arrays]
     if missing:
         raise ScopeError(f"{SCOPE_NPZ} in {folder} lacks: {', '.join(missing)}.")
-    info = {key: value for key, value in meta.items() if key not in (*_META_KEYS, "combiner")}
+    info = _info(meta)
     return ScopeDetector(
         class_names=list(meta["class_names"]),
         method=meta["method"],
@@ -365,13 +376,25 @@ def check_matches(
 ) -> None:
     """Refuse a scope built for other classes, or for another model.keras (hashed unless given),
     than the checkpoint's."""
-    if list(manifest["class_names"]) != detector.class_names:
+    _check_built_for(detector.class_names, detector.info, manifest, folder, model_sha256)
+
+
+def check_folder_matches(manifest: dict[str, Any], folder: str | Path) -> None:
+    """`check_matches` from scope.json alone (nothing decompressed): what a reader of the stored
+    features needs to know before trusting them."""
+    meta = _read_meta(Path(folder))
+    _check_built_for(list(meta["class_names"]), _info(meta), manifest, folder)
+
+
+def _check_built_for(
+    class_names: list[str], info: dict[str, Any], manifest: dict[str, Any], folder: str | Path, model_sha256: str = ""
+) -> None:
+    if list(manifest["class_names"]) != class_names:
         raise ScopeError(
-            f"{SCOPE_JSON} in {folder} was built for {detector.class_names}, "
-            f"the checkpoint has {list(manifest['class_names'])}."
+            f"{SCOPE_JSON} in {folder} was built for {class_names}, the checkpoint has {list(manifest['class_names'])}."
         )
     model = Path(folder) / "model.keras"
-    recorded = detector.info.get("model_sha256")
+    recorded = info.get("model_sha256")
     if recorded and model.is_file() and (model_sha256 or file_sha256(model)) != recorded:
         raise ScopeError(
             f"{SCOPE_JSON} in {folder} was built for another model.keras; rebuild it "

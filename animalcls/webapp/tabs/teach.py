@@ -23,7 +23,14 @@ from animalcls.store.checkpoints import KINDS
 from animalcls.webapp.inputs import UnusableUpload, UploadedImage, user_error
 from animalcls.webapp.sessions import SessionModels, session_key, session_of
 from animalcls.webapp.state import ModelRegistry
-from animalcls.webapp.tabs.teach_session import TeachLimits, TeachSession, classify, save_taught_sides, teach_sides
+from animalcls.webapp.tabs.teach_session import (
+    TeachLimits,
+    TeachSession,
+    classify,
+    new_classes,
+    save_taught_sides,
+    teach_sides,
+)
 from animalcls.webapp.views import side_title
 
 # teach_classify_after_train and teach_classify_new (a new photo) are private: the page's own.
@@ -135,7 +142,7 @@ def _trained_text(session: TeachSession, notes: list[str]) -> str:
     """What teaching did, in plain words: per model, what it knows now and what it kept."""
     lines = []
     for kind, taught in session.taught.items():
-        new = [name for name in taught.class_names if name not in taught.scores.get("known", [])]
+        new = new_classes(session, kind)
         old, before = taught.scores.get("original_classes"), taught.scores.get("original_classes_before")
         kept = (
             f" It still gets {old['accuracy']:.0%} of its {old['n']} test photos of the original animals right "

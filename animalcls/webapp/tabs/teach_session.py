@@ -170,10 +170,16 @@ def teach_sides(
         taught = teach_head(side["head"], side["stored"], names, train, TrainSettings(epochs=epochs))
         taught.seconds["total"] = time.perf_counter() - start
         score(taught, side["stored"], {})  # the original classes, on their stored test features
-        taught.scores.update(known=list(side["stored"].class_names), original_classes_before=_accuracy(side))
+        taught.scores["original_classes_before"] = _accuracy(side)
         session.taught[kind], session.sources[kind] = taught, Path(folder)
         session.features[kind] = {name: f[: len(f) // 2] for name, f in train.items()}  # the mirrors follow
     return notes
+
+
+def new_classes(session: TeachSession, kind: str) -> list[str]:
+    """The classes a taught side knows that its checkpoint did not."""
+    known = base_side(session.sources[kind])["stored"].class_names
+    return [name for name in session.taught[kind].class_names if name not in known]
 
 
 def save_taught_sides(session: TeachSession, root: Path, epochs: int = 10) -> dict[str, Path]:
@@ -191,7 +197,7 @@ def save_taught_sides(session: TeachSession, root: Path, epochs: int = 10) -> di
         training = training_record(taught, TrainSettings(epochs=epochs), "onnxruntime")
         dataset = {
             "teach_session": True,
-            "new_classes": [name for name in taught.class_names if name not in stored.class_names],
+            "new_classes": new_classes(session, kind),
             "photos": {name: len(arrays) for name, arrays in session.photos.items()},
             "stored_features": stored_summary(stored),
             "scores": taught.scores,
@@ -214,7 +220,7 @@ def _imagenet_features(session: TeachSession) -> dict[str, np.ndarray] | None:
     if source is None or "transfer" not in session.features:
         return None
     try:
-        from_pool = scope.load_scope(source).imagenet_from_pool
+        from_pool = scope.pooled_imagenet(source)
     except AnimalclsError:
         return None
     if from_pool and base_side(source)["size"] == scope.IMAGENET_IMAGE_SIZE:
